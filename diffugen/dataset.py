@@ -1,0 +1,209 @@
+"""The FiftyOne side: the persistent dataset, its fields, DAAM labels as FiftyOne labels, batched writes.
+
+Each sample holds its image, the prompt and its provenance, one heatmap per class word and the
+unsupervised labels:
+
+==================== ===================================================================
+``heatmap``           ``fo.Heatmap``: the class words' heatmaps combined (max), for viewing
+``word_heatmaps``     list of ``fo.Heatmap``, one per class word (``word``, ``label``); relabel reads these
+``daam_segmentation`` ``fo.Segmentation`` (PNG ``mask_path``); classes in ``dataset.mask_targets``
+``daam_polygons``     ``fo.Polylines``, one closed polygon per instance, ``confidence`` = label score
+``daam_detections``   ``fo.Detections`` with instance masks, ``confidence`` = label score
+==================== ===================================================================
+
+plus ``prompt``, ``negative_prompt``, ``prompt_template``, ``attributes`` (one embedded document,
+``attributes.<name>`` filterable in the App), ``seed``, ``task``, ``model``, ``steps``,
+``guidance_scale``, ``parent_id``, ``class_words`` and ``key`` (what resume matches on).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+import fiftyone as fo
+
+from .labels.unsupervised import LabelParams, WordLabels, extract_labels, semantic_mask
+
+logger = logging.getLogger(__name__)
+
+DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")
+
+
+# ---- files ---------------------------------------------------------------------------------------
+def write_atomic(path: Path, write) -> Path:
+    """Write a file through a temporary name and rename it, so a killed run leaves no partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 ``(H, W)`` or RGB ``(H, W, 3)`` array as PNG (atomically)."""
+    def _write(tmp: str) -> None:
+        img = array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        if not cv2.imwrite(tmp, img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise OSError(f"could not write {path}")
+
+    return write_atomic(path, _write)
+
+
+def safe_child(root: Path, *parts: str) -> Path:
+    """``root/parts...``, refusing any result outside ``root`` (no ``..`` or absolute escapes)."""
+    root = root.resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"{path} is outside the output root {root}")
+    return path
+
+
+# ---- labels --------------------------------------------------------------------------------------
+@dataclass
+class DaamLabels:
+    """Unsupervised labels of one image, before they become FiftyOne labels."""
+
+    words: list[str]
+    classes: list[str]
+    word_labels: list[WordLabels]
+    mask: np.ndarray  # uint8 (H, W), class id per pixel (index in the dataset's classes + 1)
+
+
+def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classes: Sequence[str],
+                   class_ids: dict[str, int], params: LabelParams) -> DaamLabels:
+    """Per-word uint8 heatmaps ``(H, W)`` → :class:`DaamLabels` (the one labeling path: generate and relabel)."""
+    word_labels = [extract_labels(m.astype(np.float32) / 255.0, params) for m in word_maps]
+    if word_maps:
+        mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
+    else:
+        mask = np.zeros((1, 1), np.uint8)
+    return DaamLabels(list(words), list(classes), word_labels, mask)
+
+
+def to_fiftyone(labels: DaamLabels, mask_path: Path) -> dict[str, fo.Label]:
+    """FiftyOne labels of :class:`DaamLabels`; writes the semantic mask to ``mask_path``."""
+    polylines, detections = [], []
+    for word, cls, wl in zip(labels.words, labels.classes, labels.word_labels):
+        for inst in wl.instances:
+            score = float(inst.score)
+            polylines.append(
+                fo.Polyline(label=cls, points=[inst.polygon.tolist()], closed=True, filled=True, confidence=score, word=word)
+            )
+            detections.append(
+                fo.Detection(label=cls, bounding_box=list(map(float, inst.box)), mask=inst.mask, confidence=score,
+                             word=word, area=float(inst.area))
+            )
+    write_png(mask_path, labels.mask)
+    return {
+        "daam_segmentation": fo.Segmentation(mask_path=str(mask_path)),
+        "daam_polygons": fo.Polylines(polylines=polylines),
+        "daam_detections": fo.Detections(detections=detections),
+    }
+
+
+# ---- the dataset ---------------------------------------------------------------------------------
+def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) -> fo.Dataset:
+    """Load or create the persistent dataset ``name``; keep ``classes`` as the DAAM mask targets.
+
+    Classes only ever get appended (ids of existing classes never change), and each config that
+    ran on the dataset is kept in ``dataset.info["diffugen_configs"]`` (the latest also as
+    ``info["diffugen_config"]``).
+    """
+    ds = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    targets = dict(ds.mask_targets.get("daam_segmentation", {}))
+    known = set(targets.values())
+    for cls in classes:
+        if cls not in known:
+            targets[len(targets) + 1] = cls
+            known.add(cls)
+    if targets != ds.mask_targets.get("daam_segmentation"):
+        ds.mask_targets = {**ds.mask_targets, "daam_segmentation": targets}
+    if config is not None:
+        history = list(ds.info.get("diffugen_configs", []))
+        if not history or history[-1] != config:
+            history.append(config)
+        ds.info["diffugen_configs"] = history
+        ds.info["diffugen_config"] = config
+    ds.save()
+    _declare_fields(ds)
+    return ds
+
+
+def class_ids(ds: fo.Dataset) -> dict[str, int]:
+    return {cls: int(i) for i, cls in ds.mask_targets.get("daam_segmentation", {}).items()}
+
+
+def _declare_fields(ds: fo.Dataset) -> None:
+    # Declared once up front, so batched inserts need no schema expansion and the App knows the types.
+    schema = ds.get_field_schema()
+    for name, ftype, kwargs in (
+        ("key", fo.StringField, {}), ("task", fo.StringField, {}), ("prompt", fo.StringField, {}),
+        ("negative_prompt", fo.StringField, {}), ("prompt_template", fo.StringField, {}),
+        ("seed", fo.IntField, {}), ("model", fo.StringField, {}), ("steps", fo.IntField, {}),
+        ("guidance_scale", fo.FloatField, {}), ("strength", fo.FloatField, {}),
+        ("parent_id", fo.StringField, {}), ("class_words", fo.ListField, {"subfield": fo.StringField}),
+        ("heatmap", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
+        ("word_heatmaps", fo.ListField, {"subfield": fo.EmbeddedDocumentField, "embedded_doc_type": fo.Heatmap}),
+        ("daam_segmentation", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Segmentation}),
+        ("daam_polygons", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Polylines}),
+        ("daam_detections", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Detections}),
+        ("attributes", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.DynamicEmbeddedDocument}),
+    ):
+        if name not in schema:
+            ds.add_sample_field(name, ftype, **kwargs)
+    if "key" not in ds.list_indexes():
+        ds.create_index("key")
+
+
+def existing_keys(ds: fo.Dataset) -> set[str]:
+    """Keys of the samples already in the dataset (one query)."""
+    return set(k for k in ds.distinct("key") if k)
+
+
+class SampleWriter:
+    """Buffers samples and inserts them ``batch_size`` at a time (one database round-trip per batch).
+
+    A sample is inserted whole, with all its labels, after its files exist: a run killed at any
+    point leaves either a complete sample or none (whose files the next run rewrites).
+    """
+
+    def __init__(self, ds: fo.Dataset, batch_size: int = 64):
+        self.ds = ds
+        self.batch_size = batch_size
+        self.pending: list[fo.Sample] = []
+        self.written = 0
+
+    def add(self, sample: fo.Sample) -> None:
+        self.pending.append(sample)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.ds.add_samples(self.pending, expand_schema=True, validate=False, progress=False)
+            self.written += len(self.pending)
+            self.pending = []
+
+    def __enter__(self) -> "SampleWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,330 @@
+"""The generation loop: one code path for txt2img, img2img and inpainting (paper sec. 3.1–3.5).
+
+For each task: plan the deterministic work list → drop what the dataset already holds (resume) →
+in batches: encode prompts → run the task's diffusers pipeline with cross-attention capture →
+per-word heatmaps → unsupervised labels → files under the output root → samples into FiftyOne.
+Only :func:`plan` and :func:`task_inputs` know how the three tasks differ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+import fiftyone as fo
+
+from . import dataset as dsu
+from .attention import HeatmapCollector, capture_heatmaps
+from .config import DiffuGenConfig
+from .encoding import embed, tokenize, word_positions
+from .errors import DiffuGenError
+from .models import load_pipeline, load_textual_inversions, pipeline_for_task, set_scheduler
+from .prompts import WorkItem, fill_template, plan_txt2img, words_in
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+
+
+@dataclass
+class TaskSummary:
+    task: str
+    planned: int = 0
+    skipped: int = 0  # already in the dataset
+    made: int = 0
+    unlabeled_words: int = 0  # class words truncated out of the prompt or never attended
+
+
+@dataclass
+class GenerateSummary:
+    dataset: str
+    tasks: list[TaskSummary] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [f"{t.task}: {t.made} made, {t.skipped} already there, {t.planned} planned" for t in self.tasks]
+        return f"dataset {self.dataset!r}: " + "; ".join(rows)
+
+
+# ---- planning ------------------------------------------------------------------------------------
+def _source_samples(cfg: DiffuGenConfig, task: str, ds: fo.Dataset) -> list[fo.Sample]:
+    source = getattr(cfg, task).source
+    src = fo.load_dataset(source.dataset) if source.dataset else ds
+    view = src.match(fo.ViewField("task") == source.task).sort_by("key")
+    if source.limit:
+        view = view.limit(source.limit)
+    return list(view.select_fields(
+        ["key", "prompt_template", "attributes", "seed", "class_words", "daam_segmentation", "metadata"]
+    ))
+
+
+def _parent_attributes(sample: fo.Sample) -> dict[str, str]:
+    attrs = sample["attributes"]
+    return {k: v for k, v in attrs.to_dict().items() if not k.startswith("_")} if attrs is not None else {}
+
+
+def plan(cfg: DiffuGenConfig, task: str, ds: fo.Dataset | None = None) -> list[WorkItem]:
+    """The deterministic work list of ``task`` (img2img/inpaint read their source samples from ``ds``)."""
+    words = cfg.all_class_words()
+    if task == "txt2img":
+        return plan_txt2img(cfg.task_value(task, "templates"), cfg.task_attributes(task), cfg.task_value(task, "seeds"),
+                            cfg.task_value(task, "image_count"), words, cfg.class_of)
+    section = getattr(cfg, task)
+    own_seeds = section.seeds  # None: each child keeps its parent's seed
+    own_templates = section.templates
+    items: list[WorkItem] = []
+    for parent in _source_samples(cfg, task, ds):
+        parent_attrs = _parent_attributes(parent)
+        templates = own_templates or [parent["prompt_template"]]
+        seeds = own_seeds if isinstance(own_seeds, list) else [parent["seed"]]
+        if task == "img2img":
+            overrides = section.attributes or {}
+            names = list(overrides)
+            for values, template, seed in itertools.product(itertools.product(*overrides.values()), templates, seeds):
+                attrs = {**parent_attrs, **dict(zip(names, values))}
+                prompt = fill_template(template, attrs)
+                pairs = tuple((w, cfg.class_of(w)) for w in words_in(prompt, words))
+                items.append(WorkItem(task, template, tuple(sorted(attrs.items())), seed, prompt, pairs,
+                                      parent_key=parent["key"], parent=parent))
+        else:  # inpaint: each labeled class word of the parent × each of its replacement descriptions
+            for word in parent["class_words"] or []:
+                for description, template, seed in itertools.product(section.replacements.get(word, []), templates, seeds):
+                    attrs = {k: (description if v == word else v) for k, v in parent_attrs.items()}
+                    prompt = fill_template(template, attrs)
+                    if description not in prompt:  # the word was not an attribute value: replace it in the text
+                        prompt = re.sub(rf"\b{re.escape(word)}\b", description, fill_template(template, parent_attrs), count=1)
+                    others = tuple((w, cfg.class_of(w)) for w in words_in(prompt, words) if w != word)
+                    items.append(WorkItem(task, template, tuple(sorted(attrs.items())), seed, prompt,
+                                          ((description, cfg.class_of(word)), *others),
+                                          parent_key=parent["key"], parent=parent, replace=(word, description)))
+    return items
+
+
+# ---- running -------------------------------------------------------------------------------------
+def _inpaint_mask(item: WorkItem, class_ids: dict[str, int], dilation: float) -> np.ndarray | None:
+    """The parent's DAAM mask of the replaced object, dilated; ``None`` when the parent has none."""
+    seg = item.parent["daam_segmentation"]
+    if seg is None:
+        return None
+    mask = seg.get_mask() if seg.mask is None else seg.mask
+    if mask is None:
+        return None
+    cls = item.class_words[0][1]
+    binary = (mask == class_ids.get(cls, -1)).astype(np.uint8) * 255
+    if not binary.any():
+        return None
+    side = max(1, int(round(dilation * min(binary.shape))))
+    if dilation > 0:
+        binary = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side | 1, side | 1)))
+    return binary
+
+
+def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks: Sequence[np.ndarray] | None) -> dict:
+    """The pipeline arguments that differ between tasks (everything else is shared)."""
+    if task == "txt2img":
+        return {"height": cfg.task_value(task, "height"), "width": cfg.task_value(task, "width")}
+    images = [Image.open(it.parent.filepath).convert("RGB") for it in items]
+    section = getattr(cfg, task)
+    kwargs = {"image": images, "strength": section.strength}
+    if task == "inpaint":
+        kwargs["mask_image"] = [Image.fromarray(m) for m in masks]
+        kwargs["height"], kwargs["width"] = images[0].height, images[0].width
+    return kwargs
+
+
+def _batches(items: Sequence[WorkItem], size: int) -> Iterable[list[WorkItem]]:
+    # Consecutive items of the same image size (img2img/inpaint parents can differ) up to `size`.
+    batch: list[WorkItem] = []
+    for it in items:
+        if batch and (len(batch) == size or _size_of(it) != _size_of(batch[0])):
+            yield batch
+            batch = []
+        batch.append(it)
+    if batch:
+        yield batch
+
+
+def _size_of(item: WorkItem) -> tuple[int, int] | None:
+    if item.parent is None:
+        return None
+    md = item.parent["metadata"]
+    return (md.width, md.height) if md is not None else None
+
+
+class Generator:
+    """Runs a config's tasks into its dataset; holds the loaded models between tasks and calls."""
+
+    def __init__(self, cfg: DiffuGenConfig, output_root: str | Path | None = None):
+        self.cfg = cfg
+        self.root = Path(output_root or cfg.output_root).resolve()
+        self.media_root = dsu.safe_child(self.root, cfg.dataset_name)
+        self._models: dict[str, object] = {}
+
+    def pipeline(self, task: str):
+        """The pipeline of ``task``: the task's model (loaded once), embeddings and scheduler applied."""
+        model = self.cfg.task_value(task, "model")
+        if model not in self._models:
+            logger.info("loading model %s", model)
+            base = load_pipeline(model, self.cfg.device, self.cfg.dtype, self.cfg.checkpoint_config)
+            load_textual_inversions(base, self.cfg.textual_inversion)
+            base.set_progress_bar_config(disable=True)
+            self._models[model] = base
+        pipe = pipeline_for_task(self._models[model], task)
+        set_scheduler(pipe, self.cfg.task_value(task, "scheduler"))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def run_batch(self, pipe, collector: HeatmapCollector, task: str, items: Sequence[WorkItem],
+                  masks: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, list[list[np.ndarray]], list[list[int]]]:
+        """Generate one batch.
+
+        Returns:
+            images: uint8 ``(batch, height, width, 3)``.
+            word_maps: ``word_maps[i][j]`` uint8 ``(height, width)``, heatmap of the j-th found class word of item i.
+            found: ``found[i]``: indices into ``items[i].class_words`` of the words that had tokens.
+        """
+        cfg = self.cfg
+        encoded = [tokenize(pipe, it.prompt) for it in items]
+        for it, e in zip(items, encoded):
+            if e.truncated:
+                logger.warning("prompt longer than the model's %d tokens, truncated: %r", len(e.ids), it.prompt[:80])
+        negative = tokenize(pipe, cfg.task_value(task, "negative_prompt"))
+        positions = [[word_positions(pipe, e, w) for w, _ in it.class_words] for it, e in zip(items, encoded)]
+        found = [[j for j, p in enumerate(per) if p] for per in positions]
+        kwargs = task_inputs(cfg, task, items, masks)
+        height = kwargs.get("height") or kwargs["image"][0].height
+        width = kwargs.get("width") or kwargs["image"][0].width
+        scale = getattr(pipe, "vae_scale_factor", 8)
+        collector.reset(len(items), sorted({t for per in positions for p in per for t in p}), (height // scale, width // scale))
+        out = pipe(
+            prompt_embeds=embed(pipe, encoded),
+            negative_prompt_embeds=embed(pipe, [negative] * len(items)),
+            num_inference_steps=cfg.task_value(task, "steps"),
+            guidance_scale=cfg.task_value(task, "guidance_scale"),
+            # CPU generators: the same latents, hence images, on every device and batch size.
+            generator=[torch.Generator("cpu").manual_seed(it.seed) for it in items],
+            output_type="np",
+            **kwargs,
+        )
+        images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+        word_maps: list[list[np.ndarray]] = [[] for _ in items]
+        if collector.active:
+            maps = collector.word_heatmaps([[positions[i][j] for j in found[i]] for i in range(len(items))], (height, width))
+            word_maps = [[(m.numpy() * 255).round().astype(np.uint8) for m in row] for row in maps]
+        return images, word_maps, found
+
+    def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
+                     class_ids: dict[str, int]) -> fo.Sample:
+        """Write the item's files and return its complete sample (image, heatmaps, labels, provenance)."""
+        cfg = self.cfg
+        folder = dsu.safe_child(self.media_root, task)
+        ext = cfg.image_format
+        image_path = folder / "images" / f"{item.key}.{ext}"
+        if ext == "png":
+            dsu.write_png(image_path, image)
+        else:
+            dsu.write_atomic(image_path, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                                                 [cv2.IMWRITE_JPEG_QUALITY, 95]))
+        words = [item.class_words[j][0] for j in found]
+        classes = [item.class_words[j][1] for j in found]
+        word_heatmaps = []
+        for j, (word, cls, m) in enumerate(zip(words, classes, maps)):
+            path = dsu.write_png(folder / "heatmaps" / f"{item.key}_{j}.png", m)
+            word_heatmaps.append(fo.Heatmap(map_path=str(path), range=[0, 255], word=word, label=cls))
+        fields: dict = {}
+        if maps:
+            combined = dsu.write_png(folder / "heatmaps" / f"{item.key}.png", np.max(np.stack(maps), axis=0))
+            fields["heatmap"] = fo.Heatmap(map_path=str(combined), range=[0, 255])
+        labels = dsu.label_heatmaps(maps, words, classes, class_ids, cfg.labels)
+        if maps:
+            fields.update(dsu.to_fiftyone(labels, folder / "masks" / f"{item.key}.png"))
+        sample = fo.Sample(
+            filepath=str(image_path),
+            key=item.key,
+            task=task,
+            prompt=item.prompt,
+            negative_prompt=cfg.task_value(task, "negative_prompt"),
+            prompt_template=item.template,
+            attributes=fo.DynamicEmbeddedDocument(**item.attribute_dict),
+            seed=item.seed,
+            model=cfg.task_value(task, "model"),
+            steps=cfg.task_value(task, "steps"),
+            guidance_scale=float(cfg.task_value(task, "guidance_scale")),
+            parent_id=item.parent.id if item.parent is not None else None,
+            class_words=words,
+            word_heatmaps=word_heatmaps,
+            metadata=fo.ImageMetadata(width=image.shape[1], height=image.shape[0], num_channels=3,
+                                      mime_type=f"image/{'png' if ext == 'png' else 'jpeg'}"),
+            **fields,
+        )
+        if task != "txt2img":
+            sample["strength"] = float(getattr(cfg, task).strength)
+        if item.replace is not None:
+            sample["inpaint_replaced"] = item.replace[0]
+        return sample
+
+    def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None) -> TaskSummary:
+        cfg = self.cfg
+        items = plan(cfg, task, ds)
+        have = dsu.existing_keys(ds)
+        todo = list({it.key: it for it in items if it.key not in have}.values())
+        summary = TaskSummary(task, planned=len(items), skipped=len(items) - len(todo))
+        if not todo:
+            return summary
+        masks_by_key: dict[str, np.ndarray] = {}
+        ids = dsu.class_ids(ds)
+        if task == "inpaint":
+            dilation = cfg.inpaint.mask_dilation
+            kept = []
+            for it in todo:
+                m = _inpaint_mask(it, ids, dilation)
+                if m is None:
+                    logger.warning("inpaint: parent %s has no %r mask, skipped", it.parent_key, it.replace[0])
+                else:
+                    masks_by_key[it.key] = m
+                    kept.append(it)
+            todo = kept
+        pipe = self.pipeline(task)
+        batch_size = cfg.task_value(task, "batch_size")
+        bar = tqdm(total=len(todo), desc=f"{cfg.dataset_name} {task}", unit="img")
+        with capture_heatmaps(pipe.unet, cfg.heatmap_layers) as collector, dsu.SampleWriter(ds) as writer:
+            for batch in _batches(todo, batch_size):
+                masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
+                images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)
+                for it, image, maps, f in zip(batch, images, word_maps, found):
+                    summary.unlabeled_words += len(it.class_words) - len(f)
+                    writer.add(self.build_sample(task, it, image, maps, f, ids))
+                summary.made += len(batch)
+                bar.update(len(batch))
+                if progress is not None:
+                    progress(summary.made, len(todo), f"{task}: {summary.made}/{len(todo)}")
+        bar.close()
+        return summary
+
+
+def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_root: str | Path | None = None,
+             progress: ProgressFn | None = None, generator: Generator | None = None) -> GenerateSummary:
+    """Run the config's tasks (all of them, in order txt2img → img2img → inpaint, or only ``tasks``).
+
+    Re-running resumes: samples whose key is already in the dataset are skipped.
+    """
+    chosen = list(tasks) if tasks else cfg.tasks()
+    for t in chosen:
+        if t not in cfg.tasks():
+            raise DiffuGenError(f"--task {t}: the config has no {t!r} section (it has {cfg.tasks()})")
+    gen = generator or Generator(cfg, output_root)
+    ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
+    summary = GenerateSummary(cfg.dataset_name)
+    for task in chosen:
+        summary.tasks.append(gen.run_task(task, ds, progress))
+    return summary

@@ -1,0 +1,1 @@
+"""Turning per-word cross-attention heatmaps into labels (masks, polygons, boxes, scores)."""
