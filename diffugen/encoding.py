@@ -45,7 +45,13 @@ def tokenize(pipe, prompt: str) -> EncodedPrompt:
 
 @torch.no_grad()
 def embed(pipe, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
-    """``(batch, 77, dim)`` text embeddings, emphasis applied as in A1111 (scale, then restore the mean)."""
+    """``(batch, 77, dim)`` text embeddings with emphasis applied.
+
+    Each token's embedding is multiplied by its weight (as in A1111), then the prompt's overall
+    scale is restored. A1111 restores the mean; we restore the standard deviation, because the
+    mean of a layer-normalised output can be ~0 (it is for small or random text encoders) and
+    dividing by it then blows the embeddings up.
+    """
     device = pipe.text_encoder.device
     ids = torch.tensor([e.ids for e in encoded], device=device)
     mask = None
@@ -54,9 +60,9 @@ def embed(pipe, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
     hidden = pipe.text_encoder(ids, attention_mask=mask)[0]
     weights = torch.tensor([e.weights for e in encoded], device=device, dtype=hidden.dtype)
     if bool((weights != 1).any()):
-        before = hidden.float().mean(dim=(1, 2), keepdim=True)
+        before = hidden.float().std(dim=(1, 2), keepdim=True)
         hidden = hidden * weights.unsqueeze(-1)
-        hidden = hidden * (before / hidden.float().mean(dim=(1, 2), keepdim=True)).to(hidden.dtype)
+        hidden = hidden * (before / hidden.float().std(dim=(1, 2), keepdim=True).clamp_min(1e-6)).to(hidden.dtype)
     return hidden.to(pipe.unet.dtype)
 
 

@@ -1,0 +1,132 @@
+"""Helpers shared by the bench scripts (not part of the library).
+
+Importing this module puts the repository root on ``sys.path``, so the scripts run without an install.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+
+def pick_device(name: str | None) -> str:
+    import torch
+
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def timer(out: list[float], device: str = "cpu"):
+    """Append the wall time of the block (device-synchronised) to ``out``."""
+    sync(device)
+    t0 = time.perf_counter()
+    yield
+    sync(device)
+    out.append(time.perf_counter() - t0)
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def mark(value: float, target: float, higher_is_better: bool = False) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "PASS" if ok else "MISS"
+
+
+def build_sd_sized_pipeline(sample_size: int = 64):
+    """A StableDiffusionPipeline with SD-1.5-sized UNet/text encoder/VAE and random weights (no download).
+
+    Meant for GPU timing: the UNet has ~860M parameters, so it is slow to build and run on CPU.
+    Reuses the tiny word-level tokenizer of ``builtin:tiny`` (tokenization is not what is timed).
+    """
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from diffugen.builtin import write_tiny_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_tiny_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer(
+            str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77
+        )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8,
+    )
+    torch.manual_seed(2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=sample_size * 8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    for module in (text_encoder, unet, vae):
+        module.eval().requires_grad_(False)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build_pipeline(sd_unet: bool, device: str, dtype: str | None = None):
+    """``builtin:tiny`` (default) or the SD-1.5-sized variant, on ``device``, progress bar off."""
+    import torch
+
+    from diffugen.builtin import build_tiny_pipeline
+
+    pipe = build_sd_sized_pipeline() if sd_unet else build_tiny_pipeline()
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
+        dtype or ("float16" if str(device).startswith("cuda") else "float32")
+    ]
+    pipe = pipe.to(device, torch_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def machine_line(device: str) -> str:
+    import platform
+
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
+    return (f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"(threads={torch.get_num_threads()}), python {platform.python_version()}, device={device}{gpu}")

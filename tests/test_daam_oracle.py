@@ -1,0 +1,116 @@
+"""Fidelity to the reference: our word heatmaps against daam 0.2.0's on the same pipeline and seed.
+
+daam is only the oracle (not a dependency); the module is skipped without it. Also checks that
+:func:`capture_heatmaps` leaves the image and the UNet's processors exactly as they were.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("daam", reason="daam 0.2.0 is the test oracle; install with: pip install --no-deps daam==0.2.0 spacy matplotlib")
+
+from daam import trace  # noqa: E402
+
+from diffugen.attention import capture_heatmaps  # noqa: E402
+from diffugen.builtin import build_tiny_pipeline  # noqa: E402
+from diffugen.encoding import embed, tokenize, word_positions  # noqa: E402
+
+PROMPT = "a red car and a yellow bus with big tires on a road"
+WORDS = ["car", "bus", "tires", "road"]  # "tires" is three tokens in the tiny vocabulary (ti, re, s</w>)
+SEED, STEPS, SIZE, GUIDANCE = 0, 5, 512, 7.5
+MIN_R = 0.99
+
+
+def _gen(seed: int = SEED) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_tiny_pipeline()
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def encoded(pipe):
+    enc = tokenize(pipe, PROMPT)
+    positions = [word_positions(pipe, enc, w) for w in WORDS]
+    return enc, positions
+
+
+@pytest.fixture(scope="module")
+def daam_maps(pipe):
+    with torch.no_grad(), trace(pipe) as tc:
+        out = pipe(PROMPT, generator=_gen(), num_inference_steps=STEPS, height=SIZE, width=SIZE, guidance_scale=GUIDANCE)
+        global_map = tc.compute_global_heat_map()
+        image = out.images[0]
+        return {w: global_map.compute_word_heat_map(w).expand_as(image) for w in WORDS}
+
+
+def _run_ours(pipe, enc, output_type="np"):
+    return pipe(
+        prompt_embeds=embed(pipe, [enc]),
+        negative_prompt_embeds=embed(pipe, [tokenize(pipe, "")]),
+        generator=_gen(), num_inference_steps=STEPS, height=SIZE, width=SIZE, guidance_scale=GUIDANCE,
+        output_type=output_type,
+    )
+
+
+@pytest.fixture(scope="module")
+def ours(pipe, encoded):
+    enc, positions = encoded
+    with torch.no_grad(), capture_heatmaps(pipe.unet) as collector:
+        collector.reset(1, sorted({t for p in positions for t in p}), (SIZE // 8, SIZE // 8))
+        out = _run_ours(pipe, enc)
+        maps = collector.word_heatmaps([positions], (SIZE, SIZE))[0]
+    return out.images, dict(zip(WORDS, maps))
+
+
+def test_multi_token_word_is_split(encoded):
+    _, positions = encoded
+    assert all(positions), positions
+    assert len(positions[WORDS.index("tires")]) > 1, "the test needs a multi-token word"
+
+
+@pytest.mark.parametrize("word", WORDS)
+def test_word_heatmap_matches_daam(word, daam_maps, ours):
+    theirs, mine = daam_maps[word], ours[1][word]
+    assert theirs.shape == mine.shape == (SIZE, SIZE)
+    r = float(np.corrcoef(theirs.flatten().double().numpy(), mine.flatten().double().numpy())[0, 1])
+    print(f"\n[daam oracle] {word!r}: Pearson r = {r:.6f}, max |diff| = {(theirs - mine).abs().max().item():.2e}")
+    assert r >= MIN_R
+
+
+def test_capture_leaves_image_unchanged(pipe, encoded, ours):
+    enc, _ = encoded
+    with torch.no_grad():
+        bare = _run_ours(pipe, enc).images
+    captured = ours[0]
+    diff = float(np.abs(bare.astype(np.float64) - captured.astype(np.float64)).max())
+    print(f"\n[daam oracle] image max |diff| with vs without capture: {diff:.3g}")
+    assert diff < 1e-6
+
+
+def test_processors_restored(pipe):
+    before = pipe.unet.attn_processors
+    with capture_heatmaps(pipe.unet, layers="all") as collector:
+        during = pipe.unet.attn_processors
+        assert any(during[k] is not before[k] for k in before if k.endswith("attn2.processor"))
+        assert all(during[k] is before[k] for k in before if k.endswith("attn1.processor"))
+        collector.reset(1, [1], (8, 8))
+    after = pipe.unet.attn_processors
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+
+
+def test_processors_restored_on_error(pipe):
+    before = pipe.unet.attn_processors
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_heatmaps(pipe.unet):
+            raise RuntimeError("boom")
+    after = pipe.unet.attn_processors
+    assert all(after[k] is before[k] for k in before)
