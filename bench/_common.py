@@ -117,7 +117,9 @@ def build_pipeline(sd_unet: bool, device: str, dtype: str | None = None):
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
         dtype or ("float16" if str(device).startswith("cuda") else "float32")
     ]
-    pipe = pipe.to(device, torch_dtype)
+    pipe = pipe.to(device)
+    if torch_dtype != torch.float32:
+        pipe = pipe.to(dtype=torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -256,8 +256,17 @@ def is_legacy(raw: dict) -> bool:
     return any(isinstance(raw.get(t), dict) and _LEGACY_TASK_KEYS & raw[t].keys() for t in TASKS)
 
 
+# The original code's five attribute lists; a config may list one that its templates do not use.
+_ORIGINAL_ATTRIBUTES = {
+    "view_points": "view_point", "object_names": "object_name", "times_of_day": "time_of_day",
+    "sky_conditions": "sky_condition", "weather_conditions": "weather_condition",
+}
+
+
 def _placeholder_for(key: str, placeholders: list[str]) -> str | None:
     """Map an original attribute list key (``view_points``, ``times_of_day``) to its placeholder."""
+    if key in _ORIGINAL_ATTRIBUTES:
+        return _ORIGINAL_ATTRIBUTES[key]
     for p in placeholders:
         head, _, rest = p.partition("_")
         plural_head = f"{head}s_{rest}" if rest else f"{head}s"

@@ -323,6 +323,8 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
         if t not in cfg.tasks():
             raise DiffuGenError(f"--task {t}: the config has no {t!r} section (it has {cfg.tasks()})")
     gen = generator or Generator(cfg, output_root)
+    for t in chosen:  # load every model (and embedding) first: a missing one fails before anything is written
+        gen.pipeline(t)
     ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
     summary = GenerateSummary(cfg.dataset_name)
     for task in chosen:

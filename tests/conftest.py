@@ -1,0 +1,66 @@
+"""Test setup: a private FiftyOne database (a real mongod), shared tiny models, small configs."""
+
+import os
+import tempfile
+
+# Before fiftyone is imported anywhere: a database of our own, started by FiftyOne itself.
+_DB_DIR = tempfile.mkdtemp(prefix="diffugen-test-db-")
+os.environ["FIFTYONE_DATABASE_DIR"] = _DB_DIR
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+import json  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from diffugen.builtin import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def dataset_name():
+    """A fresh dataset name, deleted after the test."""
+    import fiftyone as fo
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+def small_config(name: str, root: Path, **overrides) -> dict:
+    """A fast builtin:tiny config: 4 prompts × 2 seeds = 8 images of 64×96 px, 3 steps."""
+    cfg = {
+        "dataset_name": name,
+        "output_root": str(root),
+        "model": "builtin:tiny",
+        "width": 96,
+        "height": 64,
+        "steps": 3,
+        "batch_size": 3,
+        "templates": ["a {view} view of a {object} on a road at {time}"],
+        "attributes": {"view": ["rear", "front"], "object": ["car", "bus"], "time": ["noon"]},
+        "class_words": ["car", "bus"],
+        "seeds": [11, 12],
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def _write(cfg: dict, name: str = "config.json") -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(cfg))
+        return path
+
+    return _write
