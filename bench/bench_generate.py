@@ -1,0 +1,197 @@
+"""The whole generate loop vs bare diffusers generation of the same images.
+
+Usage::
+
+    python bench/bench_generate.py [--size 256] [--steps 5] [--batch-size 4] [--reps 3] [--device cpu|cuda]
+
+Writes a temporary config (``builtin:tiny``, 2 templates × attributes × 2 seeds = 16 images with
+class words in every prompt) and times, with the model already loaded:
+
+* ``generate``: ``diffugen.generate.generate(cfg, generator=gen)`` into a fresh FiftyOne dataset
+  (deleted before and after): prompt encoding, capture, word heatmaps, unsupervised labels,
+  PNG files, FiftyOne samples;
+* ``bare``: the same pipeline called with the same prompts, negative prompt, seeds (CPU generators)
+  and batches, ``output_type="np"``: no capture, no labels, no files, no database.
+
+Repetitions alternate the order of the two. Reported: the ratio of the median times (target
+<= 1.25) and where the extra time of ``generate`` goes (pipeline calls inside ``run_batch``, the
+rest of ``run_batch``, ``build_sample``, the remainder: planning, dataset, inserts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (repo root on sys.path, FIFTYONE_DO_NOT_TRACK)
+import torch
+
+from _common import machine_line, mark, median, pick_device, sync
+
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+
+import fiftyone as fo  # noqa: E402
+
+from diffugen.config import load_config  # noqa: E402
+from diffugen.generate import Generator, generate, plan  # noqa: E402
+
+TARGET = 1.25
+DATASET = "diffugen-bench-generate"
+
+
+def write_config(folder: Path, size: int, steps: int, batch_size: int, device: str) -> Path:
+    cfg = {
+        "dataset_name": DATASET,
+        "output_root": str(folder / "out"),
+        "model": "builtin:tiny",
+        "device": device,
+        "width": size, "height": size, "steps": steps, "guidance_scale": 7.5, "batch_size": batch_size,
+        "scheduler": "ddim",
+        "templates": [
+            "a photo of a {color} {object} on a road",
+            "a {object} and a tree near a {place}",
+        ],
+        "attributes": {"color": ["red", "yellow"], "object": ["car", "bus"], "place": ["house", "bridge"]},
+        "seeds": [0, 1],
+        "class_words": ["car", "bus", "tree"],
+        "negative_prompt": "blurry, low quality",
+    }
+    path = folder / "bench_generate.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def run_bare(pipe, cfg, items) -> None:
+    bs = cfg.batch_size
+    for i in range(0, len(items), bs):
+        batch = items[i : i + bs]
+        pipe(
+            prompt=[it.prompt for it in batch],
+            negative_prompt=[cfg.negative_prompt] * len(batch),
+            generator=[torch.Generator("cpu").manual_seed(it.seed) for it in batch],
+            num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+            height=cfg.height, width=cfg.width, output_type="np",
+        )
+
+
+def delete_dataset() -> None:
+    if fo.dataset_exists(DATASET):
+        fo.delete_dataset(DATASET)
+
+
+def instrument(gen: Generator, pipe, acc: dict[str, float], device: str) -> None:
+    """Wrap (on the instances only) the pipeline call, run_batch and build_sample to split the time."""
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            sync(device)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(device)
+                acc[key] += time.perf_counter() - t0
+        return wrapper
+
+    gen.run_batch = timed("run_batch", gen.run_batch)
+    gen.build_sample = timed("build_sample", gen.build_sample)
+    cls = type(pipe)  # pipe(...) looks __call__ up on the class: swap in a subclass for this instance
+    call = cls.__call__
+
+    class Timed(cls):  # type: ignore[misc, valid-type]
+        def __call__(self, *args, **kwargs):
+            sync(device)
+            t0 = time.perf_counter()
+            try:
+                return call(self, *args, **kwargs)
+            finally:
+                sync(device)
+                acc["pipe"] += time.perf_counter() - t0
+
+    Timed.__name__ = cls.__name__
+    pipe.__class__ = Timed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    a = ap.parse_args()
+    device = pick_device(a.device)
+
+    tmp = Path(tempfile.mkdtemp(prefix="diffugen-bench-gen-"))
+    try:
+        cfg = load_config(write_config(tmp, a.size, a.steps, a.batch_size, device))
+        items = plan(cfg, "txt2img")
+        gen = Generator(cfg)
+        pipe = gen.pipeline("txt2img")  # model load excluded from the timings
+        print(machine_line(device))
+        print(f"{len(items)} images, {a.size}x{a.size}, {a.steps} steps, batch {a.batch_size}, "
+              f"class words {cfg.class_words}, reps {a.reps}")
+        fo.list_datasets()  # start mongod before timing
+        delete_dataset()
+
+        acc = {"pipe": 0.0, "run_batch": 0.0, "build_sample": 0.0}
+        instrument(gen, pipe, acc, device)
+        with torch.no_grad():
+            run_bare(pipe, cfg, items[: a.batch_size])  # warm-up (first-call costs)
+        acc["pipe"] = 0.0
+
+        times: dict[str, list[float]] = {"bare": [], "generate": []}
+        parts: list[dict[str, float]] = []
+        for rep in range(a.reps):
+            order = ["bare", "generate"] if rep % 2 == 0 else ["generate", "bare"]
+            for mode in order:
+                if mode == "bare":
+                    acc["pipe"] = 0.0
+                    sync(device)
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        run_bare(pipe, cfg, items)
+                    sync(device)
+                    times["bare"].append(time.perf_counter() - t0)
+                else:
+                    delete_dataset()
+                    shutil.rmtree(tmp / "out", ignore_errors=True)
+                    for k in acc:
+                        acc[k] = 0.0
+                    sync(device)
+                    t0 = time.perf_counter()
+                    summary = generate(cfg, generator=gen)
+                    sync(device)
+                    dt = time.perf_counter() - t0
+                    times["generate"].append(dt)
+                    parts.append({**acc, "total": dt})
+                    made = sum(t.made for t in summary.tasks)
+                    assert made == len(items), summary
+                    n = len(fo.load_dataset(DATASET))
+                    assert n == len(items), n
+                    delete_dataset()
+            print(f"  rep {rep}: bare {times['bare'][-1]:.2f} s, generate {times['generate'][-1]:.2f} s, "
+                  f"ratio {times['generate'][-1] / times['bare'][-1]:.2f}")
+
+        mb, mg = median(times["bare"]), median(times["generate"])
+        ratio = mg / mb
+        p = {k: median([x[k] for x in parts]) for k in parts[0]}
+        print(f"bare     : median {mb:.2f} s ({len(items) / mb:.1f} images/s)")
+        print(f"generate : median {mg:.2f} s ({len(items) / mg:.1f} images/s)")
+        print(f"  inside generate: pipeline calls {p['pipe']:.2f} s, rest of run_batch (encode, heatmaps) "
+              f"{p['run_batch'] - p['pipe']:.2f} s, build_sample (labels, PNGs) {p['build_sample']:.2f} s, "
+              f"other (plan, dataset, inserts) {p['total'] - p['run_batch'] - p['build_sample']:.2f} s")
+        print(f"generate/bare = {ratio:.2f}   (ratio of median times; per rep: "
+              + ", ".join(f"{g / b:.2f}" for g, b in zip(times["generate"], times["bare"])) + ")")
+        print(f"target generate/bare <= {TARGET:.2f}: {mark(ratio, TARGET)}")
+    finally:
+        delete_dataset()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The cross-attention processor: known regions, any size, word → tokens, embeddings, restoration."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffugen.attention import HeatmapCollector, capture_heatmaps, find_word_tokens
+from diffugen.builtin import build_tiny_pipeline
+from diffugen.encoding import embed, tokenize, word_positions
+from diffugen.errors import ModelNotFoundError
+from diffugen.labels.unsupervised import extract_labels
+from diffugen.models import load_textual_inversions, read_embedding
+
+
+def _run(pipe, collector, prompt, words, height, width, seed=0, steps=3):
+    enc = tokenize(pipe, prompt)
+    positions = [word_positions(pipe, enc, w) for w in words]
+    collector.reset(1, sorted({t for p in positions for t in p}), (height // 8, width // 8))
+    out = pipe(prompt_embeds=embed(pipe, [enc]), negative_prompt_embeds=embed(pipe, [tokenize(pipe, "")]),
+               num_inference_steps=steps, height=height, width=width, output_type="np",
+               generator=[torch.Generator().manual_seed(seed)])
+    return out.images[0], [m.numpy() for m in collector.word_heatmaps([positions], (height, width))[0]]
+
+
+class _ForcedKey(nn.Module):
+    """Keys: direction ``u`` for the target word's tokens, ``v`` for the other word's, 0 for the rest."""
+
+    def __init__(self, inner, heads, target, other, scale=6.0):
+        super().__init__()
+        head_dim = inner // heads
+        self.u = torch.zeros(inner)
+        self.v = torch.zeros(inner)
+        self.u[::head_dim] = scale  # first dim of every head
+        self.v[1::head_dim] = scale  # second dim of every head
+        self.target, self.other = target, other
+
+    def forward(self, enc):
+        out = torch.zeros(*enc.shape[:2], self.u.numel(), dtype=enc.dtype)
+        out[:, self.target] = self.u
+        out[:, self.other] = self.v
+        return out
+
+
+class _ForcedQuery(nn.Module):
+    """Queries: ``u`` on the left half of the layer's grid, ``v`` on the right half."""
+
+    def __init__(self, key: _ForcedKey, latent_hw):
+        super().__init__()
+        self.key, self.latent_hw = key, latent_hw
+
+    def forward(self, x):
+        lh, lw = self.latent_hw
+        f = int(round((lh * lw / x.shape[1]) ** 0.5))
+        h, w = lh // f, lw // f
+        left = (torch.arange(w) < w // 2).repeat(h)  # row-major grid, True on the left half
+        q = torch.where(left[:, None], self.key.u, self.key.v)
+        return q.expand(x.shape[0], -1, -1).to(x.dtype)
+
+
+def test_forced_attention_region_is_recovered_at_non_square_size():
+    pipe = build_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    height, width = 64, 128
+    prompt = "a red car and a yellow bus"
+    enc = tokenize(pipe, prompt)
+    car, bus = word_positions(pipe, enc, "car"), word_positions(pipe, enc, "bus")
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn2"):
+            key = _ForcedKey(module.to_k.out_features, module.heads, car, bus)
+            module.to_k = key
+            module.to_q = _ForcedQuery(key, (height // 8, width // 8))
+    with capture_heatmaps(pipe.unet) as collector:
+        _, (car_map, bus_map) = _run(pipe, collector, prompt, ["car", "bus"], height, width)
+    assert car_map.shape == (height, width)
+    left = np.zeros((height, width), bool)
+    left[:, : width // 2] = True
+    assert car_map[left].mean() > 0.8 and car_map[~left].mean() < 0.2
+    assert bus_map[~left].mean() > 0.8 and bus_map[left].mean() < 0.2
+    labels = extract_labels(car_map)
+    iou = (labels.mask & left).sum() / (labels.mask | left).sum()
+    assert iou >= 0.9 and len(labels.instances) == 1
+
+
+def test_any_size_and_grid_geometry(tiny_pipe):
+    col = HeatmapCollector()
+    col.reset(1, [1], (9, 17))  # 72 × 136 px: odd latent sides
+    assert col.grid(9 * 17) == (1, 9, 17)
+    assert col.grid(5 * 9) == (2, 5, 9)
+    with pytest.raises(ValueError, match="does not match"):
+        col.grid(7)
+    with capture_heatmaps(tiny_pipe.unet) as collector:
+        image, maps = _run(tiny_pipe, collector, "a car on a road", ["car"], 72, 136)
+    assert image.shape == (72, 136, 3) and maps[0].shape == (72, 136)
+    assert maps[0].min() == 0 and abs(maps[0].max() - 1) < 1e-5
+
+
+def test_capture_does_not_change_images_and_restores_processors(tiny_pipe):
+    before = tiny_pipe.unet.attn_processors
+    kwargs = dict(num_inference_steps=3, height=64, width=64, output_type="np")
+    bare = tiny_pipe("a red car", generator=torch.Generator().manual_seed(3), **kwargs).images
+    with capture_heatmaps(tiny_pipe.unet) as collector:
+        collector.reset(1, [3], (8, 8))
+        captured = tiny_pipe("a red car", generator=torch.Generator().manual_seed(3), **kwargs).images
+        assert collector.maps, "cross-attention was recorded"
+        inside = tiny_pipe.unet.attn_processors
+        assert all(type(inside[k]).__name__ == "HeatmapProcessor" for k in inside if k.endswith("attn2.processor") and not k.startswith("mid"))
+    after = tiny_pipe.unet.attn_processors
+    assert all(after[k] is before[k] for k in before)
+    assert np.array_equal(bare, captured)
+    assert np.array_equal(bare, tiny_pipe("a red car", generator=torch.Generator().manual_seed(3), **kwargs).images)
+
+
+def test_word_to_token_mapping(tiny_pipe):
+    enc = tokenize(tiny_pipe, "a car with tires++ next to a car")
+    ids = enc.ids
+    car_id = tiny_pipe.tokenizer.convert_tokens_to_ids("car</w>")
+    cars = word_positions(tiny_pipe, enc, "car")
+    assert cars[0] == 2 and len(cars) == 2 and all(ids[t] == car_id for t in cars)  # both occurrences
+    tires = word_positions(tiny_pipe, enc, "tires")
+    assert len(tires) == len(tiny_pipe.tokenizer.tokenize("tires")) > 1  # a multi-token word
+    assert all(enc.weights[t] == pytest.approx(1.21) for t in tires)
+    assert word_positions(tiny_pipe, enc, "bus") == []
+    assert find_word_tokens([5, 1, 2, 5, 1, 2], [1, 2]) == [1, 2, 4, 5]
+    # without emphasis the ids are exactly the pipeline tokenizer's
+    plain = tokenize(tiny_pipe, "a car with tires")
+    ref = tiny_pipe.tokenizer("a car with tires", padding="max_length", max_length=77, truncation=True).input_ids
+    assert plain.ids == ref and plain.weights == [1.0] * 77
+    long = tokenize(tiny_pipe, " ".join(["car"] * 100))
+    assert long.truncated and len(long.ids) == 77
+
+
+def test_textual_inversion_token_is_one_word(tmp_path):
+    from safetensors.torch import save_file
+
+    pipe = build_tiny_pipeline()
+    path = tmp_path / "piano.safetensors"
+    save_file({"<grand-piano>": torch.randn(32)}, str(path))
+    a1111 = tmp_path / "multi.pt"
+    torch.save({"string_to_param": {"*": torch.randn(2, 32)}, "name": "multi"}, a1111)
+
+    class TI:
+        def __init__(self, path, token):
+            self.path, self.token = path, token
+
+    load_textual_inversions(pipe, [TI(path, "<grand-piano>"), TI(a1111, "<multi>")])
+    enc = tokenize(pipe, "a <grand-piano> on a road near a <multi>")
+    assert len(word_positions(pipe, enc, "<grand-piano>")) == 1
+    assert len(word_positions(pipe, enc, "<multi>")) == 2  # two vectors → two tokens
+    new_row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("<grand-piano>")]
+    assert torch.allclose(new_row, read_embedding(path, "<grand-piano>")[0])
+
+
+def test_embedding_files_are_read_safely(tmp_path):
+    real = read_embedding("examples/embeddings/car-accident.pt", "<car-accident>")
+    assert real.shape == (1, 768)
+    pipe = build_tiny_pipeline()
+
+    class TI:
+        path, token = "examples/embeddings/car-accident.pt", "<car-accident>"
+
+    with pytest.raises(ModelNotFoundError, match="768-d vectors but this model's text encoder uses 32-d"):
+        load_textual_inversions(pipe, [TI()])
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"<x>": Evil()}))
+    with pytest.raises(ModelNotFoundError, match="could not read the embedding"):
+        read_embedding(evil, "<x>")
+    assert not marker.exists()
