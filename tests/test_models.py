@@ -1,0 +1,38 @@
+"""Model loading: builtin, a local diffusers folder (saved from the tiny model), schedulers, errors."""
+
+import pytest
+import fiftyone as fo
+
+from conftest import small_config
+from diffugen.config import parse_config
+from diffugen.errors import ModelNotFoundError
+from diffugen.generate import generate
+from diffugen.models import load_pipeline, pipeline_for_task
+
+
+def test_local_diffusers_folder_and_scheduler(tmp_path, tiny_pipe, dataset_name):
+    folder = tmp_path / "tiny-sd"
+    tiny_pipe.save_pretrained(folder)
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=str(folder), scheduler="euler",
+                                    seeds=[1], attributes={"view": ["rear"], "object": ["car"], "time": ["noon"]}))
+    summary = generate(cfg)
+    assert summary.tasks[0].made == 1
+    s = fo.load_dataset(dataset_name).first()
+    assert s.model == str(folder) and s.daam_detections is not None
+
+
+def test_task_pipelines_share_weights(tiny_pipe):
+    for task in ("img2img", "inpaint"):
+        derived = pipeline_for_task(tiny_pipe, task)
+        assert derived.unet is tiny_pipe.unet and derived.vae is tiny_pipe.vae
+        assert type(derived).__name__ == {"img2img": "StableDiffusionImg2ImgPipeline",
+                                          "inpaint": "StableDiffusionInpaintPipeline"}[task]
+
+
+def test_unknown_builtin_and_bad_paths(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="built-in models are"):
+        load_pipeline("builtin:huge")
+    with pytest.raises(ModelNotFoundError, match="not a hub id"):
+        load_pipeline(str(tmp_path / "missing-folder"))
+    with pytest.raises(ModelNotFoundError, match=str(tmp_path / "x.ckpt")):
+        load_pipeline(str(tmp_path / "x.ckpt"))
