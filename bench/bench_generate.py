@@ -34,9 +34,11 @@ import torch
 from _common import machine_line, mark, median, pick_device, sync
 
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 import fiftyone as fo  # noqa: E402
 
+from diffugen import dataset as dsu  # noqa: E402
 from diffugen.config import load_config  # noqa: E402
 from diffugen.generate import Generator, generate, plan  # noqa: E402
 
@@ -99,6 +101,9 @@ def instrument(gen: Generator, pipe, acc: dict[str, float], device: str) -> None
 
     gen.run_batch = timed("run_batch", gen.run_batch)
     gen.build_sample = timed("build_sample", gen.build_sample)
+    # Module-level: generate() calls dsu.open_dataset and SampleWriter.flush (bench process only).
+    dsu.open_dataset = timed("open_dataset", dsu.open_dataset)
+    dsu.SampleWriter.flush = timed("flush", dsu.SampleWriter.flush)
     cls = type(pipe)  # pipe(...) looks __call__ up on the class: swap in a subclass for this instance
     call = cls.__call__
 
@@ -114,6 +119,14 @@ def instrument(gen: Generator, pipe, acc: dict[str, float], device: str) -> None
 
     Timed.__name__ = cls.__name__
     pipe.__class__ = Timed
+
+
+def label_stats(ds) -> dict[str, float]:
+    n = len(ds)
+    dets = sum(len(d.detections) for d in ds.values("daam_detections") if d is not None)
+    pts = sum(len(p.points[0]) for pl in ds.values("daam_polygons") if pl is not None for p in pl.polylines)
+    words = sum(len(w or []) for w in ds.values("word_heatmaps"))
+    return {"det": dets / n, "pts": pts / n, "words": words / n}
 
 
 def main() -> None:
@@ -138,7 +151,7 @@ def main() -> None:
         fo.list_datasets()  # start mongod before timing
         delete_dataset()
 
-        acc = {"pipe": 0.0, "run_batch": 0.0, "build_sample": 0.0}
+        acc = {"pipe": 0.0, "run_batch": 0.0, "build_sample": 0.0, "open_dataset": 0.0, "flush": 0.0}
         instrument(gen, pipe, acc, device)
         with torch.no_grad():
             run_bare(pipe, cfg, items[: a.batch_size])  # warm-up (first-call costs)
@@ -146,6 +159,7 @@ def main() -> None:
 
         times: dict[str, list[float]] = {"bare": [], "generate": []}
         parts: list[dict[str, float]] = []
+        stats: dict[str, float] = {}
         for rep in range(a.reps):
             order = ["bare", "generate"] if rep % 2 == 0 else ["generate", "bare"]
             for mode in order:
@@ -171,8 +185,10 @@ def main() -> None:
                     parts.append({**acc, "total": dt})
                     made = sum(t.made for t in summary.tasks)
                     assert made == len(items), summary
-                    n = len(fo.load_dataset(DATASET))
-                    assert n == len(items), n
+                    ds = fo.load_dataset(DATASET)
+                    assert len(ds) == len(items), len(ds)
+                    if not stats:
+                        stats.update(label_stats(ds))
                     delete_dataset()
             print(f"  rep {rep}: bare {times['bare'][-1]:.2f} s, generate {times['generate'][-1]:.2f} s, "
                   f"ratio {times['generate'][-1] / times['bare'][-1]:.2f}")
@@ -184,7 +200,10 @@ def main() -> None:
         print(f"generate : median {mg:.2f} s ({len(items) / mg:.1f} images/s)")
         print(f"  inside generate: pipeline calls {p['pipe']:.2f} s, rest of run_batch (encode, heatmaps) "
               f"{p['run_batch'] - p['pipe']:.2f} s, build_sample (labels, PNGs) {p['build_sample']:.2f} s, "
-              f"other (plan, dataset, inserts) {p['total'] - p['run_batch'] - p['build_sample']:.2f} s")
+              f"open_dataset {p['open_dataset']:.2f} s, inserts (SampleWriter.flush) {p['flush']:.2f} s, other (plan, "
+              f"resume query) {p['total'] - p['run_batch'] - p['build_sample'] - p['open_dataset'] - p['flush']:.2f} s")
+        print(f"  labels per sample (tiny model, random weights): {stats['det']:.1f} detections, "
+              f"{stats['pts']:.0f} polygon points, {stats['words']:.1f} word heatmaps")
         print(f"generate/bare = {ratio:.2f}   (ratio of median times; per rep: "
               + ", ".join(f"{g / b:.2f}" for g, b in zip(times["generate"], times["bare"])) + ")")
         print(f"target generate/bare <= {TARGET:.2f}: {mark(ratio, TARGET)}")

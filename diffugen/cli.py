@@ -1,4 +1,4 @@
-"""The ``diffugen`` command line: ``generate``, ``relabel``, ``app``."""
+"""The ``diffugen`` command line: ``generate``, ``relabel``, ``label``, ``train``, ``compare``, ``app``."""
 
 from __future__ import annotations
 
@@ -48,24 +48,71 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_relabel(args: argparse.Namespace) -> int:
-    import fiftyone as fo
-
     from .relabel import relabel
 
     params = _label_params(args)
-    if not fo.dataset_exists(args.dataset):
-        raise DiffuGenError(f"no FiftyOne dataset named {args.dataset!r}; datasets here: {fo.list_datasets()}")
-    n = relabel(fo.load_dataset(args.dataset), params)
+    n = relabel(_dataset(args.dataset), params)
     print(f"relabeled {n} samples of {args.dataset!r} with {params.model_dump()}")
+    return 0
+
+
+def _dataset(name: str):
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        raise DiffuGenError(f"no FiftyOne dataset named {name!r}; datasets here: {fo.list_datasets()}")
+    return fo.load_dataset(name)
+
+
+def _class_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise DiffuGenError(f"--class-map: expected dataset_class=model_class,... (e.g. sedan=car,pickup=truck), got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from .labels.supervised import label_yolo
+
+    ds = _dataset(args.dataset)
+    class_map = _class_map(args.class_map)
+    if class_map is None:
+        lm = ds.info.get("diffugen_config", {}).get("label_model") or {}
+        class_map = lm.get("class_map") or None
+    n = label_yolo(ds, args.yolo, class_map=class_map, conf=args.conf, imgsz=args.imgsz, device=args.device,
+                   batch_size=args.batch_size)
+    print(f"labeled {n} samples of {args.dataset!r} with {args.yolo} (fields yolo_segmentation, yolo_polygons, yolo_detections)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_yolo
+
+    ds = _dataset(args.dataset)
+    weights = train_yolo(ds, epochs=args.epochs, imgsz=args.imgsz, model=args.model, min_score=args.min_score,
+                         only_approved=args.only_approved, device=args.device, batch=args.batch,
+                         val_fraction=args.val_fraction, seed=args.seed, out_dir=args.out)
+    print(weights)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import DISAGREEMENT_VIEW, LOW_SCORE_VIEW, compare_labels
+
+    ds = _dataset(args.dataset)
+    summary = compare_labels(ds, iou_threshold=args.iou, gt=args.gt, agreement_threshold=args.agreement,
+                             min_score=args.min_score)
+    print(f"{summary['samples']} samples, mean agreement {summary['mean_agreement']:.3f}; "
+          f"evaluation under eval key {summary.get('eval_key')!r}; saved views {DISAGREEMENT_VIEW!r}, {LOW_SCORE_VIEW!r}")
     return 0
 
 
 def cmd_app(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
-    if not fo.dataset_exists(args.dataset):
-        raise DiffuGenError(f"no FiftyOne dataset named {args.dataset!r}; datasets here: {fo.list_datasets()}")
-    session = fo.launch_app(fo.load_dataset(args.dataset), port=args.port, remote=args.remote)
+    session = fo.launch_app(_dataset(args.dataset), port=args.port, remote=args.remote)
     session.wait()
     return 0
 
@@ -90,6 +137,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-area", type=float, help="drop instances smaller than this fraction of the image")
     r.add_argument("--polygon-epsilon", type=float, help="polygon simplification, fraction of the perimeter")
     r.set_defaults(func=cmd_relabel)
+
+    lb = sub.add_parser("label", help="supervised labels with a YOLO segmentation model")
+    lb.add_argument("dataset")
+    lb.add_argument("--yolo", required=True, metavar="WEIGHTS", help="a local YOLO-seg .pt file (never downloaded)")
+    lb.add_argument("--class-map", help="dataset_class=model_class,... (default: the config's, else same names)")
+    lb.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    lb.add_argument("--imgsz", type=int, default=640)
+    lb.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ...")
+    lb.add_argument("--batch-size", type=int, default=8)
+    lb.set_defaults(func=cmd_label)
+
+    t = sub.add_parser("train", help="train a YOLO-seg model on the DAAM labels (prints the weights path last)")
+    t.add_argument("dataset")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--imgsz", type=int, help="training image size (default: the images' size)")
+    t.add_argument("--model", default="yolov8n-seg.yaml", help="a YOLO-seg yaml (from scratch) or local .pt (fine-tune)")
+    t.add_argument("--min-score", type=float, help="use only DAAM labels with at least this score")
+    t.add_argument("--only-approved", action="store_true", help="use only labels tagged 'approved' in review")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", help="run folder (default: OUTPUT_ROOT/DATASET/yolo/<time>)")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("compare", help="match DAAM and YOLO labels, evaluate, save disagreement views")
+    c.add_argument("dataset")
+    c.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default 0.5)")
+    c.add_argument("--gt", choices=("yolo", "daam"), default="yolo", help="ground truth for evaluate_detections")
+    c.add_argument("--agreement", type=float, default=0.5, help="disagreement view: agreement below this")
+    c.add_argument("--min-score", type=float, default=0.5, help="low-score view: DAAM labels below this")
+    c.set_defaults(func=cmd_compare)
 
     a = sub.add_parser("app", help="open a dataset in the FiftyOne App")
     a.add_argument("dataset")

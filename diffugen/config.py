@@ -112,10 +112,14 @@ class InpaintConfig(TaskConfig):
 class LabelModelConfig(_Strict):
     """A supervised segmentation model (see the supervised-labeling issue); kept from original configs."""
 
-    type: str = "YOLOSeg"
+    type: Literal["YOLOSeg"] = "YOLOSeg"
     weights: str | None = None
-    classes: str | list[str] | None = None
-    class_map: dict[str, str] = Field(default_factory=dict)
+    classes: str | list[str] | None = None  # the original's class-names file; the model's own names are used
+    class_map: dict[str, str] = Field(default_factory=dict)  # dataset class → model class
+    conf: float = Field(0.25, ge=0.0, le=1.0)
+    imgsz: int = Field(640, ge=32, le=4096)
+    device: str | None = None  # default: the config's device
+    batch_size: int = Field(8, ge=1, le=256)
 
 
 class DiffuGenConfig(_Strict):

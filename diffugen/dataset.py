@@ -131,7 +131,8 @@ def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) 
             targets[len(targets) + 1] = cls
             known.add(cls)
     if targets != ds.mask_targets.get("daam_segmentation"):
-        ds.mask_targets = {**ds.mask_targets, "daam_segmentation": targets}
+        # DAAM and YOLO masks share class ids, so they can be compared pixel for pixel.
+        ds.mask_targets = {**ds.mask_targets, "daam_segmentation": targets, "yolo_segmentation": targets}
     if config is not None:
         history = list(ds.info.get("diffugen_configs", []))
         if not history or history[-1] != config:

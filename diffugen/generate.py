@@ -168,6 +168,23 @@ class Generator:
         self.root = Path(output_root or cfg.output_root).resolve()
         self.media_root = dsu.safe_child(self.root, cfg.dataset_name)
         self._models: dict[str, object] = {}
+        self._yolo = None
+
+    def yolo(self):
+        """The supervised labeler of ``label_model`` (loaded once), or ``None`` when the config has none."""
+        lm = self.cfg.label_model
+        if lm is None or not lm.weights:
+            return None
+        if self._yolo is None:
+            from .labels.supervised import YoloLabeler
+            from .models import resolve_device
+
+            device = lm.device or self.cfg.device
+            if device == "auto":
+                device = "0" if resolve_device("auto").type == "cuda" else "cpu"
+            self._yolo = YoloLabeler(lm.weights, self.cfg.dataset_classes(), lm.class_map or None, lm.conf, lm.imgsz,
+                                     device, lm.batch_size)
+        return self._yolo
 
     def pipeline(self, task: str):
         """The pipeline of ``task``: the task's model (loaded once), embeddings and scheduler applied."""
@@ -224,7 +241,7 @@ class Generator:
         return images, word_maps, found
 
     def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
-                     class_ids: dict[str, int]) -> fo.Sample:
+                     class_ids: dict[str, int], extra: dict | None = None) -> fo.Sample:
         """Write the item's files and return its complete sample (image, heatmaps, labels, provenance)."""
         cfg = self.cfg
         folder = dsu.safe_child(self.media_root, task)
@@ -266,12 +283,24 @@ class Generator:
             metadata=fo.ImageMetadata(width=image.shape[1], height=image.shape[0], num_channels=3,
                                       mime_type=f"image/{'png' if ext == 'png' else 'jpeg'}"),
             **fields,
+            **(extra or {}),
         )
         if task != "txt2img":
             sample["strength"] = float(getattr(cfg, task).strength)
         if item.replace is not None:
             sample["inpaint_replaced"] = item.replace[0]
         return sample
+
+    def supervised_labels(self, task: str, items: Sequence[WorkItem], images: np.ndarray,
+                          class_ids: dict[str, int]) -> list[dict]:
+        """YOLO fields for a generated batch (one batched predict), or empty dicts without a label model."""
+        yolo = self.yolo()
+        if yolo is None:
+            return [{} for _ in items]
+        folder = dsu.safe_child(self.media_root, task, "masks_yolo")
+        return yolo.label([np.ascontiguousarray(im[..., ::-1]) for im in images],
+                          [[c for _, c in it.class_words] for it in items], class_ids,
+                          [folder / f"{it.key}.png" for it in items])
 
     def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None) -> TaskSummary:
         cfg = self.cfg
@@ -301,9 +330,10 @@ class Generator:
             for batch in _batches(todo, batch_size):
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
                 images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)
-                for it, image, maps, f in zip(batch, images, word_maps, found):
+                supervised = self.supervised_labels(task, batch, images, ids)
+                for it, image, maps, f, extra in zip(batch, images, word_maps, found, supervised):
                     summary.unlabeled_words += len(it.class_words) - len(f)
-                    writer.add(self.build_sample(task, it, image, maps, f, ids))
+                    writer.add(self.build_sample(task, it, image, maps, f, ids, extra))
                 summary.made += len(batch)
                 bar.update(len(batch))
                 if progress is not None:
@@ -325,6 +355,7 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
     gen = generator or Generator(cfg, output_root)
     for t in chosen:  # load every model (and embedding) first: a missing one fails before anything is written
         gen.pipeline(t)
+    gen.yolo()
     ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
     summary = GenerateSummary(cfg.dataset_name)
     for task in chosen:
