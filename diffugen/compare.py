@@ -26,31 +26,6 @@ DISAGREEMENT_VIEW = "daam-vs-yolo-disagreements"
 LOW_SCORE_VIEW = "low-score-labels"
 
 
-def full_masks(detections: Sequence[fo.Detection], height: int, width: int) -> np.ndarray:
-    """``(n, height, width)`` bool: each detection's mask pasted at its box (the box itself if no mask)."""
-    out = np.zeros((len(detections), height, width), bool)
-    for k, d in enumerate(detections):
-        x, y, w, h = d.bounding_box
-        x0, y0 = int(x * width), int(y * height)
-        if d.mask is not None:
-            sub = d.mask[: height - y0, : width - x0]
-            out[k, y0 : y0 + sub.shape[0], x0 : x0 + sub.shape[1]] = sub
-        else:
-            out[k, y0 : int(round((y + h) * height)), x0 : int(round((x + w) * width))] = True
-    return out
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mask IoU between ``(n, H, W)`` and ``(m, H, W)`` bool stacks → ``(n, m)``."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-
-
 @dataclass
 class Match:
     """Matching of one sample: per-label IoUs and the sample's agreement."""
@@ -71,12 +46,49 @@ class Match:
         return float(self.a_iou[self.a_iou >= self.threshold].sum() / (n + m - k))
 
 
+def _pixel_box(d: fo.Detection, height: int, width: int) -> tuple[int, int, int, int]:
+    x, y, w, h = d.bounding_box
+    x0, y0 = int(x * width), int(y * height)
+    if d.mask is not None:
+        return x0, y0, x0 + d.mask.shape[1], y0 + d.mask.shape[0]
+    return x0, y0, int(round((x + w) * width)), int(round((y + h) * height))
+
+
+def _area(d: fo.Detection, box) -> float:
+    return float(d.mask.sum()) if d.mask is not None else float(max(0, box[2] - box[0]) * max(0, box[3] - box[1]))
+
+
+def _window(d: fo.Detection, box, x0, y0, x1, y1) -> np.ndarray:
+    # The label's mask (or filled box) over the pixel window [x0, x1) × [y0, y1).
+    if d.mask is None:
+        return np.ones((y1 - y0, x1 - x0), bool)
+    return d.mask[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]]
+
+
+def pair_ious(a: Sequence[fo.Detection], b: Sequence[fo.Detection], height: int, width: int) -> np.ndarray:
+    """``(n, m)`` mask IoU of same-class pairs, computed only where their boxes overlap (0 otherwise)."""
+    ious = np.zeros((len(a), len(b)))
+    boxes_a = [_pixel_box(d, height, width) for d in a]
+    boxes_b = [_pixel_box(d, height, width) for d in b]
+    areas_a = [_area(d, bx) for d, bx in zip(a, boxes_a)]
+    areas_b = [_area(d, bx) for d, bx in zip(b, boxes_b)]
+    for r, (da, ba) in enumerate(zip(a, boxes_a)):
+        for c, (db, bb) in enumerate(zip(b, boxes_b)):
+            if da.label != db.label:
+                continue
+            x0, y0, x1, y1 = max(ba[0], bb[0]), max(ba[1], bb[1]), min(ba[2], bb[2]), min(ba[3], bb[3])
+            if x1 <= x0 or y1 <= y0:
+                continue
+            inter = float(np.count_nonzero(_window(da, ba, x0, y0, x1, y1) & _window(db, bb, x0, y0, x1, y1)))
+            union = areas_a[r] + areas_b[c] - inter
+            ious[r, c] = inter / union if union > 0 else 0.0
+    return ious
+
+
 def match_labels(a: Sequence[fo.Detection], b: Sequence[fo.Detection], height: int, width: int,
                  threshold: float = 0.5) -> Match:
     """One-to-one matching of two label sets of the same image, same class only, by mask IoU."""
-    ious = iou_matrix(full_masks(a, height, width), full_masks(b, height, width))
-    same = np.array([[da.label == db.label for db in b] for da in a], bool).reshape(len(a), len(b))
-    ious = np.where(same, ious, 0.0)
+    ious = pair_ious(a, b, height, width)
     a_iou, b_iou = np.zeros(len(a)), np.zeros(len(b))
     if ious.size:
         rows, cols = linear_sum_assignment(-ious)
@@ -109,19 +121,20 @@ def compare_labels(collection, daam_field: str = "daam_detections", yolo_field: 
     for start in range(0, total, batch_size):
         chunk = collection.skip(start).limit(batch_size)
         ids, widths, heights, daam, yolo = chunk.values(["id", "metadata.width", "metadata.height", daam_field, yolo_field])
-        out_daam, out_yolo, agree, un_d, un_y = {}, {}, {}, {}, {}
+        ious: dict[str, dict] = {daam_field: {}, yolo_field: {}}
+        agree, un_d, un_y = {}, {}, {}
         for i, w, h, dd, yy in zip(ids, widths, heights, daam, yolo):
             a = dd.detections if dd is not None else []
             b = yy.detections if yy is not None else []
             m = match_labels(a, b, h, w, iou_threshold)
-            for label, iou in zip(a, m.a_iou):
-                label["match_iou"], label["matched"] = float(iou), bool(iou >= iou_threshold)
-            for label, iou in zip(b, m.b_iou):
-                label["match_iou"], label["matched"] = float(iou), bool(iou >= iou_threshold)
-            out_daam[i], out_yolo[i] = dd, yy
+            ious[daam_field][i], ious[yolo_field][i] = m.a_iou.tolist(), m.b_iou.tolist()
             agree[i], un_d[i], un_y[i] = m.agreement, len(a) - m.matched_pairs, len(b) - m.matched_pairs
-        ds.set_values(daam_field, out_daam, key_field="id")
-        ds.set_values(yolo_field, out_yolo, key_field="id")
+        # Only the new per-label attributes are written (not the labels and their masks again).
+        for name, per_sample in ious.items():
+            have = {i: v for i, v in per_sample.items() if v}
+            ds.set_values(f"{name}.detections.match_iou", have, key_field="id")
+            ds.set_values(f"{name}.detections.matched", {i: [x >= iou_threshold for x in v] for i, v in have.items()},
+                          key_field="id")
         ds.set_values("agreement", agree, key_field="id")
         ds.set_values("daam_unmatched", un_d, key_field="id")
         ds.set_values("yolo_unmatched", un_y, key_field="id")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Callable, Sequence
 
 import cv2
-import numpy as np
+from bson import ObjectId
 
 import fiftyone as fo
 from fiftyone import ViewField as F
@@ -139,36 +139,37 @@ class ReviewSummary:
                 "rejected": self.rejected, "sources": dict(self.sources)}
 
 
-def _curate(labels, min_score: float, source: str, summary: ReviewSummary) -> fo.Detections:
+def _curate(labels: list[dict] | None, min_score: float, source: str, summary: ReviewSummary) -> dict:
+    # Raw label documents in and out (what FiftyOne stores): no per-label object construction.
     out = []
-    for lab in labels or []:
-        tags = set(lab.tags or ())
+    for lab in labels or ():
+        tags = lab.get("tags") or ()
         if REJECTED in tags:
             summary.rejected += 1
             continue
         if APPROVED in tags:
             summary.approved += 1
-        elif NEEDS_REVIEW in tags or lab.confidence is None or lab.confidence < min_score:
-            continue
-        det = lab.copy()
-        det.tags = [t for t in det.tags if t != NEEDS_REVIEW]
-        det["source"] = source
-        det["source_id"] = lab.id
-        out.append(det)
-    return fo.Detections(detections=out)
+        else:
+            score = lab.get("confidence")
+            if NEEDS_REVIEW in tags or score is None or score < min_score:
+                continue
+        out.append({**lab, "_id": ObjectId(), "tags": [t for t in tags if t != NEEDS_REVIEW],
+                    "source": source, "source_id": str(lab["_id"])})
+    return {"_cls": "Detections", "detections": out}
 
 
 def _write_curated(collection, source_field: str, min_score: float, out_field: str, summary: ReviewSummary,
                    progress: ProgressFn | None, done: int, total: int) -> int:
     path = _list_path(collection, source_field)
     source = source_name(source_field)
-    ids, labels = collection.values(["id", path])
+    ids, labels = collection.values(["id", path], _raw=True)
+    ds = collection._root_dataset
     for start in range(0, len(ids), _CHUNK):
-        chunk_ids = ids[start:start + _CHUNK]
-        values = {i: _curate(labs, min_score, source, summary) for i, labs in zip(chunk_ids, labels[start:start + _CHUNK])}
-        summary.labels += sum(len(v.detections) for v in values.values())
-        collection._root_dataset.set_values(out_field, values, key_field="id", validate=False)
-        done += len(chunk_ids)
+        values = {i: _curate(labs, min_score, source, summary)
+                  for i, labs in zip(ids[start:start + _CHUNK], labels[start:start + _CHUNK])}
+        summary.labels += sum(len(v["detections"]) for v in values.values())
+        ds.set_values(out_field, values, key_field="id", validate=False)
+        done += len(values)
         _report(progress, done, total, f"curated {done}/{total}")
     return done
 
@@ -179,6 +180,9 @@ def _declare_curated(ds: fo.Dataset, out_field: str) -> None:
         ds.add_sample_field(out_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     elif not issubclass(getattr(schema[out_field], "document_type", object), fo.Detections):
         raise DiffuGenError(f"field {out_field!r} exists and is not a Detections field: choose another output field")
+    for name in ("source", "source_id"):
+        if f"{out_field}.detections.{name}" not in ds.get_field_schema(flat=True):
+            ds.add_sample_field(f"{out_field}.detections.{name}", fo.StringField)
     if CURATED_SOURCE not in schema:
         ds.add_sample_field(CURATED_SOURCE, fo.StringField)
 
@@ -211,6 +215,7 @@ def apply_review(collection, field: str = "daam_detections", min_score: float = 
         done = _write_curated(view, src, min_score, out_field, summary, progress, done, total)
         summary.sources[src] = len(src_ids)
     summary.samples = total
+    _declare_copied_attributes(ds, out_field)
     _record(ds, "apply_review", reviewer, field=field, min_score=min_score, out_field=out_field, **summary.to_dict())
     return summary
 
@@ -232,9 +237,16 @@ def take_labels(collection, source_field: str, min_score: float = 0.5, out_field
     collection.set_field(CURATED_SOURCE, source_field).save(CURATED_SOURCE)
     summary = ReviewSummary(samples=n, sources={source_field: n})
     _write_curated(collection, source_field, min_score, out_field, summary, progress, 0, n)
+    _declare_copied_attributes(ds, out_field)
     _record(ds, "take_labels", reviewer, field=source_field, min_score=min_score, out_field=out_field,
             **summary.to_dict())
     return summary
+
+
+def _declare_copied_attributes(ds: fo.Dataset, out_field: str) -> None:
+    # The copies keep their source's own attributes (DAAM ``word``/``area``, YOLO ``matched``...):
+    # declare them so the App can filter on them.
+    ds.add_dynamic_sample_fields(fields=out_field, add_mixed=True)
 
 
 def _record(ds: fo.Dataset, action: str, reviewer: str | None, **details) -> None:

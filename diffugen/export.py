@@ -1,0 +1,277 @@
+"""Export a labeled collection for training: YOLO (segmentation), COCO (polygons) or mask images.
+
+``export_dataset`` splits the samples with :func:`fiftyone.utils.random.random_split` (the split
+names become sample tags, so the App shows which sample went where) and writes each split with
+FiftyOne's own exporters:
+
+=========== ================================ =====================================================
+``format``   FiftyOne type                    layout under ``out_dir``
+=========== ================================ =====================================================
+``yolo``     ``fo.types.YOLOv5Dataset``       ``dataset.yaml``, ``images/<split>/``,
+                                              ``labels/<split>/`` (instance masks → YOLO-seg polygons)
+``coco``     ``fo.types.COCODetectionDataset`` ``<split>/data/``, ``<split>/labels.json`` (polygons)
+``masks``    ``fo.types.ImageSegmentationDirectory`` ``<split>/data/``, ``<split>/labels/`` (class-id PNGs)
+=========== ================================ =====================================================
+
+Nothing is written when an argument is wrong: an existing non-empty ``out_dir`` is refused unless
+``overwrite`` (and even then never one that holds the dataset's own media), and so is a path
+outside ``allowed_root`` when one is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Callable
+
+import fiftyone as fo
+import fiftyone.utils.random as four
+
+from .errors import DiffuGenError
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+
+FORMATS = ("yolo", "coco", "masks")
+DEFAULT_SPLIT = {"train": 0.8, "val": 0.2}
+_TYPES_BY_FORMAT = {
+    "yolo": (fo.Detections, fo.Polylines),
+    "coco": (fo.Detections, fo.Polylines),
+    "masks": (fo.Segmentation, fo.Detections, fo.Polylines),
+}
+
+
+@dataclass
+class ExportSummary:
+    out_dir: Path
+    format: str
+    field: str
+    splits: dict[str, int] = dc_field(default_factory=dict)  # samples per split
+    labels: int = 0
+    data_yaml: Path | None = None  # yolo: what ``ultralytics`` trains on
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "format": self.format, "field": self.field, "splits": dict(self.splits),
+                "labels": self.labels, "data_yaml": str(self.data_yaml) if self.data_yaml else None}
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k}: {v}" for k, v in self.splits.items())
+        return f"exported {self.labels} {self.field} labels as {self.format} to {self.out_dir} ({parts})"
+
+
+# ---- argument checks (shared with the operator and the CLI) ------------------------------------
+def parse_split(text: str | dict | None) -> dict[str, float]:
+    """``"train=0.8,val=0.2"`` (or a dict) → ``{"train": 0.8, "val": 0.2}``, checked."""
+    if text is None or text == "":
+        return dict(DEFAULT_SPLIT)
+    if isinstance(text, dict):
+        items = list(text.items())
+    else:
+        items = []
+        for part in str(text).split(","):
+            name, sep, frac = part.partition("=")
+            if not sep:
+                raise DiffuGenError(f"split: expected name=fraction pairs like 'train=0.8,val=0.2', got {text!r}")
+            try:
+                items.append((name.strip(), float(frac)))
+            except ValueError:
+                raise DiffuGenError(f"split: {frac.strip()!r} is not a number (in {text!r})") from None
+    out: dict[str, float] = {}
+    for name, frac in items:
+        if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise DiffuGenError(f"split: names must be letters, digits, '-' or '_', got {name!r}")
+        if name in out:
+            raise DiffuGenError(f"split: {name!r} given twice")
+        if not isinstance(frac, (int, float)) or not math.isfinite(frac) or frac <= 0:
+            raise DiffuGenError(f"split: the fraction of {name!r} must be a positive number, got {frac!r}")
+        out[name] = float(frac)
+    if not out:
+        raise DiffuGenError("split: give at least one split, e.g. 'train=0.8,val=0.2'")
+    return out
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False, allowed_root: str | Path | None = None,
+                  media: list[str] | None = None) -> Path:
+    """The resolved output folder, or a :class:`DiffuGenError` saying why it cannot be used.
+
+    A relative ``out_dir`` is taken relative to ``allowed_root`` when one is given.
+    """
+    path = Path(out_dir).expanduser()
+    if allowed_root is not None:
+        root = Path(allowed_root).expanduser().resolve()
+        path = (root / path).resolve() if not path.is_absolute() else path.resolve()
+        if path == root or root not in path.parents:
+            raise DiffuGenError(f"export folder {path} is outside the allowed export root {root}: "
+                                f"choose a folder inside it (a relative path is taken relative to it)")
+    else:
+        path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise DiffuGenError(f"export folder {path} exists and is a file")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise DiffuGenError(f"export folder {path} already exists and is not empty: "
+                                f"choose another folder or overwrite it (--overwrite)")
+        if path == Path(path.anchor) or path == Path.home().resolve() or path in Path.cwd().resolve().parents \
+                or path == Path.cwd().resolve():
+            raise DiffuGenError(f"refusing to overwrite {path}: choose a dedicated export folder")
+        inside = next((m for m in media or () if path in Path(m).resolve().parents), None)
+        if inside is not None:
+            raise DiffuGenError(f"refusing to overwrite {path}: it holds the dataset's media ({inside})")
+    return path
+
+
+def _check_field(collection, field: str, fmt: str) -> type:
+    schema = collection.get_field_schema()
+    types = _TYPES_BY_FORMAT[fmt]
+    usable = [n for n, f in schema.items()
+              if getattr(f, "document_type", None) is not None and issubclass(f.document_type, types)]
+    if field not in schema:
+        raise DiffuGenError(f"field {field!r} not found in {collection.name!r}; fields {fmt} can export: {usable}")
+    doc_type = getattr(schema[field], "document_type", None)
+    if doc_type is None or not issubclass(doc_type, types):
+        raise DiffuGenError(f"field {field!r} ({schema[field]}) cannot be exported as {fmt}; "
+                            f"it takes {', '.join(t.__name__ for t in types)} fields: {usable}")
+    return doc_type
+
+
+def classes_of(collection, field: str) -> list[str]:
+    """Class list: the dataset's DAAM mask targets in id order, then any other label of ``field``."""
+    ds = collection._root_dataset
+    targets = ds.mask_targets.get("daam_segmentation") or ds.mask_targets.get(field) or ds.default_mask_targets or {}
+    classes = [targets[k] for k in sorted(targets, key=int)]
+    doc_type = collection.get_field_schema()[field].document_type
+    if issubclass(doc_type, (fo.Detections, fo.Polylines)):
+        list_name = "detections" if issubclass(doc_type, fo.Detections) else "polylines"
+        classes += sorted(c for c in collection.distinct(f"{field}.{list_name}.label") if c not in classes)
+    return classes
+
+
+def default_export_root(dataset: fo.Dataset) -> Path | None:
+    """The export root of a dataset: ``$DIFFUGEN_EXPORT_ROOT``, else its generation output root."""
+    import os
+
+    env = os.environ.get("DIFFUGEN_EXPORT_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    root = (dataset.info.get("diffugen_config") or {}).get("output_root")
+    if root and Path(root).is_absolute():
+        return Path(root).resolve()
+    first = dataset.first() if len(dataset) else None
+    if first is not None:  # media are under <output_root>/<dataset_name>/<task>/images/
+        for parent in Path(first.filepath).resolve().parents:
+            if parent.name == dataset.info.get("diffugen_config", {}).get("dataset_name", dataset.name):
+                return parent.parent
+    return Path(root).resolve() if root else None
+
+
+# ---- export --------------------------------------------------------------------------------------
+def export_dataset(collection, out_dir: str | Path, format: str = "yolo", field: str = "curated",
+                   split: dict[str, float] | str | None = None, seed: int = 0, overwrite: bool = False,
+                   allowed_root: str | Path | None = None, progress: ProgressFn | None = None) -> ExportSummary:
+    """Split ``collection`` and write ``field`` in ``format`` under ``out_dir``.
+
+    Args:
+        collection: a dataset or view.
+        out_dir: the export folder (created; an existing non-empty one needs ``overwrite``).
+        format: ``"yolo"``, ``"coco"`` or ``"masks"``.
+        field: the label field (``Detections`` with masks, ``Polylines``; ``masks`` also takes a
+            ``Segmentation``).
+        split: fractions per split name, e.g. ``{"train": 0.8, "val": 0.2}`` or ``"train=0.8,val=0.2"``;
+            normalised to sum 1. Each sample gets its split as a tag (old tags of these names are replaced).
+        seed: seed of the random split.
+        overwrite: replace an existing non-empty ``out_dir``.
+        allowed_root: when given, ``out_dir`` must be inside it.
+        progress: ``(done, total, message)`` callback.
+    """
+    if format not in FORMATS:
+        raise DiffuGenError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    doc_type = _check_field(collection, field, format)
+    splits = parse_split(split)
+    total = len(collection)
+    if total == 0:
+        raise DiffuGenError("nothing to export: the collection is empty")
+    media = collection._root_dataset.values("filepath") if overwrite else None
+    out = check_out_dir(out_dir, overwrite, allowed_root, media)
+    classes = classes_of(collection, field)
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    collection.untag_samples(list(splits))
+    four.random_split(collection, splits, seed=seed)
+
+    summary = ExportSummary(out, format, field)
+    done = 0
+    for name in splits:
+        view = collection.match_tags(name)
+        n = len(view)
+        summary.splits[name] = n
+        if n == 0:
+            continue
+        base = done
+        cb = None
+        if progress is not None:
+            cb = fo.report_progress(lambda pb, base=base, name=name: progress(base + (pb.iteration or 0), total,
+                                                                            f"export {name}: {base + (pb.iteration or 0)}/{total}"),
+                                    dt=0.5)
+        _export_split(view, out, format, field, doc_type, name, classes, cb)
+        done += n
+        if progress is not None:
+            progress(done, total, f"exported {name}")
+    summary.labels = _count_labels(collection, field, doc_type)
+    if format == "yolo":
+        summary.data_yaml = out / "dataset.yaml"
+    return summary
+
+
+def _export_split(view, out: Path, fmt: str, field: str, doc_type: type, name: str, classes: list[str], progress) -> None:
+    view = view.select_fields(field)
+    common = dict(label_field=field, export_media=True, progress=progress if progress is not None else False)
+    if fmt == "yolo":
+        view.export(export_dir=str(out), dataset_type=fo.types.YOLOv5Dataset, split=name, classes=classes,
+                    use_masks=issubclass(doc_type, fo.Detections), **common)
+    elif fmt == "coco":
+        view.export(export_dir=str(out / name), dataset_type=fo.types.COCODetectionDataset, classes=classes,
+                    tolerance=1, **common)
+    else:
+        targets = {i + 1: c for i, c in enumerate(classes)}
+        if issubclass(doc_type, fo.Segmentation):  # already class ids: keep the dataset's own targets
+            targets = None
+        view.export(export_dir=str(out / name), dataset_type=fo.types.ImageSegmentationDirectory,
+                    mask_targets=targets, **common)
+
+
+def _count_labels(collection, field: str, doc_type: type) -> int:
+    if issubclass(doc_type, fo.Detections):
+        return collection.count(f"{field}.detections")
+    if issubclass(doc_type, fo.Polylines):
+        return collection.count(f"{field}.polylines")
+    return collection.count(field)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    if not fo.dataset_exists(args.dataset):
+        raise DiffuGenError(f"no FiftyOne dataset named {args.dataset!r}; datasets here: {fo.list_datasets()}")
+    summary = export_dataset(fo.load_dataset(args.dataset), args.out, format=args.format, field=args.field,
+                             split=args.split, seed=args.seed, overwrite=args.overwrite)
+    print(summary)
+    if summary.data_yaml:
+        print(f"train on it: yolo segment train data={summary.data_yaml}")
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add ``diffugen export`` to the CLI's subparsers (``sub`` from ``add_subparsers``)."""
+    e = sub.add_parser("export", help="export labels for training: YOLO, COCO or mask images, split train/val")
+    e.add_argument("dataset")
+    e.add_argument("--format", choices=FORMATS, required=True)
+    e.add_argument("--out", required=True, help="export folder (refused if it exists, unless --overwrite)")
+    e.add_argument("--split", default="train=0.8,val=0.2", help="split fractions (default: %(default)s)")
+    e.add_argument("--field", default="curated", help="label field to export (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random split (default: %(default)s)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    e.set_defaults(func=cmd_export)
+    return e
