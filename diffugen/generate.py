@@ -302,9 +302,13 @@ class Generator:
                           [[c for _, c in it.class_words] for it in items], class_ids,
                           [folder / f"{it.key}.png" for it in items])
 
-    def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None) -> TaskSummary:
+    def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None,
+                 shard: tuple[int, int] | None = None) -> TaskSummary:
+        """Make the missing samples of ``task`` (of shard ``(index, count)`` of the work list only, if given)."""
         cfg = self.cfg
         items = plan(cfg, task, ds)
+        if shard is not None:
+            items = shard_items(items, *shard)
         have = dsu.existing_keys(ds)
         todo = list({it.key: it for it in items if it.key not in have}.values())
         summary = TaskSummary(task, planned=len(items), skipped=len(items) - len(todo))
@@ -342,11 +346,20 @@ class Generator:
         return summary
 
 
+def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
+    """Shard ``index`` of ``count`` of a work list: every ``count``-th item (disjoint, union = all)."""
+    if count < 1 or not 0 <= index < count:
+        raise DiffuGenError(f"shard {index} of {count}: need count >= 1 and 0 <= index < count")
+    return [it for k, it in enumerate(items) if k % count == index]
+
+
 def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_root: str | Path | None = None,
-             progress: ProgressFn | None = None, generator: Generator | None = None) -> GenerateSummary:
+             progress: ProgressFn | None = None, generator: Generator | None = None,
+             shard: tuple[int, int] | None = None) -> GenerateSummary:
     """Run the config's tasks (all of them, in order txt2img → img2img → inpaint, or only ``tasks``).
 
-    Re-running resumes: samples whose key is already in the dataset are skipped.
+    Re-running resumes: samples whose key is already in the dataset are skipped. ``shard=(i, n)``
+    makes only the i-th of n disjoint parts of each task's work list.
     """
     chosen = list(tasks) if tasks else cfg.tasks()
     for t in chosen:
@@ -359,5 +372,5 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
     ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
     summary = GenerateSummary(cfg.dataset_name)
     for task in chosen:
-        summary.tasks.append(gen.run_task(task, ds, progress))
+        summary.tasks.append(gen.run_task(task, ds, progress, shard))
     return summary
