@@ -35,13 +35,19 @@ def sync(device: str) -> None:
 
 
 @contextmanager
-def timer(out: list[float], device: str = "cpu"):
-    """Append the wall time of the block (device-synchronised) to ``out``."""
+def timer(out: list[float], device: str = "cpu", cpu_out: list[float] | None = None):
+    """Append the wall time of the block (device-synchronised) to ``out``, its process CPU time to ``cpu_out``.
+
+    On a shared machine the CPU time (all threads of this process) is far less disturbed by other
+    load than the wall time; on a GPU only the wall time means anything.
+    """
     sync(device)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     yield
     sync(device)
     out.append(time.perf_counter() - t0)
+    if cpu_out is not None:
+        cpu_out.append(time.process_time() - c0)
 
 
 def median(xs) -> float:

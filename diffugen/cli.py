@@ -38,12 +38,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .generate import generate
 
+    if args.shards is not None or args.resume:
+        return _generate_sharded(args)
     cfg = load_config(args.config)
     if args.dataset:
         cfg = cfg.model_copy(update={"dataset_name": args.dataset})
     summary = generate(cfg, tasks=[args.task] if args.task else None, output_root=args.output_root)
     print(summary)
     print(f"open it in the FiftyOne App: diffugen app {cfg.dataset_name}")
+    return 0
+
+
+def _generate_sharded(args: argparse.Namespace) -> int:
+    from . import shards
+
+    if args.dataset:
+        raise DiffuGenError("--dataset cannot be combined with --shards: workers read the dataset name from the config")
+    if args.resume:
+        queued = shards.resume_shards(args.config, stale_after=args.stale_after)
+        if not queued:
+            print("nothing to resume: every shard is completed, queued or running")
+            return 0
+        for q in queued:
+            print(f"requeued {q['task']} shard {q['index'] + 1} ({q['why']}): operation {q['id']}")
+    else:
+        queued = shards.queue_shards(args.config, args.shards, tasks=[args.task] if args.task else None,
+                                     output_root=args.output_root)
+        for q in queued:
+            print(f"queued {q['task']} shard {q['index'] + 1}/{q['count']}: operation {q['id']}")
+    print("start workers (one per GPU, on any machine sharing this database and media root):\n"
+          "  CUDA_VISIBLE_DEVICES=0 fiftyone delegated launch\n"
+          "watch them: diffugen status DATASET")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .shards import shard_status
+
+    ds = _dataset(args.dataset)
+    rows = shard_status(args.dataset, stale_after=args.stale_after)
+    if not rows:
+        print(f"{args.dataset!r}: no generate shards queued")
+    for s in rows:
+        state = f"{s.state} (STALE: {s.why_stale}; `diffugen generate CONFIG --resume` requeues it)" if s.stale else s.state
+        pct = f" {100 * s.progress:.0f}%" if s.progress is not None and s.state == "running" else ""
+        print(f"{s.task} shard {s.index + 1}/{s.count}: {state}{pct} {s.label}".rstrip())
+    print(f"samples: {dict(ds.count_values('task'))}")
     return 0
 
 
@@ -127,7 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", choices=TASK_CHOICES, help="run only this task section (default: all, in order)")
     g.add_argument("--output-root", help="folder for images, heatmaps and masks (default: the config's output_root)")
     g.add_argument("--dataset", help="dataset name (default: the config's dataset_name)")
+    g.add_argument("--shards", type=int, help="queue N delegated shards per task for `fiftyone delegated launch` workers")
+    g.add_argument("--resume", action="store_true", help="requeue the shards that failed or whose worker died")
+    g.add_argument("--stale-after", type=float, default=600.0,
+                   help="with --resume: a running shard without progress for this many seconds is dead (default 600)")
     g.set_defaults(func=cmd_generate)
+
+    st = sub.add_parser("status", help="the generate shards of a dataset: queued, running, completed, failed")
+    st.add_argument("dataset")
+    st.add_argument("--stale-after", type=float, default=600.0, help="seconds without progress before a shard is stale")
+    st.set_defaults(func=cmd_status)
 
     r = sub.add_parser("relabel", help="recompute DAAM labels from stored heatmaps with new parameters")
     r.add_argument("dataset")
@@ -175,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=5151)
     a.add_argument("--remote", action="store_true", help="serve without opening a browser")
     a.set_defaults(func=cmd_app)
+
+    from . import export, plugin
+
+    export.add_parser(sub)
+    plugin.add_parser(sub)
     return p
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,8 +41,9 @@ DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")
 def write_atomic(path: Path, write) -> Path:
     """Write a file through a temporary name and rename it, so a killed run leaves no partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
+    # A fixed temporary name per file: a write killed half-way is redone (and renamed away) by the
+    # run that makes the same sample again, so no stray file survives a resumed run.
+    tmp = str(path.with_name(f".{path.stem}.tmp{path.suffix}"))
     try:
         write(tmp)
         os.replace(tmp, path)

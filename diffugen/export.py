@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Callable
 
+import cv2
+import numpy as np
+
 import fiftyone as fo
+import fiftyone.core.utils as fou
+import fiftyone.utils.coco as fouc
 import fiftyone.utils.random as four
+import fiftyone.utils.yolo as fouy
 
 from .errors import DiffuGenError
 
@@ -36,7 +43,8 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 
 FORMATS = ("yolo", "coco", "masks")
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.2}
-_TYPES_BY_FORMAT = {
+_TOLERANCE_PX = 1.0  # polygon simplification of instance masks, in mask pixels
+FIELD_TYPES = {
     "yolo": (fo.Detections, fo.Polylines),
     "coco": (fo.Detections, fo.Polylines),
     "masks": (fo.Segmentation, fo.Detections, fo.Polylines),
@@ -124,7 +132,7 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, allowed_root: st
 
 def _check_field(collection, field: str, fmt: str) -> type:
     schema = collection.get_field_schema()
-    types = _TYPES_BY_FORMAT[fmt]
+    types = FIELD_TYPES[fmt]
     usable = [n for n, f in schema.items()
               if getattr(f, "document_type", None) is not None and issubclass(f.document_type, types)]
     if field not in schema:
@@ -149,21 +157,24 @@ def classes_of(collection, field: str) -> list[str]:
 
 
 def default_export_root(dataset: fo.Dataset) -> Path | None:
-    """The export root of a dataset: ``$DIFFUGEN_EXPORT_ROOT``, else its generation output root."""
-    import os
+    """Where the App may export a dataset: ``$DIFFUGEN_EXPORT_ROOT``, else the dataset's generation output root.
 
+    The output root is the config's ``output_root`` when absolute, else found from the media paths
+    (``<output_root>/<dataset_name>/<task>/images/<file>``). ``None`` when neither is known.
+    """
     env = os.environ.get("DIFFUGEN_EXPORT_ROOT")
     if env:
         return Path(env).expanduser().resolve()
-    root = (dataset.info.get("diffugen_config") or {}).get("output_root")
+    cfg = dataset.info.get("diffugen_config") or {}
+    root = cfg.get("output_root")
     if root and Path(root).is_absolute():
         return Path(root).resolve()
-    first = dataset.first() if len(dataset) else None
-    if first is not None:  # media are under <output_root>/<dataset_name>/<task>/images/
-        for parent in Path(first.filepath).resolve().parents:
-            if parent.name == dataset.info.get("diffugen_config", {}).get("dataset_name", dataset.name):
-                return parent.parent
-    return Path(root).resolve() if root else None
+    first = dataset.limit(1).values("filepath")
+    name = cfg.get("dataset_name", dataset.name)
+    for parent in Path(first[0]).resolve().parents if first else ():
+        if parent.name == name:
+            return parent.parent
+    return None
 
 
 # ---- export --------------------------------------------------------------------------------------
@@ -227,20 +238,50 @@ def export_dataset(collection, out_dir: str | Path, format: str = "yolo", field:
 
 
 def _export_split(view, out: Path, fmt: str, field: str, doc_type: type, name: str, classes: list[str], progress) -> None:
-    view = view.select_fields(field)
-    common = dict(label_field=field, export_media=True, progress=progress if progress is not None else False)
+    if fmt == "masks":
+        targets = None if issubclass(doc_type, fo.Segmentation) else {i + 1: c for i, c in enumerate(classes)}
+        view.select_fields(field).export(
+            export_dir=str(out / name), dataset_type=fo.types.ImageSegmentationDirectory, label_field=field,
+            mask_targets=targets, export_media=True, progress=progress if progress is not None else False)
+        return
+    # YOLO and COCO: read the labels in bulk (raw documents, no per-sample objects), turn each object
+    # into a polygon and hand it to FiftyOne's own exporter, as ``view.export`` would.
     if fmt == "yolo":
-        view.export(export_dir=str(out), dataset_type=fo.types.YOLOv5Dataset, split=name, classes=classes,
-                    use_masks=issubclass(doc_type, fo.Detections), **common)
-    elif fmt == "coco":
-        view.export(export_dir=str(out / name), dataset_type=fo.types.COCODetectionDataset, classes=classes,
-                    tolerance=1, **common)
+        exporter = fouy.YOLOv5DatasetExporter(export_dir=str(out), split=name, classes=classes, export_media=True)
     else:
-        targets = {i + 1: c for i, c in enumerate(classes)}
-        if issubclass(doc_type, fo.Segmentation):  # already class ids: keep the dataset's own targets
-            targets = None
-        view.export(export_dir=str(out / name), dataset_type=fo.types.ImageSegmentationDirectory,
-                    mask_targets=targets, **common)
+        exporter = fouc.COCODetectionDatasetExporter(export_dir=str(out / name), classes=classes, export_media=True)
+    list_name = "detections" if issubclass(doc_type, fo.Detections) else "polylines"
+    view.exists("metadata", False).compute_metadata()
+    paths, widths, heights, labels = view.values(
+        ["filepath", "metadata.width", "metadata.height", f"{field}.{list_name}"], _raw=True)
+    with fou.ProgressBar(total=len(paths), progress=progress if progress is not None else False) as pb:
+        with exporter:
+            exporter.log_collection(view)
+            for path, width, height, objects in pb(zip(paths, widths, heights, labels)):
+                polylines = fo.Polylines(polylines=[_to_polyline(o, width, height) for o in objects or ()])
+                exporter.export_sample(path, polylines, metadata=fo.ImageMetadata(width=width, height=height))
+
+
+def _to_polyline(obj: dict, width: int, height: int) -> fo.Polyline:
+    """A raw ``Detection`` (mask → outer contour, else its box) or ``Polyline`` document → ``fo.Polyline``."""
+    if obj.get("_cls") == "Polyline":
+        points = obj.get("points") or []
+    else:
+        x, y, w, h = obj["bounding_box"]
+        mask = obj.get("mask")
+        points = []
+        if mask is not None:
+            mask = fou.deserialize_numpy_array(mask) if isinstance(mask, bytes) else np.asarray(mask)
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            mh, mw = mask.shape[:2]
+            for c in contours:
+                c = cv2.approxPolyDP(c, _TOLERANCE_PX, True)[:, 0, :].astype(np.float64)
+                if len(c) >= 3:  # pixel indices → image-relative coordinates
+                    points.append(list(zip(x + c[:, 0] / mw * w, y + c[:, 1] / mh * h)))
+        if not points:  # no mask (or one too small for a polygon): the box
+            points = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)]]
+    return fo.Polyline(label=obj.get("label"), points=points, closed=True, filled=True,
+                       confidence=obj.get("confidence"))
 
 
 def _count_labels(collection, field: str, doc_type: type) -> int:

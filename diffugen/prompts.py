@@ -152,14 +152,15 @@ def words_in(prompt: str, words: Iterable[str]) -> tuple[str, ...]:
 
 def plan_txt2img(templates: Sequence[str], attributes: dict[str, list[str]], seeds: Any, image_count: int | None,
                  class_words: Sequence[str], class_of: Callable[[str], str] = str) -> list[WorkItem]:
-    """The txt2img work list: (template × attribute product), subset to ``image_count``, × seeds."""
-    combos = attribute_combinations(templates, attributes)
-    chosen = sample_subset(len(combos), image_count, salt=stable_hash(list(templates), attributes))
+    """The txt2img work list: template × attribute product × seeds, then ``image_count`` of them.
+
+    ``image_count`` picks a deterministic subset of all (prompt, seed) pairs: the number of images.
+    """
     items = []
-    for i in chosen:
-        template, attrs = combos[i]
+    for template, attrs in attribute_combinations(templates, attributes):
         prompt = fill_template(template, attrs)
+        words = tuple((w, class_of(w)) for w in words_in(prompt, class_words))
         for seed in seeds_for(seeds, template, attrs):
-            words = tuple((w, class_of(w)) for w in words_in(prompt, class_words))
             items.append(WorkItem("txt2img", template, tuple(sorted(attrs.items())), seed, prompt, words))
-    return items
+    chosen = sample_subset(len(items), image_count, salt=stable_hash(list(templates), attributes))
+    return [items[i] for i in chosen]

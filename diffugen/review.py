@@ -195,18 +195,16 @@ def apply_review(collection, field: str = "daam_detections", min_score: float = 
     ``Detections`` field with masks). See the module docstring for which labels are kept.
     The run (reviewer, time, counts) is appended to ``dataset.info["diffugen_reviews"]``.
     """
-    if not 0.0 <= min_score <= 1.0:
-        raise DiffuGenError(f"min_score must be in [0, 1], got {min_score}")
-    check_label_field(collection, field, (fo.Detections,))
+    _check_args(collection, field, min_score)
     ds = collection._root_dataset
-    _declare_curated(ds, out_field)
-    chosen = collection.values(CURATED_SOURCE)
     ids = collection.values("id")
+    chosen = collection.values(CURATED_SOURCE) if CURATED_SOURCE in ds.get_field_schema() else [None] * len(ids)
     groups: dict[str, list[str]] = defaultdict(list)
     for i, src in zip(ids, chosen):
         groups[src or field].append(i)
     for src in groups:
         check_label_field(collection, src, (fo.Detections,))
+    _declare_curated(ds, out_field)
     summary = ReviewSummary()
     total, done = len(ids), 0
     _report(progress, 0, total, "apply review")
@@ -220,6 +218,14 @@ def apply_review(collection, field: str = "daam_detections", min_score: float = 
     return summary
 
 
+def _check_args(collection, field: str, min_score: float) -> None:
+    if not 0.0 <= min_score <= 1.0:
+        raise DiffuGenError(f"min_score must be in [0, 1], got {min_score}")
+    check_label_field(collection, field, (fo.Detections,))
+    if len(collection) == 0:
+        raise DiffuGenError("no samples to curate: the view is empty")
+
+
 def take_labels(collection, source_field: str, min_score: float = 0.5, out_field: str = CURATED,
                 reviewer: str | None = None, progress: ProgressFn | None = None) -> ReviewSummary:
     """For the samples of ``collection``: take ``out_field``'s labels from ``source_field`` instead.
@@ -228,12 +234,10 @@ def take_labels(collection, source_field: str, min_score: float = 0.5, out_field
     into ``curated`` (``source="yolo"`` on each label) with the same review rules, and remembers
     the choice (``curated_source``) so a later :func:`apply_review` keeps it.
     """
-    check_label_field(collection, source_field, (fo.Detections,))
+    _check_args(collection, source_field, min_score)
     ds = collection._root_dataset
     _declare_curated(ds, out_field)
     n = len(collection)
-    if n == 0:
-        raise DiffuGenError("no samples to take labels for: the view is empty")
     collection.set_field(CURATED_SOURCE, source_field).save(CURATED_SOURCE)
     summary = ReviewSummary(samples=n, sources={source_field: n})
     _write_curated(collection, source_field, min_score, out_field, summary, progress, 0, n)

@@ -62,7 +62,7 @@ def test_general_schema_and_yaml(tmp_path):
     )
     cfg = load_config(path)
     items = plan(cfg, "txt2img")
-    assert len(items) == 3 and {i.seed for i in items} == {1, 2, 3}
+    assert len(items) == 1 and items[0].seed in {1, 2, 3}  # image_count: 1 image
     assert items[0].class_words == (("car", "vehicle"),)
     assert cfg.dataset_classes() == ["vehicle"]
 

@@ -1,0 +1,227 @@
+"""How good are DiffuGen's unsupervised labels? Measured against the truth of the toy world.
+
+Usage::
+
+    python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
+                                   [--guidance 5] [--batch-size 8] [--tolerance 60] [--keep]
+
+Held-out prompts are captions of toy-world scenes with seeds from ``HELD_OUT_SEED`` on (training
+used seeds below it); duplicates are skipped. They are generated with the trained model through
+DiffuGen's own code path: a config (template ``{caption}``, class words ``circle``, ``square``,
+``triangle``, one seed per prompt from the prompt's hash) run by ``diffugen.generate.generate`` into
+a FiftyOne dataset: ``Generator.run_batch`` (cross-attention capture, per-word DAAM heatmaps) and
+``build_sample`` (``extract_labels`` with the paper's Otsu threshold → ``daam_detections``).
+
+The truth is read back from each generated image by colour
+(:func:`diffugen.toyworld.scene.recover_instances`): palette pixels → connected components. A
+requested ``<colour> <shape>`` is **present** when a component of that colour (≥ ``--min-area``
+pixels) is there; its shape is judged from the blob's fill ratio. Reported:
+
+* **prompt adherence**: requested objects present (target ≥ 90%), also per prompt (all present),
+  right shape, and unrequested colours that appeared;
+* **DAAM mask IoU per class**: the Otsu mask of the class word's heatmap (``extract_labels``) vs the
+  union of the recovered blobs of the colours requested with that shape; ``drawn``: only pairs
+  whose object was drawn (the labeler's quality), ``all``: every pair (a missing object counts 0)
+  (target mean ≥ 0.6);
+* **box AP50** per class: FiftyOne ``evaluate_detections`` of ``daam_detections`` against a
+  ``ground_truth`` field of the recovered blobs (label: the shape requested for that colour).
+
+Numbers go to stdout and ``bench/out/label_accuracy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (repo root on sys.path, FIFTYONE_DO_NOT_TRACK)
+
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from _common import ROOT, machine_line, mark  # noqa: E402
+
+DATASET = "diffugen-bench-label-accuracy"
+SHAPES = ("circle", "square", "triangle")
+TARGET_ADHERENCE = 0.90
+TARGET_IOU = 0.60
+
+
+def held_out_prompts(n: int) -> list[str]:
+    from diffugen.toyworld.scene import make_scene
+    from diffugen.toyworld.train import HELD_OUT_SEED
+
+    prompts: list[str] = []
+    seen = set()
+    seed = HELD_OUT_SEED
+    while len(prompts) < n:
+        cap = make_scene(seed).caption
+        seed += 1
+        if cap not in seen:
+            seen.add(cap)
+            prompts.append(cap)
+    return prompts
+
+
+def requested(prompt: str) -> list[tuple[str, str]]:
+    """``[(colour, shape), ...]`` asked for by a prompt."""
+    from diffugen.toyworld.scene import COLORS
+
+    pat = re.compile(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
+    return [(m.group(1), m.group(2)) for m in pat.finditer(prompt)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="held-out prompts (one image each)")
+    ap.add_argument("--quick", action="store_true", help="8 prompts, a smoke run of the whole bench")
+    ap.add_argument("--model", default=None, help="diffusers folder (default: the shipped toy-world model)")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
+    ap.add_argument("--min-area", type=int, default=12, help="pixels for a blob to count as an object")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--keep", action="store_true", help="keep the FiftyOne dataset and images (default: delete)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "label_accuracy.json"))
+    args = ap.parse_args(argv)
+    n = 8 if args.quick else args.n
+
+    import fiftyone as fo
+
+    from diffugen import generate as _generate_pkg  # noqa: F401
+    from diffugen.config import DiffuGenConfig
+    from diffugen.labels.unsupervised import extract_labels
+    from diffugen.toyworld import MODEL_DIR, model_available
+    from diffugen.toyworld.scene import classify_shape, recover_instances
+
+    generate_module = sys.modules["diffugen.generate"]
+    model = Path(args.model) if args.model else MODEL_DIR
+    if not model_available(model):
+        print(f"no toy-world model at {model}: train it with python -m diffugen.toyworld.train --out {model}")
+        return 2
+
+    prompts = held_out_prompts(n)
+    work = Path(tempfile.mkdtemp(prefix="diffugen-label-accuracy-"))
+    cfg = DiffuGenConfig(
+        dataset_name=DATASET, output_root=str(work), model=str(model), device=args.device,
+        width=64, height=64, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
+        batch_size=args.batch_size, negative_prompt="",
+        templates=["{caption}"], attributes={"caption": prompts},
+        seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
+        class_words=list(SHAPES), classes=list(SHAPES),
+    )
+    if fo.dataset_exists(DATASET):
+        fo.delete_dataset(DATASET)
+    t0 = time.time()
+    summary = generate_module.generate(cfg)
+    gen_s = time.time() - t0
+    ds = fo.load_dataset(DATASET)
+    params = cfg.labels
+
+    asked = present = shape_ok = prompts_all = extras = 0
+    ious: dict[str, list[float]] = {c: [] for c in SHAPES}
+    ious_drawn: dict[str, list[float]] = {c: [] for c in SHAPES}
+    for sample in ds.iter_samples(autosave=True, progress=False):
+        image = np.asarray(Image.open(sample.filepath).convert("RGB"))
+        h, w = image.shape[:2]
+        req = requested(sample["prompt"])
+        colour_shape = dict(req)
+        found = recover_instances(image, args.tolerance, args.min_area, open_noise=True)
+        by_colour: dict[str, list] = {}
+        for r in found:
+            by_colour.setdefault(r.color, []).append(r)
+        extras += len({r.color for r in found} - set(colour_shape))
+        ok_all = True
+        for colour, shape in req:
+            asked += 1
+            blobs = by_colour.get(colour, [])
+            if blobs:
+                present += 1
+                biggest = max(blobs, key=lambda r: r.area)
+                shape_ok += classify_shape(biggest.mask) == shape
+            else:
+                ok_all = False
+        prompts_all += ok_all
+        # Ground truth: the blobs of the requested colours, labelled with the shape asked for.
+        dets = []
+        truth = {c: np.zeros((h, w), bool) for c in SHAPES}
+        for colour, shape in req:
+            for r in by_colour.get(colour, []):
+                x, y, bw, bh = r.box
+                truth[shape] |= r.mask
+                dets.append(fo.Detection(label=shape, bounding_box=[x / w, y / h, bw / w, bh / h],
+                                         mask=r.mask[y : y + bh, x : x + bw], color=colour))
+        sample["ground_truth"] = fo.Detections(detections=dets)
+        # DAAM masks: the paper's Otsu labels of each class word's heatmap (as build_sample made them).
+        for hm in sample["word_heatmaps"] or []:
+            m = np.asarray(Image.open(hm.map_path)).astype(np.float32) / 255.0
+            pred = extract_labels(m, params).mask
+            v = iou(pred, truth[hm.label])
+            ious[hm.label].append(v)
+            if truth[hm.label].any():
+                ious_drawn[hm.label].append(v)
+
+    res = ds.evaluate_detections("daam_detections", gt_field="ground_truth", eval_key="eval", compute_mAP=True,
+                                 iou_threshs=[0.5], classes=list(SHAPES))
+    ap50 = {c: float(res.mAP(classes=[c])) for c in SHAPES}
+    ap50_mean = float(res.mAP())
+
+    per_class_drawn = {c: float(np.mean(v)) if v else float("nan") for c, v in ious_drawn.items()}
+    per_class_all = {c: float(np.mean(v)) if v else float("nan") for c, v in ious.items()}
+    mean_drawn = float(np.nanmean(list(per_class_drawn.values())))
+    mean_all = float(np.nanmean(list(per_class_all.values())))
+    adherence = present / max(1, asked)
+    out = {
+        "model": str(model), "images": len(ds), "prompts": n, "steps": args.steps, "guidance_scale": args.guidance,
+        "scheduler": args.scheduler, "tolerance": args.tolerance, "min_area": args.min_area,
+        "generate_seconds": round(gen_s, 1), "summary": str(summary),
+        "adherence": adherence, "prompts_all_present": prompts_all / max(1, len(ds)),
+        "shape_correct_of_present": shape_ok / max(1, present), "unrequested_colours_per_image": extras / max(1, len(ds)),
+        "requested_objects": asked,
+        "iou_drawn": per_class_drawn, "iou_drawn_mean": mean_drawn, "iou_all": per_class_all, "iou_all_mean": mean_all,
+        "iou_pairs": {c: len(v) for c, v in ious.items()},
+        "ap50": ap50, "ap50_mean": ap50_mean,
+    }
+    print(machine_line(args.device))
+    print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler} steps, guidance {args.guidance}, "
+          f"generated and labeled in {gen_s:.0f} s")
+    print(f"prompt adherence: {adherence:.1%} of {asked} requested objects present "
+          f"[{mark(adherence, TARGET_ADHERENCE, True)} target >= {TARGET_ADHERENCE:.0%}]; "
+          f"all objects present in {prompts_all / max(1, len(ds)):.1%} of images; right shape for "
+          f"{shape_ok / max(1, present):.1%} of those present; {extras / max(1, len(ds)):.2f} unrequested colours per image")
+    for c in SHAPES:
+        print(f"  {c:8s} IoU drawn {per_class_drawn[c]:.3f} (n={len(ious_drawn[c])})  all {per_class_all[c]:.3f} "
+              f"(n={len(ious[c])})  AP50 {ap50[c]:.3f}")
+    print(f"DAAM mask IoU (Otsu), mean over classes: {mean_drawn:.3f} where drawn "
+          f"[{mark(mean_drawn, TARGET_IOU, True)} target >= {TARGET_IOU}], {mean_all:.3f} over all requested")
+    print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    if not args.keep:
+        fo.delete_dataset(DATASET)
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept dataset {DATASET!r} and media in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

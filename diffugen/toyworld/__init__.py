@@ -1,0 +1,56 @@
+"""The toy world: a procedural scene generator and a small Stable Diffusion model trained on it.
+
+``diffugen/toyworld/model/`` holds the shipped model (diffusers format, float16 safetensors, trained
+from scratch on the CPU with :mod:`diffugen.toyworld.train`): 64×64 images of one to three
+flat-colour shapes (circle, square, triangle; red, yellow, white, black, purple) on road, grass,
+sand or water, by day, at dusk or at night, from prompts such as "a red circle on the road" or
+"photo of grass with a yellow triangle and a white square". Its cross-attention labels can be
+checked against the truth read back from the pixels (:func:`diffugen.toyworld.scene.recover_instances`);
+``bench/label_accuracy.py`` does that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+__all__ = ["MODEL_DIR", "load_toyworld_pipeline", "model_available"]
+
+
+def model_available(folder: str | Path | None = None) -> bool:
+    return (Path(folder) if folder else MODEL_DIR).joinpath("model_index.json").is_file()
+
+
+def load_toyworld_pipeline(folder: str | Path | None = None, dtype=None):
+    """The toy-world ``StableDiffusionPipeline`` (float32 on the CPU by default), loaded offline.
+
+    Args:
+        folder: a diffusers folder written by ``python -m diffugen.toyworld.train`` (default: the shipped one).
+        dtype: torch dtype to run in (default float32; the weights are stored in float16).
+
+    Raises:
+        ModelNotFoundError: the folder is missing or is not a complete diffusers model.
+    """
+    import torch
+
+    from ..errors import ModelNotFoundError
+
+    path = Path(folder) if folder else MODEL_DIR
+    if not model_available(path):
+        raise ModelNotFoundError(
+            f"the toy-world model is not installed: no {path / 'model_index.json'}. It ships inside the diffugen "
+            f"package (diffugen/toyworld/model/); reinstall diffugen with its package data, or train it with "
+            f"'python -m diffugen.toyworld.train --out {path}' (about 1.5 hours on a laptop CPU)"
+        )
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path), dtype=dtype or torch.float32, safety_checker=None, requires_safety_checker=False,
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(f"the toy-world model in {path} could not be loaded: {err}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

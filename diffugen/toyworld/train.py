@@ -1,0 +1,426 @@
+"""Train the toy-world Stable Diffusion model from scratch on the CPU, in diffusers format.
+
+Two phases, one command::
+
+    python -m diffugen.toyworld.train --out diffugen/toyworld/model --steps 3000 [--resume]
+
+1. **VAE** (``--vae-steps``): an ``AutoencoderKL`` with 3 blocks (4× downsampling: 64×64 images →
+   4×16×16 latents), reconstruction loss (L1 + MSE) plus a tiny KL term. Its latent scale
+   (``scaling_factor`` = 1 / std of the latents) is measured afterwards and written to its config.
+2. **UNet + text encoder** (``--steps``), jointly: DDPM noise-prediction (ε) loss on the frozen VAE's
+   latents of freshly drawn scenes, captions dropped to "" 10% of the time (for classifier-free
+   guidance), AdamW with warm-up and cosine decay, an EMA of the weights (what is saved).
+
+Data are procedural (:mod:`diffugen.toyworld.scene`): batch ``k`` holds the scenes of seeds
+``k * batch .. (k + 1) * batch - 1`` (training seeds stay below :data:`HELD_OUT_SEED`), and the
+noise of step ``k`` comes from a generator seeded with ``(seed, k)``, so a run is reproducible and
+a resumed run continues exactly. A checkpoint (models, EMA, optimizer, step) is written to
+``--state`` every ``--ckpt-minutes``; ``--resume`` continues from it. The final model is written with
+``save_pretrained(safe_serialization=True)`` in float16 (~10-15 MB) and loads with
+``StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..builtin import write_tiny_tokenizer
+from .scene import VOCABULARY, make_caption, make_scene
+
+HELD_OUT_SEED = 1_000_000_000  # evaluation scenes/prompts use seeds from here on
+MAX_TOKENS = 32  # the context length: captions are < 25 tokens
+IMAGE_SIZE = 64
+
+# Designs measured with --measure (see the report in the module's README section / train log).
+DESIGNS = {
+    "small": dict(block_out_channels=(32, 64, 128), text_hidden=96),
+    "base": dict(block_out_channels=(64, 128, 128), text_hidden=128),
+}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# ---- components ----------------------------------------------------------------------------------
+def build_tokenizer():
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_tiny_tokenizer(Path(tmp), VOCABULARY)
+        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>",
+                             model_max_length=MAX_TOKENS)
+
+
+def build_text_encoder(tokenizer, hidden: int = 128):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=16, layers_per_block=1,
+        block_out_channels=(16, 32, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=IMAGE_SIZE,
+    )
+
+
+def build_unet(block_out_channels=(64, 128, 128), cross_attention_dim: int = 128):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=block_out_channels, norm_num_groups=16,
+        # Cross-attention at 16×16 and 8×8 latents (where DAAM reads its maps), plain ResNets at 4×4.
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+    )
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def scene_batch(first_seed: int, n: int) -> tuple[torch.Tensor, list[str]]:
+    """``(n, 3, 64, 64)`` images in ``[-1, 1]`` and their captions for seeds ``first_seed ..``."""
+    ims, caps = [], []
+    for s in range(first_seed, first_seed + n):
+        sc = make_scene(s, IMAGE_SIZE)
+        ims.append(sc.image)
+        caps.append(sc.caption)
+    x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, caps
+
+
+def token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+# ---- phases --------------------------------------------------------------------------------------
+def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_minutes: float, start: dict | None):
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    step = 0
+    if start and start.get("phase") == "vae":
+        vae.load_state_dict(start["vae"])
+        opt.load_state_dict(start["opt"])
+        step = start["step"]
+        log(f"vae: resumed at step {step}")
+    vae.train()
+    t0 = last_ckpt = time.time()
+    losses = []
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 1e-3, 100)
+        x, _ = scene_batch(seed * 7_919 + 500_000_000 + step * batch, batch)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0 or step == steps:
+            el = time.time() - t0
+            log(f"vae step {step}/{steps} loss {np.mean(losses[-25:]):.4f} kl {kl.item():.2f} {el / 60:.1f} min")
+        if time.time() - last_ckpt > ckpt_minutes * 60 or step == steps:
+            torch.save({"phase": "vae", "vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+            last_ckpt = time.time()
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def latent_scale(vae, seed: int, n: int = 256) -> float:
+    x, _ = scene_batch(seed * 7_919 + 900_000_000, n)
+    z = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, n, 64)])
+    return float(1.0 / z.std())
+
+
+def caption_variant(seed: int, rng: random.Random) -> str:
+    """A fresh caption (another template draw) of the scene of ``seed``."""
+    sc = make_scene(seed, IMAGE_SIZE)
+    return make_caption(rng, sc.objects, sc.attributes["background"], sc.attributes["time"])
+
+
+@torch.no_grad()
+def latent_pool(vae, seed: int, n: int, path: Path):
+    """Encode ``n`` training scenes once: posterior mean and std, kept in ``path`` for resuming."""
+    if path.exists():
+        d = torch.load(path, weights_only=True)
+        if len(d["seeds"]) == n:
+            log(f"latent pool: {n} scenes from {path}")
+            return d["mean"], d["std"], d["seeds"]
+    t0 = time.time()
+    seeds = torch.arange(n, dtype=torch.long) + seed * 7_919
+    means, stds = [], []
+    for i in range(0, n, 64):
+        x, _ = scene_batch(int(seeds[i]), min(64, n - i))
+        post = vae.encode(x).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+        if (i // 64) % 32 == 0:
+            log(f"latent pool: {i + 64}/{n} encoded")
+    d = {"mean": torch.cat(means), "std": torch.cat(stds), "seeds": seeds}
+    torch.save(d, path)
+    log(f"latent pool: {n} scenes encoded in {(time.time() - t0) / 60:.1f} min")
+    return d["mean"], d["std"], d["seeds"]
+
+
+def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_path: Path, start: dict | None):
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    step = 0
+    if start and start.get("phase") == "diffusion":
+        unet.load_state_dict(start["unet"])
+        text_encoder.load_state_dict(start["text_encoder"])
+        ema_unet.load_state_dict(start["ema_unet"])
+        ema_text.load_state_dict(start["ema_text"])
+        opt.load_state_dict(start["opt"])
+        step = start["step"]
+        log(f"diffusion: resumed at step {step}")
+    unet.train()
+    text_encoder.train()
+    vae.requires_grad_(False).eval()
+    sf = vae.config.scaling_factor
+    alphas = scheduler.alphas_cumprod
+    empty = token_ids(tokenizer, [""])[0]
+    t0 = last_ckpt = time.time()
+    losses: list[float] = []
+
+    def save_state():
+        torch.save({"phase": "diffusion", "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "opt": opt.state_dict(),
+                    "step": step, "vae": vae.state_dict(), "scaling_factor": sf}, state_path)
+
+    pool_mean, pool_std, pool_seeds = latent_pool(vae, args.seed, args.pool, state_path.parent / "pool.pt")
+    per_epoch = len(pool_seeds) // args.batch
+    while step < args.steps:
+        lr = lr_at(step, args.steps, args.lr, 200)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        epoch, k = divmod(step, per_epoch)
+        order = torch.randperm(len(pool_seeds), generator=torch.Generator().manual_seed(args.seed * 31 + epoch))
+        idx = order[k * args.batch : (k + 1) * args.batch]
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 17 + step)
+        rng = random.Random(args.seed * 1_000_003 + step)
+        caps = [caption_variant(int(pool_seeds[i]), rng) for i in idx]
+        ids = token_ids(tokenizer, caps)
+        for i in range(len(caps)):
+            if rng.random() < args.uncond:
+                ids[i] = empty
+        mean, std = pool_mean[idx], pool_std[idx]
+        z0 = (mean + std * torch.randn(mean.shape, generator=gen)) * sf
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        cond = text_encoder(ids)[0]
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        losses.append(loss.item())
+        if step % 10 == 0 or step == args.steps:
+            el = time.time() - t0
+            log(f"step {step}/{args.steps} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e} "
+                f"{el / 60:.1f} min this run, {el / max(1, len(losses)):.2f} s/step")
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            save_state()
+            last_ckpt = time.time()
+            log(f"checkpoint at step {step} → {state_path}")
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out))
+            log(f"saved model at step {step} → {args.out}")
+    save_state()
+    return ema_unet, ema_text
+
+
+def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, dtype=torch.float16) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae).to(dtype), text_encoder=copy.deepcopy(text_encoder).to(dtype), tokenizer=tokenizer,
+        unet=copy.deepcopy(unet).to(dtype), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+def measure(batch: int, steps: int = 4) -> None:
+    """Time a few optimizer steps of the VAE and of each UNet design (UNet + text encoder)."""
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    vae = build_vae()
+    n = sum(p.numel() for p in vae.parameters())
+    opt = torch.optim.AdamW(vae.parameters())
+    times = []
+    for i in range(steps):
+        t = time.time()
+        x, _ = scene_batch(i * batch, batch)
+        post = vae.encode(x).latent_dist
+        loss = F.mse_loss(vae.decode(post.sample()).sample, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.time() - t)
+    log(f"vae {n / 1e6:.2f} M params: {np.median(times[1:]):.2f} s/step at batch {batch}")
+    for name, d in DESIGNS.items():
+        unet = build_unet(d["block_out_channels"], d["text_hidden"])
+        te = build_text_encoder(tok, d["text_hidden"])
+        nu, nt = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in te.parameters())
+        opt = torch.optim.AdamW(list(unet.parameters()) + list(te.parameters()))
+        times = []
+        for i in range(steps):
+            t = time.time()
+            x, caps = scene_batch(i * batch, batch)
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample()
+            pred = unet(z, torch.randint(0, 1000, (batch,)), encoder_hidden_states=te(token_ids(tok, caps))[0]).sample
+            loss = F.mse_loss(pred, z)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.time() - t)
+        log(f"design {name}: unet {nu / 1e6:.2f} M + text {nt / 1e6:.2f} M params: "
+            f"{np.median(times[1:]):.2f} s/step at batch {batch}")
+
+
+# ---- entry ---------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m diffugen.toyworld.train", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=str(Path(__file__).parent / "model"), help="diffusers folder to write")
+    p.add_argument("--steps", type=int, default=3000, help="UNet + text-encoder optimizer steps")
+    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--pool", type=int, default=16384, help="scenes encoded once by the VAE and reused with new captions/noise")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--uncond", type=float, default=0.1, help="fraction of captions dropped (for CFG)")
+    p.add_argument("--design", choices=sorted(DESIGNS), default="base")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--state", default=str(Path.home() / ".cache" / "diffugen" / "toyworld-train"),
+                   help="folder of the resumable training state (checkpoints, latent pool)")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--save-every", type=int, default=500, help="also write the model folder every N steps (0: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from the state in --state")
+    p.add_argument("--measure", action="store_true", help="only time a few steps of each design and exit")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run(args)
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.measure:
+        measure(args.batch)
+        return 0
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    state_dir = Path(args.state)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    vae_state, diff_state = state_dir / "vae.pt", state_dir / "diffusion.pt"
+    if not args.resume and (vae_state.exists() or diff_state.exists()):
+        log(f"{state_dir} holds a previous run: pass --resume to continue it, or remove it to start over")
+        return 2
+    (state_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
+    t_start = time.time()
+    design = DESIGNS[args.design]
+    tokenizer = build_tokenizer()
+    torch.manual_seed(args.seed)
+    vae = build_vae()
+    torch.manual_seed(args.seed + 1)
+    text_encoder = build_text_encoder(tokenizer, design["text_hidden"])
+    torch.manual_seed(args.seed + 2)
+    unet = build_unet(design["block_out_channels"], design["text_hidden"])
+    scheduler = build_scheduler()
+    log(f"vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M, unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
+        f"text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M params; vocabulary {len(tokenizer)} tokens")
+
+    diff_start = torch.load(diff_state, weights_only=False) if args.resume and diff_state.exists() else None
+    if diff_start is not None:
+        vae.load_state_dict(diff_start["vae"])
+        vae.register_to_config(scaling_factor=diff_start["scaling_factor"])
+        log(f"vae: from the diffusion checkpoint (scaling factor {diff_start['scaling_factor']:.4f})")
+    else:
+        vae_start = torch.load(vae_state, weights_only=False) if args.resume and vae_state.exists() else None
+        if vae_start is None or vae_start["step"] < args.vae_steps:
+            vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start)
+        else:
+            vae.load_state_dict(vae_start["vae"])
+            log("vae: already trained")
+        vae.eval()
+        sf = latent_scale(vae, args.seed)
+        vae.register_to_config(scaling_factor=sf)
+        log(f"vae: latent scaling factor {sf:.4f}")
+
+    ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start)
+    save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out))
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
+    log(f"done: model in {args.out} ({size / 1e6:.1f} MB), {(time.time() - t_start) / 60:.1f} min this run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
