@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_capture.py [--n 6] [--reps 3] [--size 512] [--steps 5] [--device cpu|cuda]
-                                  [--sd-unet] [--no-daam]
+                                  [--sd-unet] [--no-daam] [--threads N] [--verbose]
 
 The same pipeline (``builtin:tiny``, or with ``--sd-unet`` an SD-1.5-sized one with random weights,
 meant for a GPU), prompts and seeds are generated one image at a time in three modes:

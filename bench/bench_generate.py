@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_generate.py [--size 256] [--steps 5] [--batch-size 4] [--reps 5] [--device cpu|cuda]
+    python bench/bench_generate.py [--size 256] [--steps 5] [--batch-size 4] [--reps 5] [--device cpu|cuda] [--threads N]
 
 Writes a temporary config (``builtin:tiny``, 2 templates × attributes × 2 seeds = 16 images with
 class words in every prompt) and times, with the model already loaded:
@@ -141,7 +141,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = pick_device(a.device)
 
     tmp = Path(tempfile.mkdtemp(prefix="diffugen-bench-gen-"))

@@ -124,6 +124,8 @@ def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) 
     ``info["diffugen_config"]``).
     """
     ds = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    if ds.media_type is None:
+        ds.media_type = "image"  # set up front: concurrent writers (shards) must not race to set it
     targets = dict(ds.mask_targets.get("daam_segmentation", {}))
     known = set(targets.values())
     for cls in classes:

@@ -304,50 +304,59 @@ class Generator:
 
     def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None,
                  shard: tuple[int, int] | None = None) -> TaskSummary:
-        """Make the missing samples of ``task`` (of shard ``(index, count)`` of the work list only, if given)."""
+        """Make the missing samples of ``task`` (only those of shard ``(index, count)``, if given).
+
+        The work list is cut into batches once, from the full plan, so an image never depends on
+        what already exists or on the shard that makes it: a batch with any missing sample is
+        generated whole and only its missing samples are written. (Kernels may round differently
+        for another batch composition; with a fixed plan and batch size, images are bit-identical.)
+        """
         cfg = self.cfg
-        items = plan(cfg, task, ds)
-        if shard is not None:
-            items = shard_items(items, *shard)
-        have = dsu.existing_keys(ds)
-        todo = list({it.key: it for it in items if it.key not in have}.values())
-        summary = TaskSummary(task, planned=len(items), skipped=len(items) - len(todo))
-        if not todo:
-            return summary
-        masks_by_key: dict[str, np.ndarray] = {}
+        items = list({it.key: it for it in plan(cfg, task, ds)}.values())
         ids = dsu.class_ids(ds)
+        masks_by_key: dict[str, np.ndarray] = {}
         if task == "inpaint":
-            dilation = cfg.inpaint.mask_dilation
             kept = []
-            for it in todo:
-                m = _inpaint_mask(it, ids, dilation)
+            for it in items:
+                m = _inpaint_mask(it, ids, cfg.inpaint.mask_dilation)
                 if m is None:
                     logger.warning("inpaint: parent %s has no %r mask, skipped", it.parent_key, it.replace[0])
                 else:
                     masks_by_key[it.key] = m
                     kept.append(it)
-            todo = kept
+            items = kept
+        batches = list(_batches(items, cfg.task_value(task, "batch_size")))
+        if shard is not None:
+            batches = shard_items(batches, *shard)
+        have = dsu.existing_keys(ds)
+        planned = sum(len(b) for b in batches)
+        missing = sum(it.key not in have for b in batches for it in b)
+        summary = TaskSummary(task, planned=planned, skipped=planned - missing)
+        todo = [b for b in batches if any(it.key not in have for it in b)]
+        if not todo:
+            return summary
         pipe = self.pipeline(task)
-        batch_size = cfg.task_value(task, "batch_size")
-        bar = tqdm(total=len(todo), desc=f"{cfg.dataset_name} {task}", unit="img")
+        bar = tqdm(total=missing, desc=f"{cfg.dataset_name} {task}", unit="img")
         with capture_heatmaps(pipe.unet, cfg.heatmap_layers) as collector, dsu.SampleWriter(ds) as writer:
-            for batch in _batches(todo, batch_size):
+            for batch in todo:
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
                 images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)
                 supervised = self.supervised_labels(task, batch, images, ids)
                 for it, image, maps, f, extra in zip(batch, images, word_maps, found, supervised):
+                    if it.key in have:
+                        continue
                     summary.unlabeled_words += len(it.class_words) - len(f)
                     writer.add(self.build_sample(task, it, image, maps, f, ids, extra))
-                summary.made += len(batch)
-                bar.update(len(batch))
+                    summary.made += 1
+                bar.update(summary.made - bar.n)
                 if progress is not None:
-                    progress(summary.made, len(todo), f"{task}: {summary.made}/{len(todo)}")
+                    progress(summary.made, missing, f"{task}: {summary.made}/{missing}")
         bar.close()
         return summary
 
 
-def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
-    """Shard ``index`` of ``count`` of a work list: every ``count``-th item (disjoint, union = all)."""
+def shard_items(items: Sequence, index: int, count: int) -> list:
+    """Shard ``index`` of ``count`` of a work list (of items or batches): every ``count``-th one (disjoint, union = all)."""
     if count < 1 or not 0 <= index < count:
         raise DiffuGenError(f"shard {index} of {count}: need count >= 1 and 0 <= index < count")
     return [it for k, it in enumerate(items) if k % count == index]
@@ -359,7 +368,7 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
     """Run the config's tasks (all of them, in order txt2img → img2img → inpaint, or only ``tasks``).
 
     Re-running resumes: samples whose key is already in the dataset are skipped. ``shard=(i, n)``
-    makes only the i-th of n disjoint parts of each task's work list.
+    makes only the i-th of n disjoint parts (every n-th batch) of each task's work list.
     """
     chosen = list(tasks) if tasks else cfg.tasks()
     for t in chosen:

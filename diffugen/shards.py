@@ -90,7 +90,8 @@ def queue_shards(config_path: str | Path, num_shards: int, tasks: Sequence[str] 
     ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json"))
     fp = fingerprint(cfg)
     queued = []
-    for task in [t for t in ORDER if t in chosen]:
+    # Workers claim the most recently queued operation first: queue the last task first.
+    for task in [t for t in reversed(ORDER) if t in chosen]:
         for index in range(num_shards):
             params = {"config_path": str(config_path), "dataset_name": cfg.dataset_name, "task": task,
                       "shard_index": index, "num_shards": num_shards, "config_fingerprint": fp}
@@ -101,6 +102,7 @@ def queue_shards(config_path: str | Path, num_shards: int, tasks: Sequence[str] 
             if result.error:
                 raise DiffuGenError(f"could not queue {task} shard {index}: {result.error}")
             queued.append({"id": str(result.result["id"]), "task": task, "index": index, "count": num_shards})
+    queued.sort(key=lambda q: (ORDER.index(q["task"]), q["index"]))
     ds.info["diffugen_shards"] = {"config_path": str(config_path), "fingerprint": fp, "num_shards": num_shards,
                                   "tasks": chosen, "queued_at": _dt.datetime.utcnow().isoformat(timespec="seconds")}
     ds.save()
@@ -188,14 +190,21 @@ def resume_shards(config_path: str | Path, stale_after: float = 600.0) -> list[d
     if info["fingerprint"] != fingerprint(cfg):
         raise DiffuGenError(f"{config_path} changed since its shards were queued; queue them again with --shards")
     service = _service()
+    latest = _latest(shard_status(cfg.dataset_name, stale_after))
     requeue = []
-    for (task, index), s in _latest(shard_status(cfg.dataset_name, stale_after)).items():
+    for s in latest.values():
         if s.state == "failed" or s.stale:
             if s.stale:
                 _fail(service, s)
             requeue.append(s)
     if not requeue:
         return []
+    # img2img/inpaint work lists come from the earlier task's samples: redo (only what is missing
+    # of) every later-task shard that is not waiting in the queue already.
+    first = min(ORDER.index(s.task) for s in requeue)
+    requeue += [s for s in latest.values() if ORDER.index(s.task) > first and s not in requeue
+                and s.state not in ("queued", "running")]
+    requeue.sort(key=lambda s: (-ORDER.index(s.task), s.index))  # claimed newest first: earlier tasks last
     _check_plugin()
     import fiftyone.operators as foo
 
@@ -223,8 +232,15 @@ def wait_for_earlier_tasks(dataset_name: str, task: str, report: Callable[[str],
     earlier = ORDER[: ORDER.index(task)]
     deadline = time.monotonic() + timeout
     while True:
-        pending = [s for s in shard_status(dataset_name, stale_after)
-                   if s.task in earlier and s.state in ("queued", "scheduled", "running") and not s.stale]
+        rows = [s for s in _latest(shard_status(dataset_name, stale_after)).values() if s.task in earlier]
+        dead = [s for s in rows if s.stale or s.state == "failed"]
+        if dead:
+            raise DiffuGenError(
+                f"{task} needs every {'/'.join(earlier)} shard, but {dead[0].task} shard {dead[0].index + 1} "
+                f"{'is dead (' + dead[0].why_stale + ')' if dead[0].stale else 'failed'}: "
+                "run `diffugen generate CONFIG --resume`"
+            )
+        pending = [s for s in rows if s.state in ("queued", "scheduled", "running")]
         if not pending:
             return
         if time.monotonic() > deadline:

@@ -81,7 +81,7 @@ def test_word_heatmap_matches_daam(word, daam_maps, ours):
     theirs, mine = daam_maps[word], ours[1][word]
     assert theirs.shape == mine.shape == (SIZE, SIZE)
     r = float(np.corrcoef(theirs.flatten().double().numpy(), mine.flatten().double().numpy())[0, 1])
-    print(f"\n[daam oracle] {word!r}: Pearson r = {r:.6f}, max |diff| = {(theirs - mine).abs().max().item():.2e}")
+    print(f"\n[daam oracle] {word!r}: Pearson r = {r:.12f} (1 - r = {1 - r:.1e}), max |diff| = {(theirs - mine).abs().max().item():.2e}")
     assert r >= MIN_R
 
 

@@ -32,7 +32,7 @@ def plugins_dir(tmp_path_factory):
 
 
 def _worker(plugins_dir):
-    env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(plugins_dir), OMP_NUM_THREADS="1")
+    env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(plugins_dir))  # same torch threads as this process: same rounding
     return subprocess.Popen([str(Path(sys.executable).parent / "fiftyone"), "delegated", "launch"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
