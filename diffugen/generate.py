@@ -28,7 +28,7 @@ from .attention import HeatmapCollector, capture_heatmaps
 from .config import DiffuGenConfig
 from .encoding import embed, tokenize, word_positions
 from .errors import DiffuGenError
-from .models import load_pipeline, load_textual_inversions, pipeline_for_task, set_scheduler
+from .models import cached_pipeline, load_textual_inversions, pipeline_for_task, set_scheduler
 from .prompts import WorkItem, fill_template, plan_txt2img, words_in
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class Generator:
         model = self.cfg.task_value(task, "model")
         if model not in self._models:
             logger.info("loading model %s", model)
-            base = load_pipeline(model, self.cfg.device, self.cfg.dtype, self.cfg.checkpoint_config)
+            base = cached_pipeline(model, self.cfg.device, self.cfg.dtype, self.cfg.checkpoint_config)
             load_textual_inversions(base, self.cfg.textual_inversion)
             base.set_progress_bar_config(disable=True)
             self._models[model] = base

@@ -107,12 +107,27 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
     return pipe.to(dev)
 
 
+_LOADED: dict[tuple, object] = {}
+
+
+def cached_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpoint_config: str | None = None):
+    """:func:`load_pipeline`, kept for the life of the process (a worker runs many shards of one model).
+
+    Only the most recent model stays loaded, so a long-lived worker does not pile up models.
+    """
+    key = (model, device, dtype, checkpoint_config)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_pipeline(model, device, dtype, checkpoint_config)
+    return _LOADED[key]
+
+
 def pipeline_for_task(pipe, task: str):
     """The pipeline for ``task`` sharing ``pipe``'s components (no copy of the weights)."""
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
     if task == "txt2img":
-        return pipe
+        return type(pipe).from_pipe(pipe)  # a new object: a scheduler set on it leaves the cached one alone
     cls = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}[task]
     return cls.from_pipe(pipe)
 

@@ -36,3 +36,13 @@ def test_unknown_builtin_and_bad_paths(tmp_path):
         load_pipeline(str(tmp_path / "missing-folder"))
     with pytest.raises(ModelNotFoundError, match=str(tmp_path / "x.ckpt")):
         load_pipeline(str(tmp_path / "x.ckpt"))
+
+
+def test_one_loaded_model_serves_configs_without_leaking_schedulers(tmp_path):
+    from diffugen.generate import Generator
+
+    a = Generator(parse_config(small_config("a", tmp_path, scheduler="euler"))).pipeline("txt2img")
+    b = Generator(parse_config(small_config("b", tmp_path))).pipeline("txt2img")
+    assert type(a.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert type(b.scheduler).__name__ == "DDIMScheduler"
+    assert a.unet is b.unet  # loaded once per process (a worker runs many shards)
