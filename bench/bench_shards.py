@@ -1,0 +1,96 @@
+"""Scale-out: two `fiftyone delegated launch` workers vs one on the same sharded config.
+
+    FIFTYONE_DATABASE_DIR=/tmp/fodb-bench python bench/bench_shards.py [--images 64] [--shards 4]
+
+Each worker is limited to one torch thread (OMP_NUM_THREADS=1). Workers are started and idle
+before the clock starts; the clock runs from queueing until every shard is completed. Also
+measures the per-shard overhead (queue + claim + setup) with shards of one image each.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+
+def config(name: str, root: Path, images: int, steps: int) -> dict:
+    return {
+        "dataset_name": name, "output_root": str(root), "model": "builtin:tiny", "width": 64, "height": 64,
+        "steps": steps, "batch_size": 4, "templates": ["a {view} view of a {object} at {time}"],
+        "attributes": {"view": ["rear", "front"], "object": ["car", "bus"], "time": ["noon", "night"]},
+        "class_words": ["car", "bus"], "seeds": list(range(max(1, images // 8))), "image_count": images,
+    }
+
+
+def start_workers(n: int, plugins: Path) -> list[subprocess.Popen]:
+    env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(plugins), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    workers = [subprocess.Popen([str(Path(sys.executable).parent / "fiftyone"), "delegated", "launch"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(n)]
+    for w in workers:  # ready when the service says so
+        for line in w.stdout:
+            if "Delegated operation service running" in line:
+                break
+    return workers
+
+
+def run(n_workers: int, images: int, shards: int, steps: int, plugins: Path, root: Path) -> float:
+    import fiftyone as fo
+
+    from diffugen.shards import queue_shards, shard_status
+
+    name = f"bench-shards-{n_workers}w-{images}i-{shards}s"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(config(name, root / name, images, steps)))
+    workers = start_workers(n_workers, plugins)
+    try:
+        t = time.perf_counter()
+        queue_shards(path, shards)
+        while not all(s.state == "completed" for s in shard_status(name)):
+            assert not any(s.state == "failed" for s in shard_status(name)), shard_status(name)
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - t
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+    assert len(fo.load_dataset(name)) == images
+    fo.delete_dataset(name)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+
+    import fiftyone as fo
+
+    from diffugen.plugin import install_plugin
+
+    tmp = Path(tempfile.mkdtemp())
+    install_plugin(tmp / "plugins")
+    fo.config.plugins_dir = str(tmp / "plugins")
+    one = run(1, args.images, args.shards, args.steps, tmp / "plugins", tmp)
+    two = run(2, args.images, args.shards, args.steps, tmp / "plugins", tmp)
+    print(f"{args.images} builtin:tiny images (64x64, {args.steps} steps), {args.shards} shards, 1 torch thread per worker")
+    print(f"1 worker: {args.images / one:.2f} img/s; 2 workers: {args.images / two:.2f} img/s; "
+          f"2 vs 1 = {one / two:.2f}x (goal >= 1.6x)")
+    # Per-shard overhead: 8 one-image shards vs 1 eight-image shard, one worker.
+    many = run(1, 8, 8, args.steps, tmp / "plugins", tmp)
+    single = run(1, 8, 1, args.steps, tmp / "plugins", tmp)
+    print(f"per-shard overhead (queue + claim + setup): {(many - single) / 7:.2f} s per shard (goal < 1 s)")
+
+
+if __name__ == "__main__":
+    main()
