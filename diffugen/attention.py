@@ -101,7 +101,9 @@ class HeatmapCollector:
         b = self.batch_size
         q, k = query[-b:].float(), key[-b:].float()
         probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # (b, heads, seq_len, tokens)
-        probs = probs.index_select(-1, self._index.to(probs.device))  # (b, heads, seq_len, T)
+        if self._index.device != probs.device:
+            self._index = self._index.to(probs.device)  # once, not per layer and step
+        probs = probs.index_select(-1, self._index)  # (b, heads, seq_len, T)
         probs = probs.transpose(-1, -2).reshape(b, probs.shape[1], len(self.token_indices), h, w)
         if name in self.maps:
             self.maps[name] += probs

@@ -45,28 +45,42 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    # CLIP's BPE: repeatedly merge the adjacent pair of lowest rank.
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
 def write_tiny_tokenizer(folder: Path, words: list[str] = TINY_WORDS) -> Path:
     """Write ``vocab.json`` and ``merges.txt`` of a word-level CLIP BPE vocabulary into ``folder``.
 
     Every byte is a token (alone and as a word end ``x</w>``), so any text tokenizes; each word of
-    ``words`` gets left-to-right merges so that it becomes a single token ``word</w>``.
+    ``words`` gets merges that join whatever pieces the merges so far leave, so that it becomes a
+    single token ``word</w>``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     vocab: list[str] = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
+    ranks: dict[tuple[str, str], int] = {}
     seen = set(vocab)
-    # Longer words first: their merges then rank before the short words whose pairs they contain.
-    for word in sorted(dict.fromkeys(w.lower() for w in words), key=lambda w: (-len(w), w)):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        left = symbols[0]
-        for right in symbols[1:]:
+    for word in dict.fromkeys(w.lower() for w in words):
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        left = pieces[0]
+        for right in pieces[1:]:
             merged = left + right
+            ranks.setdefault((left, right), len(ranks))
             if merged not in seen:
-                merges.append(f"{left} {right}")
                 vocab.append(merged)
                 seen.add(merged)
             left = merged
+        assert _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks) == [word + "</w>"], word
+    merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")

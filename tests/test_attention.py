@@ -114,14 +114,14 @@ def test_capture_does_not_change_images_and_restores_processors(tiny_pipe):
 
 
 def test_word_to_token_mapping(tiny_pipe):
-    enc = tokenize(tiny_pipe, "a car with tires++ next to a car")
+    enc = tokenize(tiny_pipe, "a car with scooter++ next to a car")
     ids = enc.ids
     car_id = tiny_pipe.tokenizer.convert_tokens_to_ids("car</w>")
     cars = word_positions(tiny_pipe, enc, "car")
     assert cars[0] == 2 and len(cars) == 2 and all(ids[t] == car_id for t in cars)  # both occurrences
-    tires = word_positions(tiny_pipe, enc, "tires")
-    assert len(tires) == len(tiny_pipe.tokenizer.tokenize("tires")) > 1  # a multi-token word
-    assert all(enc.weights[t] == pytest.approx(1.21) for t in tires)
+    scooter = word_positions(tiny_pipe, enc, "scooter")
+    assert len(scooter) == len(tiny_pipe.tokenizer.tokenize("scooter")) > 1  # a multi-token word
+    assert all(enc.weights[t] == pytest.approx(1.21) for t in scooter)
     assert word_positions(tiny_pipe, enc, "bus") == []
     assert find_word_tokens([5, 1, 2, 5, 1, 2], [1, 2]) == [1, 2, 4, 5]
     # without emphasis the ids are exactly the pipeline tokenizer's
