@@ -138,4 +138,11 @@ def build_tiny_pipeline(sample_size: int = 64):
     )
 
 
-BUILTINS = {"tiny": build_tiny_pipeline}
+def load_toyworld():
+    """``builtin:toyworld``: the small model trained on the procedural toy world (shipped in the package)."""
+    from .toyworld import load_toyworld_pipeline
+
+    return load_toyworld_pipeline()
+
+
+BUILTINS = {"tiny": build_tiny_pipeline, "toyworld": load_toyworld}

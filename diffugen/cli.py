@@ -226,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_app)
 
     from . import export, plugin
+    from .toyworld import cli as toyworld_cli
 
     export.add_parser(sub)
     plugin.add_parser(sub)
+    toyworld_cli.add_parser(sub)
     return p
 
 
