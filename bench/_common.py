@@ -60,57 +60,10 @@ def mark(value: float, target: float, higher_is_better: bool = False) -> str:
 
 
 def build_sd_sized_pipeline(sample_size: int = 64):
-    """A StableDiffusionPipeline with SD-1.5-sized UNet/text encoder/VAE and random weights (no download).
+    """A StableDiffusionPipeline with SD-1.5-sized components and random weights (no download); for GPUs."""
+    from diffugen.builtin import build_sd15_sized_pipeline
 
-    Meant for GPU timing: the UNet has ~860M parameters, so it is slow to build and run on CPU.
-    Reuses the tiny word-level tokenizer of ``builtin:tiny`` (tokenization is not what is timed).
-    """
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from diffugen.builtin import write_tiny_tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_tiny_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer(
-            str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77
-        )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768, attention_head_dim=8,
-    )
-    torch.manual_seed(2)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=sample_size * 8,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    for module in (text_encoder, unet, vae):
-        module.eval().requires_grad_(False)
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    return build_sd15_sized_pipeline(sample_size)
 
 
 def build_pipeline(sd_unet: bool, device: str, dtype: str | None = None):

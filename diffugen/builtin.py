@@ -87,12 +87,14 @@ def write_tiny_tokenizer(folder: Path, words: list[str] = TINY_WORDS) -> Path:
     return folder
 
 
-def build_tiny_pipeline(sample_size: int = 64):
-    """Build ``builtin:tiny``: a StableDiffusionPipeline with small random-weight components.
+def build_random_pipeline(text: dict, unet: dict, vae: dict, sample_size: int = 64):
+    """A StableDiffusionPipeline of the given component sizes with random weights from fixed seeds.
 
     Args:
-        sample_size: the UNet's nominal latent size; 64 means 512×512 images by default (the size
-            the daam oracle handles). Any multiple-of-8 size can be generated.
+        text: ``CLIPTextConfig`` sizes (``hidden_size``, ``num_hidden_layers``, ...).
+        unet: ``UNet2DConditionModel`` arguments besides ``sample_size`` and the channel counts.
+        vae: ``AutoencoderKL`` arguments besides the channel counts and ``sample_size``.
+        sample_size: the UNet's nominal latent side (images are ``sample_size × vae scale`` by default).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -104,37 +106,57 @@ def build_tiny_pipeline(sample_size: int = 64):
         )
     # Seeds per component, so each one is the same wherever it is built.
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text,
+    ))
     torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4),
-    )
+    unet = UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4,
+                                cross_attention_dim=text["hidden_size"], **unet)
     torch.manual_seed(2)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-        block_out_channels=(4, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=sample_size * 8,
-    )
+    vae_model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                              sample_size=sample_size * 2 ** (len(vae["block_out_channels"]) - 1), **vae)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
         steps_offset=1,
     )
-    for module in (text_encoder, unet, vae):
+    for module in (text_encoder, unet, vae_model):
         module.eval().requires_grad_(False)
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build_tiny_pipeline(sample_size: int = 64):
+    """Build ``builtin:tiny``: a StableDiffusionPipeline with small random-weight components.
+
+    Args:
+        sample_size: the UNet's nominal latent size; 64 means 512×512 images by default (the size
+            the daam oracle handles). Any multiple-of-8 size can be generated.
+    """
+    return build_random_pipeline(
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
+        unet=dict(layers_per_block=1, block_out_channels=(32, 64), norm_num_groups=8,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4)),
+        vae=dict(norm_num_groups=4, layers_per_block=1, block_out_channels=(4, 8, 8, 8),
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+        sample_size=sample_size,
+    )
+
+
+def build_sd15_sized_pipeline(sample_size: int = 64):
+    """Random weights in Stable Diffusion 1.5's sizes (~860M-parameter UNet): for GPU benchmarks."""
+    return build_random_pipeline(
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  projection_dim=768),
+        unet=dict(layers_per_block=2, block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+        vae=dict(layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+        sample_size=sample_size,
     )
 
 

@@ -19,6 +19,19 @@ from .errors import DiffuGenError
 from .labels.unsupervised import LabelParams
 
 
+def read_word_heatmaps(sample_id: str, word_heatmaps) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """The stored per-word heatmaps of a sample: uint8 maps ``(H, W)``, their words and classes."""
+    maps, words, classes = [], [], []
+    for hm in word_heatmaps or []:
+        m = cv2.imread(hm.map_path, cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            raise DiffuGenError(f"heatmap file missing for sample {sample_id}: {hm.map_path}")
+        maps.append(m)
+        words.append(hm["word"])
+        classes.append(hm["label"])
+    return maps, words, classes
+
+
 def relabel(collection: fo.core.collections.SampleCollection, params: LabelParams,
             progress: Callable[[int, int, str], None] | None = None, batch_size: int = 64) -> int:
     """Rewrite ``daam_*`` fields of every sample of ``collection`` (a dataset or view) with ``params``.
@@ -34,14 +47,7 @@ def relabel(collection: fo.core.collections.SampleCollection, params: LabelParam
     total = len(view)
     done = 0
     for sample in tqdm(view.iter_samples(autosave=True, batch_size=batch_size), total=total, desc="relabel"):
-        maps, words, classes = [], [], []
-        for hm in sample["word_heatmaps"]:
-            m = cv2.imread(hm.map_path, cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise DiffuGenError(f"heatmap file missing for sample {sample.id}: {hm.map_path}")
-            maps.append(m)
-            words.append(hm["word"])
-            classes.append(hm["label"])
+        maps, words, classes = read_word_heatmaps(sample.id, sample["word_heatmaps"])
         if maps:
             labels = dsu.label_heatmaps(maps, words, classes, ids, params)
             old = sample["daam_segmentation"]

@@ -29,7 +29,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field as dc_field
 from typing import Callable, Sequence
 
-import cv2
 from bson import ObjectId
 
 import fiftyone as fo
@@ -38,6 +37,7 @@ from fiftyone import ViewField as F
 from . import dataset as dsu
 from .errors import DiffuGenError
 from .labels.unsupervised import LabelParams
+from .relabel import read_word_heatmaps
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 
@@ -291,14 +291,7 @@ def preview_relabel(collection, params: LabelParams, limit: int = 50) -> Relabel
     sample_ids, heatmaps, before = view.values(["id", "word_heatmaps", "daam_detections.detections"])
     per_sample = []
     for sid, hms, old in zip(sample_ids, heatmaps, before):
-        maps, words, classes = [], [], []
-        for hm in hms or []:
-            m = cv2.imread(hm.map_path, cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise DiffuGenError(f"heatmap file missing for sample {sid}: {hm.map_path}")
-            maps.append(m)
-            words.append(hm["word"])
-            classes.append(hm["label"])
+        maps, words, classes = read_word_heatmaps(sid, hms)
         labels = dsu.label_heatmaps(maps, words, classes, ids, params) if maps else None
         after = sum(len(wl.instances) for wl in labels.word_labels) if labels else 0
         per_sample.append({"id": sid, "before": len(old or []), "after": after})

@@ -64,3 +64,18 @@ def write_config(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def plugins_dir(tmp_path_factory):
+    """A plugins folder holding this checkout, the way `diffugen plugin install` makes it."""
+    import fiftyone as fo
+
+    from diffugen.plugin import install_plugin
+
+    folder = tmp_path_factory.mktemp("plugins")
+    install_plugin(folder)
+    before = fo.config.plugins_dir
+    fo.config.plugins_dir = str(folder)
+    yield folder
+    fo.config.plugins_dir = before

@@ -25,17 +25,6 @@ ALL = MINE + ["label_yolo", "compare_labels", "train_yolo"]
 
 
 @pytest.fixture(scope="module")
-def plugins_dir(tmp_path_factory):
-    """A plugins folder holding this checkout, the way `diffugen plugin install` makes it."""
-    folder = tmp_path_factory.mktemp("plugins")
-    install_plugin(folder)
-    before = fo.config.plugins_dir
-    fo.config.plugins_dir = str(folder)
-    yield folder
-    fo.config.plugins_dir = before
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """8 generated builtin:tiny samples with DAAM labels (made once; tests work on clones)."""
     name = f"ops-base-{uuid.uuid4().hex[:8]}"

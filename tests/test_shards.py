@@ -17,18 +17,7 @@ from diffugen.cli import main as cli
 from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError
 from diffugen.generate import generate
-from diffugen.plugin import install_plugin
 from diffugen.shards import queue_shards, resume_shards, shard_status
-
-
-@pytest.fixture(scope="module")
-def plugins_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("plugins")
-    install_plugin(folder)
-    before = fo.config.plugins_dir
-    fo.config.plugins_dir = str(folder)
-    yield folder
-    fo.config.plugins_dir = before
 
 
 def _worker(plugins_dir):
