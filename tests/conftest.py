@@ -79,3 +79,26 @@ def plugins_dir(tmp_path_factory):
     fo.config.plugins_dir = str(folder)
     yield folder
     fo.config.plugins_dir = before
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """8 generated builtin:tiny samples with DAAM labels, made once per module; tests work on clones."""
+    import fiftyone as fo
+
+    from diffugen.config import parse_config
+    from diffugen.generate import generate
+
+    name = f"base-{uuid.uuid4().hex[:8]}"
+    generate(parse_config(small_config(name, tmp_path_factory.mktemp("out"))))
+    ds = fo.load_dataset(name)
+    yield ds
+    fo.delete_dataset(name)
+
+
+@pytest.fixture
+def ds(base):
+    """A clone of ``base`` for one test."""
+    clone = base.clone(f"clone-{uuid.uuid4().hex[:8]}")
+    yield clone
+    clone.delete()

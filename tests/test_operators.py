@@ -15,30 +15,11 @@ import fiftyone.operators as foo
 from fiftyone import ViewField as F
 from fiftyone.operators.executor import ExecutionError, ExecutionRunState
 from conftest import small_config
-from diffugen.config import parse_config
-from diffugen.generate import generate
 from diffugen.plugin import install_plugin
 
 PLUGIN = "@diffugen/diffugen"
 MINE = ["generate", "label_daam", "review", "apply_review", "export"]
 ALL = MINE + ["label_yolo", "compare_labels", "train_yolo"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """8 generated builtin:tiny samples with DAAM labels (made once; tests work on clones)."""
-    name = f"ops-base-{uuid.uuid4().hex[:8]}"
-    generate(parse_config(small_config(name, tmp_path_factory.mktemp("out"))))
-    ds = fo.load_dataset(name)
-    yield ds
-    fo.delete_dataset(name)
-
-
-@pytest.fixture
-def ds(base):
-    clone = base.clone(f"ops-{uuid.uuid4().hex[:8]}")
-    yield clone
-    clone.delete()
 
 
 def run(name, collection, delegate=False, selected=None, **params):

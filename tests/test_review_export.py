@@ -1,7 +1,6 @@
 """Review/curation rules and exports that load back (YOLO trains with ultralytics, COCO keeps polygons)."""
 
 import argparse
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -9,28 +8,9 @@ import pytest
 
 import fiftyone as fo
 from fiftyone import ViewField as F
-from conftest import small_config
-from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError
 from diffugen.export import add_parser, export_dataset, parse_split
-from diffugen.generate import generate
 from diffugen.review import apply_review, build_review_queue, take_labels
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    name = f"rx-base-{uuid.uuid4().hex[:8]}"
-    generate(parse_config(small_config(name, tmp_path_factory.mktemp("out"))))
-    ds = fo.load_dataset(name)
-    yield ds
-    fo.delete_dataset(name)
-
-
-@pytest.fixture
-def ds(base):
-    clone = base.clone(f"rx-{uuid.uuid4().hex[:8]}")
-    yield clone
-    clone.delete()
 
 
 def test_review_queue_decisions_and_curated_labels(ds):

@@ -273,14 +273,23 @@ def recover_instances(image: np.ndarray, tolerance: float = 60.0, min_area: int 
 
 
 def classify_shape(mask: np.ndarray) -> str:
-    """Guess the shape of a blob from its fill ratio within its box (square ≈ 1, circle ≈ 0.79, triangle ≈ 0.5)."""
+    """Guess the shape of a blob: the shape whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
+
+    Robust to the soft, slightly rounded edges of decoded images (a fill-ratio rule is not: blurred
+    triangles fill their box like circles do).
+    """
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return "unknown"
-    w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    fill = len(xs) / float(w * h)
-    if fill > 0.9:
-        return "square"
-    if fill > 0.65:
-        return "circle"
-    return "triangle"
+    x0, y0 = xs.min(), ys.min()
+    w, h = xs.max() - x0 + 1, ys.max() - y0 + 1
+    crop = mask[y0 : y0 + h, x0 : x0 + w]
+    best, best_iou = "unknown", -1.0
+    for shape in SHAPES:
+        side = max(w, h)
+        ideal = _shape_mask(shape, 0, 0, side, side)
+        ideal = cv2.resize(ideal.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
+        iou = (ideal & crop).sum() / float((ideal | crop).sum())
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
