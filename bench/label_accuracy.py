@@ -3,7 +3,7 @@
 Usage::
 
     python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
-                                   [--guidance 5] [--batch-size 8] [--tolerance 60] [--keep]
+                                   [--guidance 7.5] [--batch-size 8] [--tolerance 60] [--keep]
 
 Held-out prompts are captions of toy-world scenes with seeds from ``HELD_OUT_SEED`` on (training
 used seeds below it); duplicates are skipped. They are generated with the trained model through
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="8 prompts, a smoke run of the whole bench")
     ap.add_argument("--model", default=None, help="diffusers folder (default: the shipped toy-world model)")
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
