@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,21 @@ def test_shipped_model_loads_offline_and_generates(monkeypatch):
     image = out.images[0]
     assert image.shape == (64, 64, 3)
     assert np.isfinite(image).all()
+
+
+@pytest.mark.skipif(not model_available(), reason="the toy-world model folder is not there")
+def test_label_accuracy_bench_runs_end_to_end(tmp_path):
+    """The accuracy bench (its targets live in BENCHMARKS.md, not here) runs on a few images."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "accuracy.json"
+    bench = Path(__file__).resolve().parent.parent / "bench" / "label_accuracy.py"
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--out", str(out)], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["images"] == 8
+    assert 0 <= result["adherence"] <= 1 and 0 <= result["iou_drawn_mean"] <= 1 and 0 <= result["ap50_mean"] <= 1
