@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--self-attention-power", type=int, default=None,
+                    help="Dataset Diffusion refinement power (default: the config default)")
+    ap.add_argument("--heatmap-layers", default="daam", choices=["daam", "all"])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
     ap.add_argument("--min-area", type=int, default=12, help="pixels for a blob to count as an object")
@@ -125,7 +128,8 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, negative_prompt="",
         templates=["{caption}"], attributes={"caption": prompts},
         seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
-        class_words=list(SHAPES), classes=list(SHAPES),
+        class_words=list(SHAPES), classes=list(SHAPES), heatmap_layers=args.heatmap_layers,
+        **({} if args.self_attention_power is None else {"self_attention_power": args.self_attention_power}),
     )
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)

@@ -13,6 +13,14 @@ Differences from daam 0.2.0, all deliberate: any image size and aspect ratio (da
 a batch of prompts (daam: one), only the tokens asked for are kept (daam keeps all 77), and
 ``layers="all"`` adds the layers daam skips (the mid block and the layers at 1/8 latent
 resolution); the default ``layers="daam"`` skips them as daam does.
+
+Optional refinement (Dataset Diffusion, Nguyen et al., NeurIPS 2023): with ``refine_power=τ > 0`` the
+same processor also sits on the self-attention layers (``attn1``) of one resolution, the finest with
+at most 32×32 positions (Dataset Diffusion's choice for SD at 512 px), and averages their attention
+matrix ``A`` (``N × N``, rows sum to 1) over heads, layers and steps. Each token map, resampled to
+that grid, is then multiplied by ``A^τ``: a position takes the attention-weighted mean of the map over
+the positions it attends to, which in practice are those of the same object, so the map fills the
+object and stops at its edges.
 """
 
 from __future__ import annotations
@@ -32,9 +40,19 @@ def is_cross_attention(name: str) -> bool:
     return name.endswith("attn2.processor")
 
 
-def selected_layer(name: str, layers: LayerChoice) -> bool:
-    """Which processors to replace: cross-attention ones, without the mid block unless ``layers="all"``."""
+def is_self_attention(name: str) -> bool:
+    return name.endswith("attn1.processor")
+
+
+def selected_layer(name: str, layers: LayerChoice, refine: bool = False) -> bool:
+    """Which processors to replace: cross-attention ones, without the mid block unless ``layers="all"``;
+    with ``refine``, the self-attention ones too (only those at :meth:`HeatmapCollector.self_grid` record)."""
+    if refine and is_self_attention(name):
+        return True
     return is_cross_attention(name) and (layers == "all" or not name.startswith("mid_block"))
+
+
+MAX_SELF_POSITIONS = 32 * 32  # self-attention matrices are (N × N): keep N at most 1024
 
 
 class HeatmapCollector:
@@ -43,13 +61,16 @@ class HeatmapCollector:
     Set up before each pipeline call with :meth:`reset`; read after it with :meth:`word_heatmaps`.
     """
 
-    def __init__(self, layers: LayerChoice = "daam"):
+    def __init__(self, layers: LayerChoice = "daam", refine_power: int = 0):
         self.layers = layers
+        self.refine_power = refine_power
         self.active = False
         self.batch_size = 0
         self.token_indices: list[int] = []
         self.latent_size = (0, 0)
         self.maps: dict[str, torch.Tensor] = {}
+        self.self_attention: torch.Tensor | None = None  # (batch, N, N) summed over heads, layers, steps
+        self.self_count = 0
         self._index: torch.Tensor | None = None
         self._grids: dict[int, tuple[int, int, int]] = {}
 
@@ -64,9 +85,22 @@ class HeatmapCollector:
         self.token_indices = list(token_indices)
         self.latent_size = latent_size
         self.maps = {}
+        self.self_attention = None
+        self.self_count = 0
         self._index = torch.tensor(self.token_indices, dtype=torch.long)
         self._grids = {}
         self.active = bool(self.token_indices)
+
+    def self_grid(self) -> tuple[int, int, int]:
+        """``(factor, h, w)`` of the self-attention layers used for refinement: the finest grid with at
+        most :data:`MAX_SELF_POSITIONS` positions (16×16 latents: 16×16; SD at 512 px: 32×32)."""
+        lh, lw = self.latent_size
+        for k in range(8):
+            f = 2**k
+            h, w = math.ceil(lh / f), math.ceil(lw / f)
+            if h * w <= MAX_SELF_POSITIONS:
+                return f, h, w
+        raise ValueError(f"latent size {self.latent_size} is too large")
 
     def grid(self, seq_len: int) -> tuple[int, int, int]:
         """``(factor, h, w)`` of a layer whose query has ``seq_len`` positions.
@@ -111,6 +145,47 @@ class HeatmapCollector:
             self.maps[name] = probs
 
     @torch.no_grad()
+    def record_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+        """Add one self-attention layer's head-mean attention matrix, if the layer is at :meth:`self_grid`.
+
+        Args:
+            query, key: ``(batch, heads, N, head_dim)``; the last ``batch_size`` rows are conditional.
+        """
+        _, h, w = self.self_grid()
+        if query.shape[2] != h * w:
+            return
+        b = self.batch_size
+        probs = torch.softmax(query[-b:].float() @ key[-b:].float().transpose(-1, -2) * scale, dim=-1).mean(1)
+        if self.self_attention is None:
+            self.self_attention = probs
+        else:
+            self.self_attention += probs
+        self.self_count += 1
+
+    @torch.no_grad()
+    def refine(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Dataset Diffusion's refinement: ``A^τ @ map`` on the self-attention grid.
+
+        Args:
+            tokens: ``(batch, T, latent_h, latent_w)`` token maps.
+
+        Returns:
+            The refined maps, same shape.
+        """
+        if self.self_attention is None:
+            raise RuntimeError("refinement asked for, but no self-attention was recorded at the grid "
+                               f"{self.self_grid()[1:]} (does the UNet have self-attention there?)")
+        _, h, w = self.self_grid()
+        b, t = tokens.shape[:2]
+        small = F.interpolate(tokens, size=(h, w), mode="bilinear", antialias=True) if (h, w) != self.latent_size else tokens
+        a = self.self_attention / self.self_count  # (b, N, N), rows sum to 1
+        a_pow = torch.linalg.matrix_power(a, self.refine_power)
+        refined = (a_pow @ small.reshape(b, t, h * w).transpose(1, 2)).transpose(1, 2).reshape(b, t, h, w)
+        if (h, w) != self.latent_size:
+            refined = F.interpolate(refined, size=self.latent_size, mode="bicubic").clamp_(min=0)
+        return refined
+
+    @torch.no_grad()
     def token_heatmaps(self) -> torch.Tensor:
         """``(batch, T, latent_h, latent_w)``: daam's global heatmap for each kept token."""
         if not self.maps:
@@ -122,7 +197,8 @@ class HeatmapCollector:
             up = up.clamp_(min=0).reshape(b, heads, t, *self.latent_size).sum(1)
             total = up if total is None else total + up
             count += heads
-        return total / count
+        total = total / count
+        return self.refine(total) if self.refine_power else total
 
     @torch.no_grad()
     def word_heatmaps(self, words: Sequence[Sequence[Sequence[int]]], image_size: tuple[int, int]) -> list[list[torch.Tensor]]:
@@ -144,7 +220,8 @@ class HeatmapCollector:
             for idxs in prompt_words:
                 m = tokens[i, [column[t] for t in idxs]].mean(0)
                 m = F.interpolate(m[None, None], size=image_size, mode="bicubic")[0, 0]
-                m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+                span = m.max() - m.min()  # no epsilon: refined maps can span only ~1e-6
+                m = (m - m.min()) / span if span > 0 else torch.zeros_like(m)
                 row.append(m.cpu())
             out.append(row)
         return out
@@ -190,8 +267,11 @@ class HeatmapProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if cross and self.collector.active:
-            self.collector.record(self.name, query, key, attn.scale)
+        if self.collector.active:
+            if cross:
+                self.collector.record(self.name, query, key, attn.scale)
+            elif self.collector.refine_power:
+                self.collector.record_self(query, key, attn.scale)
 
         hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
@@ -205,17 +285,21 @@ class HeatmapProcessor:
 
 
 @contextmanager
-def capture_heatmaps(unet, layers: LayerChoice = "daam") -> Iterator[HeatmapCollector]:
+def capture_heatmaps(unet, layers: LayerChoice = "daam", refine_power: int = 0) -> Iterator[HeatmapCollector]:
     """Install :class:`HeatmapProcessor` on the UNet's cross-attention layers; restore the old ones on exit.
+
+    ``refine_power > 0`` also installs it on the self-attention layers and refines the maps with
+    ``A^refine_power`` (Dataset Diffusion; see the module docstring).
 
     >>> with capture_heatmaps(pipe.unet) as collector:
     ...     collector.reset(1, [5], (64, 64)); pipe("a photo of a car")
     ...     maps = collector.word_heatmaps([[[5]]], (512, 512))
     """
-    collector = HeatmapCollector(layers)
+    collector = HeatmapCollector(layers, refine_power)
     original = unet.attn_processors
     unet.set_attn_processor(
-        {name: HeatmapProcessor(collector, name) if selected_layer(name, layers) else proc for name, proc in original.items()}
+        {name: HeatmapProcessor(collector, name) if selected_layer(name, layers, refine_power > 0) else proc
+         for name, proc in original.items()}
     )
     try:
         yield collector

@@ -151,6 +151,8 @@ class DiffuGenConfig(_Strict):
     textual_inversion: list[TextualInversion] = Field(default_factory=list)
     labels: LabelParams = Field(default_factory=LabelParams)
     heatmap_layers: Literal["daam", "all"] = "daam"
+    # Dataset Diffusion's refinement of the heatmaps: the power of the self-attention matrix (0: off).
+    self_attention_power: int = Field(0, ge=0, le=16)
     unsupervised: bool = True
     label_model: LabelModelConfig | None = None
     images_per_shard: int | None = Field(None, ge=1)

@@ -175,3 +175,50 @@ def test_embedding_files_are_read_safely(tmp_path):
     with pytest.raises(ModelNotFoundError, match="could not read the embedding"):
         read_embedding(evil, "<x>")
     assert not marker.exists()
+
+
+# ---- Dataset Diffusion refinement (self-attention) -----------------------------------------------
+def test_self_grid_is_the_finest_with_at_most_1024_positions():
+    col = HeatmapCollector(refine_power=4)
+    for latent, grid in [((16, 16), (1, 16, 16)), ((64, 64), (2, 32, 32)), ((96, 64), (4, 24, 16)), ((9, 17), (1, 9, 17))]:
+        col.reset(1, [1], latent)
+        assert col.self_grid() == grid
+
+
+def test_refinement_spreads_a_map_over_its_object_and_not_beyond():
+    """Two objects (left and right halves) whose positions attend within their own object:
+    a map peaked on two left positions becomes uniform over the left half and stays 0 on the right."""
+    h = w = 8
+    col = HeatmapCollector(refine_power=2)
+    col.reset(1, [1], (h, w))
+    left = (torch.arange(h * w) % w) < w // 2
+    same = (left[:, None] == left[None, :]).float()
+    col.self_attention = (same / same.sum(1, keepdim=True))[None]  # (1, N, N), rows sum to 1
+    col.self_count = 1
+    tokens = torch.zeros(1, 1, h, w)
+    tokens[0, 0, 2, 1] = tokens[0, 0, 5, 2] = 1.0
+    refined = col.refine(tokens)[0, 0].flatten()
+    assert refined.shape == (h * w,)
+    assert torch.allclose(refined[left], torch.full((int(left.sum()),), 2.0 / left.sum()))
+    assert torch.all(refined[~left] == 0)
+
+
+def test_refined_capture_keeps_images_and_records_self_attention(tiny_pipe):
+    kwargs = dict(num_inference_steps=3, height=64, width=64, output_type="np")
+    bare = tiny_pipe("a red car", generator=torch.Generator().manual_seed(3), **kwargs).images
+    before = tiny_pipe.unet.attn_processors
+    with capture_heatmaps(tiny_pipe.unet, refine_power=2) as collector:
+        assert all(type(p).__name__ == "HeatmapProcessor" for k, p in tiny_pipe.unet.attn_processors.items()
+                   if k.endswith("attn1.processor"))
+        image, maps = _run(tiny_pipe, collector, "a red car", ["car"], 64, 64, seed=3)
+        a = collector.self_attention / collector.self_count
+        assert a.shape == (1, 64, 64)  # 8×8 latent positions, the finest grid
+        assert torch.allclose(a.sum(-1), torch.ones(1, 64), atol=1e-4)
+        plain = collector.refine_power
+        collector.refine_power = 0
+        unrefined = collector.token_heatmaps()
+        collector.refine_power = plain
+        assert not torch.allclose(unrefined, collector.token_heatmaps())
+    assert all(tiny_pipe.unet.attn_processors[k] is before[k] for k in before)
+    assert np.array_equal(bare, image[None])
+    assert maps[0].shape == (64, 64) and maps[0].min() == 0 and abs(maps[0].max() - 1) < 1e-5

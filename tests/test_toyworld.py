@@ -139,3 +139,17 @@ def test_label_accuracy_bench_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert result["images"] == 8
     assert 0 <= result["adherence"] <= 1 and 0 <= result["iou_drawn_mean"] <= 1 and 0 <= result["ap50_mean"] <= 1
+
+
+@pytest.mark.parametrize("shape", ["star", "ring"])
+def test_novel_shapes_are_drawn_recovered_and_told_apart(shape):
+    from diffugen.toyworld.scene import NOVEL_SHAPES
+
+    for seed in range(10):
+        sc = make_scene(seed, objects=[("yellow", shape)], min_size=18, max_size=24)
+        (o,) = sc.objects
+        assert (sc.image[o.mask] == COLORS["yellow"]).all() and o.mask.sum() > 60
+        assert shape in sc.caption and shape not in VOCABULARY
+        (r,) = recover_instances(sc.image, tolerance=1.0)
+        assert (r.mask == o.mask).all()
+        assert classify_shape(o.mask, SHAPES + NOVEL_SHAPES) == shape

@@ -26,6 +26,9 @@ import cv2
 import numpy as np
 
 SHAPES = ("circle", "square", "triangle")
+# Shapes the model never saw (never in a training scene, their words not in its vocabulary): the
+# subjects of the textual-inversion proof (``bench/textual_inversion_proof.py``).
+NOVEL_SHAPES = ("star", "ring")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "yellow": (235, 220, 40),
@@ -98,8 +101,19 @@ def _shape_mask(shape: str, x: int, y: int, s: int, size: int) -> np.ndarray:
     elif shape == "triangle":
         pts = np.array([[x + (s - 1) / 2.0, y], [x, y + s - 1], [x + s - 1, y + s - 1]])
         cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
+    elif shape == "star":  # five points, fat arms (inner radius 0.5) so it survives 64 px
+        c, r = (s - 1) / 2.0, s / 2.0
+        ang = -np.pi / 2 + np.arange(10) * np.pi / 5
+        rad = np.where(np.arange(10) % 2 == 0, r, 0.5 * r)
+        pts = np.stack([x + c + rad * np.cos(ang), y + c + rad * np.sin(ang)], 1)
+        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
+    elif shape == "ring":  # an annulus, hole radius 0.5 of the outer one
+        yy, xx = np.mgrid[0:size, 0:size]
+        c = (s - 1) / 2.0
+        d2 = (xx - x - c) ** 2 + (yy - y - c) ** 2
+        m[(d2 <= (s / 2.0) ** 2) & (d2 > (0.25 * s) ** 2)] = 1
     else:
-        raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES}")
+        raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES + NOVEL_SHAPES}")
     return m.astype(bool)
 
 
@@ -272,11 +286,11 @@ def recover_instances(image: np.ndarray, tolerance: float = 60.0, min_area: int 
     return out
 
 
-def classify_shape(mask: np.ndarray) -> str:
-    """Guess the shape of a blob: the shape whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
+def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
+    """Guess the shape of a blob: the one of ``shapes`` whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
 
     Robust to the soft, slightly rounded edges of decoded images (a fill-ratio rule is not: blurred
-    triangles fill their box like circles do).
+    triangles fill their box like circles do). Pass ``SHAPES + NOVEL_SHAPES`` to consider stars and rings.
     """
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -285,7 +299,7 @@ def classify_shape(mask: np.ndarray) -> str:
     w, h = xs.max() - x0 + 1, ys.max() - y0 + 1
     crop = mask[y0 : y0 + h, x0 : x0 + w]
     best, best_iou = "unknown", -1.0
-    for shape in SHAPES:
+    for shape in shapes:
         side = max(w, h)
         ideal = _shape_mask(shape, 0, 0, side, side)
         ideal = cv2.resize(ideal.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
