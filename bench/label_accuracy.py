@@ -25,6 +25,11 @@ pixels) is there; its shape is judged from the blob's fill ratio. Reported:
   (target mean ≥ 0.6);
 * **box AP50** per class: FiftyOne ``evaluate_detections`` of ``daam_detections`` against a
   ``ground_truth`` field of the recovered blobs (label: the shape requested for that colour).
+* **YOLO bootstrapped from the DAAM labels** (``--yolo-train N`` prompts, 0 to skip): DiffuGen
+  generates N more images from *training* captions (seeds below the held-out ones) into a second
+  dataset, ``diffugen.train.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
+  ``label_yolo`` labels the held-out images, and both ``daam_detections`` and ``yolo_detections`` are
+  evaluated against the truth with instance masks (``use_masks=True``): **mask mAP50** per class.
 
 Numbers go to stdout and ``bench/out/label_accuracy.json``.
 """
@@ -52,7 +57,7 @@ from PIL import Image  # noqa: E402
 
 from _common import ROOT, machine_line, mark  # noqa: E402
 
-DATASET = "diffugen-bench-label-accuracy"
+DATASET = f"diffugen-bench-label-accuracy-{os.getpid()}"  # per run: runs may overlap
 SHAPES = ("circle", "square", "triangle")
 TARGET_ADHERENCE = 0.90
 TARGET_IOU = 0.60
@@ -65,6 +70,22 @@ def held_out_prompts(n: int) -> list[str]:
     prompts: list[str] = []
     seen = set()
     seed = HELD_OUT_SEED
+    while len(prompts) < n:
+        cap = make_scene(seed).caption
+        seed += 1
+        if cap not in seen:
+            seen.add(cap)
+            prompts.append(cap)
+    return prompts
+
+
+def training_prompts(n: int, exclude: set[str]) -> list[str]:
+    """``n`` distinct captions of training scenes (seeds from 0), none of them in ``exclude``."""
+    from diffugen.toyworld.scene import make_scene
+
+    prompts: list[str] = []
+    seen = set(exclude)
+    seed = 0
     while len(prompts) < n:
         cap = make_scene(seed).caption
         seed += 1
@@ -102,10 +123,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
     ap.add_argument("--min-area", type=int, default=12, help="pixels for a blob to count as an object")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--yolo-train", type=int, default=400, help="prompts generated to train YOLO on (0: skip YOLO)")
+    ap.add_argument("--yolo-epochs", type=int, default=30)
+    ap.add_argument("--yolo-imgsz", type=int, default=128, help="YOLO input size (the 64 px images are upscaled)")
     ap.add_argument("--keep", action="store_true", help="keep the FiftyOne dataset and images (default: delete)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "label_accuracy.json"))
     args = ap.parse_args(argv)
     n = 8 if args.quick else args.n
+    if args.quick:
+        args.yolo_train, args.yolo_epochs = min(args.yolo_train, 16), min(args.yolo_epochs, 1)
 
     import fiftyone as fo
 
@@ -123,7 +149,7 @@ def main(argv=None) -> int:
     prompts = held_out_prompts(n)
     work = Path(tempfile.mkdtemp(prefix="diffugen-label-accuracy-"))
     cfg = DiffuGenConfig(
-        dataset_name=DATASET, output_root=str(work), model=str(model), device=args.device,
+        dataset_name=DATASET, output_root=str(work / "eval"), model=str(model), device=args.device,
         width=64, height=64, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
         batch_size=args.batch_size, negative_prompt="",
         templates=["{caption}"], attributes={"caption": prompts},
@@ -191,6 +217,7 @@ def main(argv=None) -> int:
                                  iou_threshs=[0.5], classes=list(SHAPES))
     ap50 = {c: float(res.mAP(classes=[c])) for c in SHAPES}
     ap50_mean = float(res.mAP())
+    yolo = yolo_bootstrap(ds, cfg, prompts, args, work) if args.yolo_train > 0 else None
 
     per_class_drawn = {c: float(np.mean(v)) if v else float("nan") for c, v in ious_drawn.items()}
     per_class_all = {c: float(np.mean(v)) if v else float("nan") for c, v in ious.items()}
@@ -212,6 +239,8 @@ def main(argv=None) -> int:
         "iou_drawn_threshold_0.5": per_class_fixed, "iou_drawn_threshold_0.5_mean": mean_fixed,
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
+        "self_attention_power": cfg.self_attention_power, "heatmap_layers": cfg.heatmap_layers,
+        "yolo": yolo,
     }
     print(machine_line(args.device))
     print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler} steps, guidance {args.guidance}, "
@@ -228,15 +257,59 @@ def main(argv=None) -> int:
     print(f"  for reference: Otsu masks are {ratio:.2f}x the true area (median); a fixed threshold of 0.5 gives "
           f"IoU {mean_fixed:.3f} where drawn ({', '.join(f'{c} {v:.3f}' for c, v in per_class_fixed.items())})")
     print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
+    if yolo:
+        print(f"YOLO-seg bootstrapped from DAAM labels: {yolo['train_images']} generated training images, "
+              f"{yolo['epochs']} epochs at {yolo['imgsz']} px in {yolo['train_seconds']:.0f} s")
+        for c in SHAPES:
+            print(f"  {c:8s} mask AP50: DAAM {yolo['daam_mask_ap50'][c]:.3f}  YOLO {yolo['yolo_mask_ap50'][c]:.3f}")
+        print(f"mask mAP50 against the truth: DAAM {yolo['daam_mask_map50']:.3f}, YOLO {yolo['yolo_mask_map50']:.3f} "
+              f"[{'YOLO beats' if yolo['yolo_mask_map50'] > yolo['daam_mask_map50'] else 'YOLO does not beat'} "
+              f"the DAAM labels it was trained on]")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     if not args.keep:
         fo.delete_dataset(DATASET)
+        if fo.dataset_exists(DATASET + "-train"):
+            fo.delete_dataset(DATASET + "-train")
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"kept dataset {DATASET!r} and media in {work}")
     return 0
+
+
+def yolo_bootstrap(ds, cfg, held_out: list[str], args, work: Path) -> dict:
+    """Generate training images, train YOLO-seg on their DAAM labels, label ``ds``, compare mask mAP50."""
+    import fiftyone as fo
+
+    from diffugen.generate import generate
+    from diffugen.labels.supervised import label_yolo
+    from diffugen.train import train_yolo
+
+    name = DATASET + "-train"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    train_cfg = cfg.model_copy(update={
+        "dataset_name": name, "output_root": str(work / "train"),
+        "attributes": {"caption": training_prompts(args.yolo_train, set(held_out))},
+    })
+    t0 = time.time()
+    generate(train_cfg)
+    gen_s = time.time() - t0
+    train_ds = fo.load_dataset(name)
+    t0 = time.time()
+    weights = train_yolo(train_ds, epochs=args.yolo_epochs, imgsz=args.yolo_imgsz, device=args.device,
+                         out_dir=work / "yolo")
+    train_s = time.time() - t0
+    label_yolo(ds, weights, imgsz=args.yolo_imgsz, device=args.device, conf=0.05)
+    out = {"train_images": len(train_ds), "epochs": args.yolo_epochs, "imgsz": args.yolo_imgsz,
+           "generate_seconds": round(gen_s, 1), "train_seconds": round(train_s, 1)}
+    for field, key in (("daam_detections", "daam"), ("yolo_detections", "yolo")):
+        res = ds.evaluate_detections(field, gt_field="ground_truth", eval_key=f"{key}_mask", use_masks=True,
+                                     compute_mAP=True, iou_threshs=[0.5], classes=list(SHAPES))
+        out[f"{key}_mask_ap50"] = {c: float(res.mAP(classes=[c])) for c in SHAPES}
+        out[f"{key}_mask_map50"] = float(res.mAP())
+    return out
 
 
 if __name__ == "__main__":

@@ -225,12 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--remote", action="store_true", help="serve without opening a browser")
     a.set_defaults(func=cmd_app)
 
-    from . import export, plugin
+    from . import export, plugin, textual_inversion
     from .toyworld import cli as toyworld_cli
 
     export.add_parser(sub)
     plugin.add_parser(sub)
     toyworld_cli.add_parser(sub)
+    textual_inversion.add_parser(sub)
     return p
 
 
