@@ -11,6 +11,9 @@ meant for a GPU), prompts and seeds are generated one image at a time in three m
 * ``bare``: ``pipe(prompt, ...)``, plain diffusers;
 * ``ours``: what ``Generator.run_batch`` does: tokenize + embed, :func:`capture_heatmaps`,
   ``collector.reset`` with the class words' tokens, the pipeline call, ``word_heatmaps`` → uint8;
+* ``refined`` (with ``--refine-power N``): ``ours`` plus Dataset Diffusion's self-attention
+  refinement (:func:`capture_heatmaps` with ``refine_power=N``: self-attention recorded at the finest
+  grid of at most 32×32 positions, ``A^N`` applied to the maps);
 * ``daam``: ``with trace(pipe)``, the pipeline call, the global heat map and each class word's
   ``expand_as`` map (only when daam is importable).
 
@@ -50,13 +53,13 @@ def run_bare(pipe, prompt, words, seed, a):
                 height=a.size, width=a.size, guidance_scale=7.5, output_type="np").images
 
 
-def run_ours(pipe, prompt, words, seed, a):
+def run_ours(pipe, prompt, words, seed, a, refine_power=0):
     enc = tokenize(pipe, prompt)
     positions = [word_positions(pipe, enc, w) for w in words]
     positions = [p for p in positions if p]
     negative = tokenize(pipe, "")
     scale = getattr(pipe, "vae_scale_factor", 8)
-    with capture_heatmaps(pipe.unet) as collector:
+    with capture_heatmaps(pipe.unet, refine_power=refine_power) as collector:
         collector.reset(1, sorted({t for p in positions for t in p}), (a.size // scale, a.size // scale))
         images = pipe(prompt_embeds=embed(pipe, [enc]), negative_prompt_embeds=embed(pipe, [negative]),
                       generator=[torch.Generator("cpu").manual_seed(seed)], num_inference_steps=a.steps,
@@ -64,6 +67,10 @@ def run_ours(pipe, prompt, words, seed, a):
         maps = collector.word_heatmaps([positions], (a.size, a.size))
     _ = [[(m.numpy() * 255).round().astype(np.uint8) for m in row] for row in maps]
     return images
+
+
+def run_refined(pipe, prompt, words, seed, a):
+    return run_ours(pipe, prompt, words, seed, a, refine_power=a.refine_power)
 
 
 def run_daam(pipe, prompt, words, seed, a):
@@ -85,6 +92,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--sd-unet", action="store_true", help="SD-1.5-sized random-weight pipeline (for GPUs)")
     ap.add_argument("--no-daam", action="store_true", help="skip daam even if installed")
+    ap.add_argument("--refine-power", type=int, default=0, help="also time the self-attention refinement with this power")
     ap.add_argument("--verbose", action="store_true", help="print every timing")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a = ap.parse_args()
@@ -93,6 +101,8 @@ def main() -> None:
 
     device = pick_device(a.device)
     modes = {"bare": run_bare, "ours": run_ours}
+    if a.refine_power:
+        modes["refined"] = run_refined
     if not a.no_daam:
         try:
             import daam  # noqa: F401
@@ -131,6 +141,8 @@ def main() -> None:
         print(f"{m:5s}: median {med[m]:.3f} s/image (min {min(t):.3f}, max {max(t):.3f}, {len(t)} images)")
     paired = {m: median([x / b for x, b in zip(times[m], times["bare"])]) for m in modes if m != "bare"}
     line = f"ours/bare = {med['ours'] / med['bare']:.2f}"
+    if "refined" in med:
+        line += f"  refined/bare = {med['refined'] / med['bare']:.2f}"
     if "daam" in med:
         line += f"  daam/bare = {med['daam'] / med['bare']:.2f}"
     print(line + "   (ratio of median per-image times)")

@@ -63,29 +63,13 @@ TARGET_ADHERENCE = 0.90
 TARGET_IOU = 0.60
 
 
-def held_out_prompts(n: int) -> list[str]:
-    from diffugen.toyworld.scene import make_scene
-    from diffugen.toyworld.train import HELD_OUT_SEED
-
-    prompts: list[str] = []
-    seen = set()
-    seed = HELD_OUT_SEED
-    while len(prompts) < n:
-        cap = make_scene(seed).caption
-        seed += 1
-        if cap not in seen:
-            seen.add(cap)
-            prompts.append(cap)
-    return prompts
-
-
-def training_prompts(n: int, exclude: set[str]) -> list[str]:
-    """``n`` distinct captions of training scenes (seeds from 0), none of them in ``exclude``."""
+def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset()) -> list[str]:
+    """``n`` distinct captions of the scenes of seeds ``first_seed, first_seed + 1, ...``, none in ``exclude``."""
     from diffugen.toyworld.scene import make_scene
 
     prompts: list[str] = []
     seen = set(exclude)
-    seed = 0
+    seed = first_seed
     while len(prompts) < n:
         cap = make_scene(seed).caption
         seed += 1
@@ -93,6 +77,13 @@ def training_prompts(n: int, exclude: set[str]) -> list[str]:
             seen.add(cap)
             prompts.append(cap)
     return prompts
+
+
+def held_out_prompts(n: int) -> list[str]:
+    """Captions of held-out scenes (training used seeds below ``HELD_OUT_SEED``)."""
+    from diffugen.toyworld.train import HELD_OUT_SEED
+
+    return distinct_captions(n, HELD_OUT_SEED)
 
 
 def requested(prompt: str) -> list[tuple[str, str]]:
@@ -291,7 +282,7 @@ def yolo_bootstrap(ds, cfg, held_out: list[str], args, work: Path) -> dict:
         fo.delete_dataset(name)
     train_cfg = cfg.model_copy(update={
         "dataset_name": name, "output_root": str(work / "train"),
-        "attributes": {"caption": training_prompts(args.yolo_train, set(held_out))},
+        "attributes": {"caption": distinct_captions(args.yolo_train, 0, set(held_out))},
     })
     t0 = time.time()
     generate(train_cfg)

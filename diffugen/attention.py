@@ -15,8 +15,8 @@ a batch of prompts (daam: one), only the tokens asked for are kept (daam keeps a
 resolution); the default ``layers="daam"`` skips them as daam does.
 
 Optional refinement (Dataset Diffusion, Nguyen et al., NeurIPS 2023): with ``refine_power=τ > 0`` the
-same processor also sits on the self-attention layers (``attn1``) of one resolution, the finest with
-at most 32×32 positions (Dataset Diffusion's choice for SD at 512 px), and averages their attention
+same processor also sits on the self-attention layers (``attn1``) and, at the finest resolution with
+at most 32×32 positions (Dataset Diffusion's choice for SD at 512 px), averages their attention
 matrix ``A`` (``N × N``, rows sum to 1) over heads, layers and steps. Each token map, resampled to
 that grid, is then multiplied by ``A^τ``: a position takes the attention-weighted mean of the map over
 the positions it attends to, which in practice are those of the same object, so the map fills the
@@ -25,6 +25,7 @@ object and stops at its edges.
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 LayerChoice = Literal["daam", "all"]
 
@@ -46,7 +49,7 @@ def is_self_attention(name: str) -> bool:
 
 def selected_layer(name: str, layers: LayerChoice, refine: bool = False) -> bool:
     """Which processors to replace: cross-attention ones, without the mid block unless ``layers="all"``;
-    with ``refine``, the self-attention ones too (only those at :meth:`HeatmapCollector.self_grid` record)."""
+    with ``refine``, the self-attention ones too (those of at most 32×32 positions record)."""
     if refine and is_self_attention(name):
         return True
     return is_cross_attention(name) and (layers == "all" or not name.startswith("mid_block"))
@@ -69,8 +72,9 @@ class HeatmapCollector:
         self.token_indices: list[int] = []
         self.latent_size = (0, 0)
         self.maps: dict[str, torch.Tensor] = {}
-        self.self_attention: torch.Tensor | None = None  # (batch, N, N) summed over heads, layers, steps
-        self.self_count = 0
+        # Per grid size N (<= MAX_SELF_POSITIONS): (batch, N, N) summed over heads' means, layers and steps.
+        self.self_attention: dict[int, torch.Tensor] = {}
+        self.self_counts: dict[int, int] = {}
         self._index: torch.Tensor | None = None
         self._grids: dict[int, tuple[int, int, int]] = {}
 
@@ -85,22 +89,11 @@ class HeatmapCollector:
         self.token_indices = list(token_indices)
         self.latent_size = latent_size
         self.maps = {}
-        self.self_attention = None
-        self.self_count = 0
+        self.self_attention = {}
+        self.self_counts = {}
         self._index = torch.tensor(self.token_indices, dtype=torch.long)
         self._grids = {}
         self.active = bool(self.token_indices)
-
-    def self_grid(self) -> tuple[int, int, int]:
-        """``(factor, h, w)`` of the self-attention layers used for refinement: the finest grid with at
-        most :data:`MAX_SELF_POSITIONS` positions (16×16 latents: 16×16; SD at 512 px: 32×32)."""
-        lh, lw = self.latent_size
-        for k in range(8):
-            f = 2**k
-            h, w = math.ceil(lh / f), math.ceil(lw / f)
-            if h * w <= MAX_SELF_POSITIONS:
-                return f, h, w
-        raise ValueError(f"latent size {self.latent_size} is too large")
 
     def grid(self, seq_len: int) -> tuple[int, int, int]:
         """``(factor, h, w)`` of a layer whose query has ``seq_len`` positions.
@@ -146,41 +139,52 @@ class HeatmapCollector:
 
     @torch.no_grad()
     def record_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
-        """Add one self-attention layer's head-mean attention matrix, if the layer is at :meth:`self_grid`.
+        """Add one self-attention layer's head-mean attention matrix (layers of at most 32×32 positions).
 
         Args:
             query, key: ``(batch, heads, N, head_dim)``; the last ``batch_size`` rows are conditional.
         """
-        _, h, w = self.self_grid()
-        if query.shape[2] != h * w:
-            return
+        n = query.shape[2]
+        if n > MAX_SELF_POSITIONS:
+            return  # (N × N) would be too large; coarser layers of the same UNet are used
         b = self.batch_size
         probs = torch.softmax(query[-b:].float() @ key[-b:].float().transpose(-1, -2) * scale, dim=-1).mean(1)
-        if self.self_attention is None:
-            self.self_attention = probs
+        if n in self.self_attention:
+            self.self_attention[n] += probs
         else:
-            self.self_attention += probs
-        self.self_count += 1
+            self.self_attention[n] = probs
+        self.self_counts[n] = self.self_counts.get(n, 0) + 1
+
+    def refine_grid(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the finest recorded self-attention grid (at most 32×32 positions), or ``None``."""
+        if not self.self_attention:
+            return None
+        _, h, w = self.grid(max(self.self_attention))
+        return h, w
 
     @torch.no_grad()
     def refine(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Dataset Diffusion's refinement: ``A^τ @ map`` on the self-attention grid.
+        """Dataset Diffusion's refinement: ``A^τ @ map`` on the finest recorded self-attention grid.
 
         Args:
             tokens: ``(batch, T, latent_h, latent_w)`` token maps.
 
         Returns:
-            The refined maps, same shape.
+            The refined maps, same shape; the maps unchanged (with a warning) when the UNet has no
+            self-attention layer of at most 32×32 positions.
         """
-        if self.self_attention is None:
-            raise RuntimeError("refinement asked for, but no self-attention was recorded at the grid "
-                               f"{self.self_grid()[1:]} (does the UNet have self-attention there?)")
-        _, h, w = self.self_grid()
+        grid = self.refine_grid()
+        if grid is None:
+            logger.warning("heatmap refinement skipped: the UNet has no self-attention layer of at most %d positions "
+                           "at latent size %s", MAX_SELF_POSITIONS, self.latent_size)
+            return tokens
+        h, w = grid
+        n = h * w
         b, t = tokens.shape[:2]
         small = F.interpolate(tokens, size=(h, w), mode="bilinear", antialias=True) if (h, w) != self.latent_size else tokens
-        a = self.self_attention / self.self_count  # (b, N, N), rows sum to 1
+        a = self.self_attention[n] / self.self_counts[n]  # (b, N, N), rows sum to 1
         a_pow = torch.linalg.matrix_power(a, self.refine_power)
-        refined = (a_pow @ small.reshape(b, t, h * w).transpose(1, 2)).transpose(1, 2).reshape(b, t, h, w)
+        refined = (a_pow @ small.reshape(b, t, n).transpose(1, 2)).transpose(1, 2).reshape(b, t, h, w)
         if (h, w) != self.latent_size:
             refined = F.interpolate(refined, size=self.latent_size, mode="bicubic").clamp_(min=0)
         return refined

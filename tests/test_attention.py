@@ -178,11 +178,19 @@ def test_embedding_files_are_read_safely(tmp_path):
 
 
 # ---- Dataset Diffusion refinement (self-attention) -----------------------------------------------
-def test_self_grid_is_the_finest_with_at_most_1024_positions():
-    col = HeatmapCollector(refine_power=4)
-    for latent, grid in [((16, 16), (1, 16, 16)), ((64, 64), (2, 32, 32)), ((96, 64), (4, 24, 16)), ((9, 17), (1, 9, 17))]:
-        col.reset(1, [1], latent)
-        assert col.self_grid() == grid
+def test_refinement_uses_the_finest_self_attention_grid_of_at_most_1024_positions():
+    col = HeatmapCollector(refine_power=1)
+    col.reset(1, [1], (64, 64))  # SD at 512 px: self-attention at 64², 32², 16², 8² positions
+    for side in (64, 32, 16, 8):
+        q = torch.randn(1, 2, side * side, 4)
+        col.record_self(q, q, 0.5)
+    assert sorted(col.self_attention) == [64, 256, 1024]  # 64×64 = 4096 positions is too large
+    assert col.refine_grid() == (32, 32)
+    assert col.refine(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    bare = HeatmapCollector(refine_power=1)
+    bare.reset(1, [1], (64, 64))
+    maps = torch.rand(1, 1, 64, 64)
+    assert bare.refine_grid() is None and bare.refine(maps) is maps  # no self-attention: maps unchanged
 
 
 def test_refinement_spreads_a_map_over_its_object_and_not_beyond():
@@ -193,8 +201,8 @@ def test_refinement_spreads_a_map_over_its_object_and_not_beyond():
     col.reset(1, [1], (h, w))
     left = (torch.arange(h * w) % w) < w // 2
     same = (left[:, None] == left[None, :]).float()
-    col.self_attention = (same / same.sum(1, keepdim=True))[None]  # (1, N, N), rows sum to 1
-    col.self_count = 1
+    col.self_attention = {h * w: (same / same.sum(1, keepdim=True))[None]}  # (1, N, N), rows sum to 1
+    col.self_counts = {h * w: 1}
     tokens = torch.zeros(1, 1, h, w)
     tokens[0, 0, 2, 1] = tokens[0, 0, 5, 2] = 1.0
     refined = col.refine(tokens)[0, 0].flatten()
@@ -211,8 +219,9 @@ def test_refined_capture_keeps_images_and_records_self_attention(tiny_pipe):
         assert all(type(p).__name__ == "HeatmapProcessor" for k, p in tiny_pipe.unet.attn_processors.items()
                    if k.endswith("attn1.processor"))
         image, maps = _run(tiny_pipe, collector, "a red car", ["car"], 64, 64, seed=3)
-        a = collector.self_attention / collector.self_count
-        assert a.shape == (1, 64, 64)  # 8×8 latent positions, the finest grid
+        assert collector.refine_grid() == (8, 8)  # 8×8 latent positions, the finest grid
+        a = collector.self_attention[64] / collector.self_counts[64]
+        assert a.shape == (1, 64, 64)
         assert torch.allclose(a.sum(-1), torch.ones(1, 64), atol=1e-4)
         plain = collector.refine_power
         collector.refine_power = 0
