@@ -9,7 +9,7 @@ import pytest
 
 from diffugen.toyworld import load_toyworld_pipeline, model_available
 from diffugen.toyworld.scene import (
-    BACKGROUNDS, COLORS, MIN_BACKGROUND_DISTANCE, SHAPES, TEXTURE_AMPLITUDE, TIME_BRIGHTNESS, VOCABULARY,
+    ALL_LABELS, BACKGROUNDS, COLORS, MIN_BACKGROUND_DISTANCE, SHAPES, TEXTURE_AMPLITUDE, TIME_BRIGHTNESS, VOCABULARY,
     classify_shape, make_scene, recover_instances,
 )
 
@@ -41,7 +41,7 @@ def test_masks_match_the_drawing(seed):
         x, y, w, h = o.box
         ys, xs = np.nonzero(o.mask)
         assert xs.min() >= x and xs.max() < x + w and ys.min() >= y and ys.max() < y + h
-        assert classify_shape(o.mask) == o.shape
+        assert classify_shape(o.mask, ALL_LABELS) == o.kind
     # No background pixel has a palette colour.
     bg = sc.image[~union].astype(int)
     for rgb in COLORS.values():
@@ -66,7 +66,7 @@ def test_caption_mentions_each_object(seed):
     sc = make_scene(seed)
     cap = sc.caption
     for o in sc.objects:
-        assert f"{o.color} {o.shape}" in cap
+        assert o.label in cap
     words = {w.strip(",") for w in cap.split()}
     assert words <= set(VOCABULARY), words - set(VOCABULARY)
     assert any(w in cap for w in {"road": ["road"], "grass": ["grass"], "sand": ["sand"], "water": ["water"]}[sc.attributes["background"]])
@@ -98,7 +98,7 @@ def test_tokenizer_keeps_world_words_whole():
     from diffugen.toyworld.train import build_tokenizer
 
     tok = build_tokenizer()
-    for w in list(SHAPES) + list(COLORS) + list(BACKGROUNDS) + list(TIME_BRIGHTNESS):
+    for w in list(SHAPES) + list(COLORS) + list(BACKGROUNDS) + list(TIME_BRIGHTNESS) + ["hollow"]:
         assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
 
 
@@ -143,8 +143,6 @@ def test_label_accuracy_bench_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("shape", ["star", "ring"])
 def test_novel_shapes_are_drawn_recovered_and_told_apart(shape):
-    from diffugen.toyworld.scene import NOVEL_SHAPES
-
     for seed in range(10):
         sc = make_scene(seed, objects=[("yellow", shape)], min_size=18, max_size=24)
         (o,) = sc.objects
@@ -152,7 +150,7 @@ def test_novel_shapes_are_drawn_recovered_and_told_apart(shape):
         assert shape in sc.caption and shape not in VOCABULARY
         (r,) = recover_instances(sc.image, tolerance=1.0)
         assert (r.mask == o.mask).all()
-        assert classify_shape(o.mask, SHAPES + NOVEL_SHAPES) == shape
+        assert classify_shape(o.mask, ALL_LABELS) == shape
 
 
 @pytest.mark.skipif(not model_available(), reason="the toy-world model folder is not there")
@@ -173,3 +171,17 @@ def test_textual_inversion_proof_bench_runs_end_to_end(tmp_path):
     assert all("<ring>" in c for c in result["example_captions"])
     (run,) = result["runs"]
     assert run["images"] == 8 and 0 <= run["shape_rate"] <= run["object_present"] <= 1
+
+
+def test_hollow_shapes_are_squares_and_triangles_only_and_keep_the_other_draws():
+    from diffugen.toyworld.scene import HOLLOW_SHAPES
+
+    hollow = [o for seed in range(300) for o in make_scene(seed).objects if o.hollow]
+    assert 0.1 < len(hollow) / sum(len(make_scene(s).objects) for s in range(300)) < 0.3
+    assert {o.shape for o in hollow} == set(HOLLOW_SHAPES)
+    for o in hollow:
+        x, y, w, h = o.box
+        filled = classify_shape(o.mask, ALL_LABELS)
+        assert filled == o.kind and o.mask[y : y + h, x : x + w].mean() < 0.8  # a hole in the middle
+    sc = make_scene(5, objects=[("red", "square", True), ("white", "circle")])
+    assert [o.kind for o in sc.objects] == ["hollow square", "circle"] and "red hollow square" in sc.caption

@@ -26,9 +26,17 @@ import cv2
 import numpy as np
 
 SHAPES = ("circle", "square", "triangle")
+# Squares and triangles are sometimes drawn hollow ("a red hollow square": the shape minus the same
+# shape at half size, scaled about its centroid), circles never: a hollow circle is a ring.
+HOLLOW_SHAPES = ("square", "triangle")
+HOLLOW_RATE = 0.3
+HOLE = 0.5
 # Shapes the model never saw (never in a training scene, their words not in its vocabulary): the
-# subjects of the textual-inversion proof (``bench/textual_inversion_proof.py``).
+# subjects of the textual-inversion proof (``bench/textual_inversion_proof.py``). A ring is a hollow
+# circle, a combination the training never shows.
 NOVEL_SHAPES = ("star", "ring")
+# Every kind of object a mask can be judged as (:func:`classify_shape`).
+ALL_LABELS = SHAPES + tuple(f"hollow {s}" for s in HOLLOW_SHAPES) + NOVEL_SHAPES
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "yellow": (235, 220, 40),
@@ -52,7 +60,7 @@ MIN_BACKGROUND_DISTANCE = 60.0  # checked by the tests for every background × t
 VOCABULARY = sorted(set(
     list(SHAPES) + list(COLORS) + list(BACKGROUNDS) + list(TIME_BRIGHTNESS) + """
     a an the of on in at with and is it there are photo image picture view scene showing lying sitting
-    resting floating during by daylight render one
+    resting floating during by daylight render one hollow
     """.split()
 ))
 
@@ -63,10 +71,16 @@ class ToyObject:
     color: str
     mask: np.ndarray  # bool (H, W), exact pixels of the object
     box: tuple[int, int, int, int]  # x, y, w, h in pixels (inclusive-exclusive extents)
+    hollow: bool = False
+
+    @property
+    def kind(self) -> str:
+        """``"square"`` or ``"hollow square"``: the words of the caption after the colour."""
+        return f"hollow {self.shape}" if self.hollow else self.shape
 
     @property
     def label(self) -> str:
-        return f"{self.color} {self.shape}"
+        return f"{self.color} {self.kind}"
 
 
 @dataclass
@@ -89,31 +103,45 @@ def _background(rng: np.random.Generator, name: str, time: str, size: int) -> np
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def _shape_mask(shape: str, x: int, y: int, s: int, size: int) -> np.ndarray:
-    """Binary mask of a shape whose box is ``[x, x+s) × [y, y+s)`` (no anti-aliasing)."""
-    m = np.zeros((size, size), np.uint8)
+def _polygon(shape: str, x: int, y: int, s: int) -> np.ndarray | None:
+    """Vertices ``(N, 2)`` of a polygonal shape in the box ``[x, x+s) × [y, y+s)`` (``None`` for a circle)."""
     if shape == "square":
-        m[y : y + s, x : x + s] = 1
-    elif shape == "circle":
-        yy, xx = np.mgrid[0:size, 0:size]
-        c = (s - 1) / 2.0
-        m[((xx - x - c) ** 2 + (yy - y - c) ** 2) <= (s / 2.0) ** 2] = 1
-    elif shape == "triangle":
-        pts = np.array([[x + (s - 1) / 2.0, y], [x, y + s - 1], [x + s - 1, y + s - 1]])
-        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
-    elif shape == "star":  # five points, fat arms (inner radius 0.5) so it survives 64 px
+        return np.array([[x, y], [x + s - 1, y], [x + s - 1, y + s - 1], [x, y + s - 1]], np.float64)
+    if shape == "triangle":
+        return np.array([[x + (s - 1) / 2.0, y], [x, y + s - 1], [x + s - 1, y + s - 1]], np.float64)
+    if shape == "star":  # five points, fat arms (inner radius 0.5) so it survives 64 px
         c, r = (s - 1) / 2.0, s / 2.0
         ang = -np.pi / 2 + np.arange(10) * np.pi / 5
         rad = np.where(np.arange(10) % 2 == 0, r, 0.5 * r)
-        pts = np.stack([x + c + rad * np.cos(ang), y + c + rad * np.sin(ang)], 1)
-        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
-    elif shape == "ring":  # an annulus, hole radius 0.5 of the outer one
+        return np.stack([x + c + rad * np.cos(ang), y + c + rad * np.sin(ang)], 1)
+    return None
+
+
+def _shape_mask(shape: str, x: int, y: int, s: int, size: int, hollow: bool = False) -> np.ndarray:
+    """Binary mask of a shape whose box is ``[x, x+s) × [y, y+s)`` (no anti-aliasing).
+
+    ``hollow``: minus the same shape scaled by :data:`HOLE` about its centroid (a ``"ring"`` is a
+    hollow circle).
+    """
+    if shape == "ring":
+        shape, hollow = "circle", True
+    m = np.zeros((size, size), np.uint8)
+    if shape == "circle":
         yy, xx = np.mgrid[0:size, 0:size]
         c = (s - 1) / 2.0
         d2 = (xx - x - c) ** 2 + (yy - y - c) ** 2
-        m[(d2 <= (s / 2.0) ** 2) & (d2 > (0.25 * s) ** 2)] = 1
-    else:
+        m[d2 <= (s / 2.0) ** 2] = 1
+        if hollow:
+            m[d2 <= (HOLE * s / 2.0) ** 2] = 0
+        return m.astype(bool)
+    pts = _polygon(shape, x, y, s)
+    if pts is None:
         raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES + NOVEL_SHAPES}")
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
+    if hollow:
+        centre = pts.mean(0)
+        inner = centre + HOLE * (pts - centre)
+        cv2.fillPoly(m, [np.round(inner).astype(np.int32)], 0, lineType=cv2.LINE_8)
     return m.astype(bool)
 
 
@@ -143,7 +171,7 @@ _PREFIXES = ["", "", "", "a photo of ", "photo of ", "an image of ", "a picture 
 
 def _object_phrase(rng: random.Random, obj: ToyObject) -> str:
     article = "an" if obj.color[0] in "aeiou" else "a"
-    return rng.choice([f"{article} {obj.color} {obj.shape}", f"{article} {obj.color} {obj.shape}", f"one {obj.color} {obj.shape}"])
+    return rng.choice([f"{article} {obj.color} {obj.kind}", f"{article} {obj.color} {obj.kind}", f"one {obj.color} {obj.kind}"])
 
 
 def _join(parts: list[str]) -> str:
@@ -178,17 +206,21 @@ def make_caption(rng: random.Random, objects: list[ToyObject], background: str, 
 
 # ---- scenes --------------------------------------------------------------------------------------
 def make_scene(seed: int, size: int = 64, n_objects: int | None = None, background: str | None = None,
-               time: str | None = None, objects: list[tuple[str, str]] | None = None,
+               time: str | None = None, objects: list[tuple[str, str]] | list[tuple[str, str, bool]] | None = None,
                min_size: int | None = None, max_size: int | None = None) -> Scene:
     """Draw one scene, deterministic from ``seed`` (any argument given fixes that part).
 
     Args:
         size: image side in pixels (square images).
         n_objects: 1 to 3 (random when ``None``).
-        objects: ``[(color, shape), ...]`` to draw instead of random ones (distinct colours).
+        objects: ``[(color, shape), ...]`` or ``[(color, shape, hollow), ...]`` to draw instead of
+            random ones (distinct colours); random ones of :data:`HOLLOW_SHAPES` are hollow with
+            probability :data:`HOLLOW_RATE`.
         min_size, max_size: object box side range in pixels (default ``0.22`` to ``0.38`` of ``size``).
     """
     rng = random.Random(seed)
+    # Hollowness has its own stream, so adding it left every other draw of a seed as it was.
+    hollow_rng = random.Random(f"hollow-{seed}")
     nrng = np.random.default_rng(seed)
     background = background or rng.choice(list(BACKGROUNDS))
     time = time or rng.choice(list(TIME_BRIGHTNESS))
@@ -196,13 +228,15 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
         n = n_objects or rng.choice([1, 2, 2, 3, 3])
         colors = rng.sample(list(COLORS), n)
         objects = [(c, rng.choice(SHAPES)) for c in colors]
-    if len({c for c, _ in objects}) != len(objects):
+        objects = [(c, sh, sh in HOLLOW_SHAPES and hollow_rng.random() < HOLLOW_RATE) for c, sh in objects]
+    objects = [(o[0], o[1], o[2] if len(o) > 2 else False) for o in objects]
+    if len({o[0] for o in objects}) != len(objects):
         raise ValueError(f"the colours of one scene must be distinct: {objects}")
     lo = min_size or max(4, round(0.22 * size))
     hi = max_size or max(lo, round(0.38 * size))
     image = _background(nrng, background, time, size)
     placed: list[ToyObject] = []
-    for color, shape in objects:
+    for color, shape, hollow in objects:
         for attempt in range(200):
             s = rng.randint(lo, hi) if attempt < 100 else lo
             x, y = rng.randint(0, size - s), rng.randint(0, size - s)
@@ -211,9 +245,9 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
                 break
         else:  # no room: leave the object out (only with unusual sizes)
             continue
-        mask = _shape_mask(shape, x, y, s, size)
+        mask = _shape_mask(shape, x, y, s, size, hollow)
         image[mask] = COLORS[color]
-        placed.append(ToyObject(shape, color, mask, box))
+        placed.append(ToyObject(shape, color, mask, box, hollow))
     caption = make_caption(rng, placed, background, time)
     return Scene(image=image, caption=caption, attributes={"background": background, "time": time}, objects=placed)
 
@@ -290,7 +324,8 @@ def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
     """Guess the shape of a blob: the one of ``shapes`` whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
 
     Robust to the soft, slightly rounded edges of decoded images (a fill-ratio rule is not: blurred
-    triangles fill their box like circles do). Pass ``SHAPES + NOVEL_SHAPES`` to consider stars and rings.
+    triangles fill their box like circles do). ``shapes`` may hold ``"hollow square"``-style kinds;
+    pass :data:`ALL_LABELS` to consider every kind, stars and rings included.
     """
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -301,7 +336,8 @@ def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
     best, best_iou = "unknown", -1.0
     for shape in shapes:
         side = max(w, h)
-        ideal = _shape_mask(shape, 0, 0, side, side)
+        hollow = shape.startswith("hollow ")
+        ideal = _shape_mask(shape.removeprefix("hollow "), 0, 0, side, side, hollow)
         ideal = cv2.resize(ideal.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
         iou = (ideal & crop).sum() / float((ideal | crop).sum())
         if iou > best_iou:

@@ -374,6 +374,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--save-every", type=int, default=500, help="also write the model folder every N steps (0: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from the state in --state")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune a trained model folder instead of starting from scratch (its VAE is kept; words "
+                        "of the vocabulary it lacks are added as tokens)")
     p.add_argument("--measure", action="store_true", help="only time a few steps of each design and exit")
 
 
@@ -398,6 +401,11 @@ def run(args) -> int:
         return 2
     (state_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
     t_start = time.time()
+    if getattr(args, "init_from", None):
+        tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer")
+        diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
+        ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start)
+        return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start)
     design = DESIGNS[args.design]
     # The tokenizer is kept with the state: a resumed run must use the token ids it was trained with.
     tok_dir = state_dir / "tokenizer"
@@ -418,13 +426,13 @@ def run(args) -> int:
     log(f"vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M, unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
         f"text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M params; vocabulary {len(tokenizer)} tokens")
 
-    diff_start = torch.load(diff_state, weights_only=False) if args.resume and diff_state.exists() else None
+    diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
     if diff_start is not None:
         vae.load_state_dict(diff_start["vae"])
         vae.register_to_config(scaling_factor=diff_start["scaling_factor"])
         log(f"vae: from the diffusion checkpoint (scaling factor {diff_start['scaling_factor']:.4f})")
     else:
-        vae_start = torch.load(vae_state, weights_only=False) if args.resume and vae_state.exists() else None
+        vae_start = torch.load(vae_state, weights_only=True) if args.resume and vae_state.exists() else None
         if vae_start is None or vae_start["step"] < args.vae_steps:
             vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start)
         else:
@@ -436,10 +444,36 @@ def run(args) -> int:
         log(f"vae: latent scaling factor {sf:.4f}")
 
     ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start)
+    return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start)
+
+
+def _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start: float) -> int:
     save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out))
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     log(f"done: model in {args.out} ({size / 1e6:.1f} MB), {(time.time() - t_start) / 60:.1f} min this run")
     return 0
+
+
+def finetune_components(folder: Path, tok_dir: Path):
+    """The components of a trained model folder in float32, its vocabulary extended to :data:`VOCABULARY`.
+
+    Words the tokenizer does not keep whole (e.g. ``hollow``, added to the world after the model was
+    trained) become added tokens; their embedding rows start at the mean of the existing rows.
+    """
+    from . import load_toyworld_pipeline
+
+    pipe = load_toyworld_pipeline(folder)
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    new = [w for w in VOCABULARY if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    if new:
+        old = text_encoder.get_input_embeddings().weight.detach().clone()
+        tokenizer.add_tokens(new)
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        with torch.no_grad():
+            text_encoder.get_input_embeddings().weight[len(old):] = old.mean(0)
+        log(f"fine-tuning {folder}: new words {new}")
+    tokenizer.save_pretrained(str(tok_dir))
+    return tokenizer, text_encoder, pipe.unet, pipe.vae, pipe.scheduler
 
 
 if __name__ == "__main__":
