@@ -63,7 +63,7 @@ TARGET_ADHERENCE = 0.90
 TARGET_IOU = 0.60
 
 
-def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset()) -> list[str]:
+def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset(), hollow_rate: float = 0.0) -> list[str]:
     """``n`` distinct captions of the scenes of seeds ``first_seed, first_seed + 1, ...``, none in ``exclude``."""
     from diffugen.toyworld.scene import make_scene
 
@@ -71,7 +71,7 @@ def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset()) 
     seen = set(exclude)
     seed = first_seed
     while len(prompts) < n:
-        cap = make_scene(seed).caption
+        cap = make_scene(seed, hollow_rate=hollow_rate).caption
         seed += 1
         if cap not in seen:
             seen.add(cap)
@@ -79,19 +79,20 @@ def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset()) 
     return prompts
 
 
-def held_out_prompts(n: int) -> list[str]:
-    """Captions of held-out scenes (training used seeds below ``HELD_OUT_SEED``)."""
+def held_out_prompts(n: int, hollow_rate: float = 0.0) -> list[str]:
+    """Captions of held-out scenes (training used seeds below ``HELD_OUT_SEED``); with ``hollow_rate`` 0,
+    the same prompts as before the world had hollow shapes."""
     from diffugen.toyworld.train import HELD_OUT_SEED
 
-    return distinct_captions(n, HELD_OUT_SEED)
+    return distinct_captions(n, HELD_OUT_SEED, hollow_rate=hollow_rate)
 
 
-def requested(prompt: str) -> list[tuple[str, str]]:
-    """``[(colour, shape), ...]`` asked for by a prompt."""
+def requested(prompt: str) -> list[tuple[str, str, str]]:
+    """``[(colour, shape, kind), ...]`` asked for by a prompt (kind: ``"square"`` or ``"hollow square"``)."""
     from diffugen.toyworld.scene import COLORS
 
-    pat = re.compile(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
-    return [(m.group(1), m.group(2)) for m in pat.finditer(prompt)]
+    pat = re.compile(rf"\b({'|'.join(COLORS)}) (hollow )?({'|'.join(SHAPES)})\b")
+    return [(m.group(1), m.group(3), (m.group(2) or "") + m.group(3)) for m in pat.finditer(prompt)]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
     ap.add_argument("--min-area", type=int, default=12, help="pixels for a blob to count as an object")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--hollow-rate", type=float, default=0.0,
+                    help="share of squares/triangles asked hollow in the held-out prompts (0: the original world)")
     ap.add_argument("--yolo-train", type=int, default=320, help="prompts generated to train YOLO on (0: skip YOLO)")
     ap.add_argument("--yolo-epochs", type=int, default=60)
     ap.add_argument("--yolo-imgsz", type=int, default=64, help="YOLO input size")
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
     from diffugen.config import DiffuGenConfig
     from diffugen.labels.unsupervised import extract_labels
     from diffugen.toyworld import MODEL_DIR, model_available
-    from diffugen.toyworld.scene import classify_shape, recover_instances
+    from diffugen.toyworld.scene import ALL_LABELS, classify_shape, recover_instances
 
     generate_module = importlib.import_module("diffugen.generate")  # (the package re-exports a function of that name)
     model = Path(args.model) if args.model else MODEL_DIR
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
         print(f"no toy-world model at {model}: train it with python -m diffugen.toyworld.train --out {model}")
         return 2
 
-    prompts = held_out_prompts(n)
+    prompts = held_out_prompts(n, args.hollow_rate)
     work = Path(tempfile.mkdtemp(prefix="diffugen-label-accuracy-"))
     cfg = DiffuGenConfig(
         dataset_name=DATASET, output_root=str(work / "eval"), model=str(model), device=args.device,
@@ -166,27 +169,27 @@ def main(argv=None) -> int:
         image = np.asarray(Image.open(sample.filepath).convert("RGB"))
         h, w = image.shape[:2]
         req = requested(sample["prompt"])
-        colour_shape = dict(req)
+        colour_shape = {c: sh for c, sh, _ in req}
         found = recover_instances(image, args.tolerance, args.min_area, open_noise=True)
         by_colour: dict[str, list] = {}
         for r in found:
             by_colour.setdefault(r.color, []).append(r)
         extras += len({r.color for r in found} - set(colour_shape))
         ok_all = True
-        for colour, shape in req:
+        for colour, shape, kind in req:
             asked += 1
             blobs = by_colour.get(colour, [])
             if blobs:
                 present += 1
                 biggest = max(blobs, key=lambda r: r.area)
-                shape_ok += classify_shape(biggest.mask) == shape
+                shape_ok += classify_shape(biggest.mask, ALL_LABELS) == kind
             else:
                 ok_all = False
         prompts_all += ok_all
         # Ground truth: the blobs of the requested colours, labelled with the shape asked for.
         dets = []
         truth = {c: np.zeros((h, w), bool) for c in SHAPES}
-        for colour, shape in req:
+        for colour, shape, _ in req:
             for r in by_colour.get(colour, []):
                 x, y, bw, bh = r.box
                 truth[shape] |= r.mask
@@ -230,7 +233,7 @@ def main(argv=None) -> int:
         "iou_drawn_threshold_0.5": per_class_fixed, "iou_drawn_threshold_0.5_mean": mean_fixed,
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
-        "self_attention_power": cfg.self_attention_power, "heatmap_layers": cfg.heatmap_layers,
+        "hollow_rate": args.hollow_rate, "self_attention_power": cfg.self_attention_power, "heatmap_layers": cfg.heatmap_layers,
         "yolo": yolo,
     }
     print(machine_line(args.device))

@@ -13,12 +13,14 @@ Usage::
 3. **Generation**: ``--n`` prompts "a <colour> <token> <on background> [at time]" with held-out seeds,
    through DiffuGen's own ``generate`` with the embedding in the config (the token is a class word,
    so it gets DAAM labels). Controls, same prompts and seeds: the plain shape word (the model has no
-   such token: its letters are separate tokens) and the init word.
+   such token: its letters are separate tokens), the init word, and for the ring its description in
+   words the model knows, "hollow circle" (a combination it never saw: hollow squares and triangles
+   only).
 4. **Judged from the image**: the requested colour's largest blob (truth by colour,
-   :func:`~diffugen.toyworld.scene.recover_instances`) classified among all five shapes
-   (:func:`~diffugen.toyworld.scene.classify_shape`); the **shape rate** is the fraction of prompts
-   whose object is there and has the novel shape (target >= 70%). **DAAM mask IoU**: the token's
-   Otsu mask vs that blob.
+   :func:`~diffugen.toyworld.scene.recover_instances`) classified among every kind of object
+   (:data:`~diffugen.toyworld.scene.ALL_LABELS`, :func:`~diffugen.toyworld.scene.classify_shape`);
+   the **shape rate** is the fraction of prompts whose object is there and has the novel shape
+   (target >= 70%). **DAAM mask IoU**: the labeled word's Otsu mask vs that blob.
 
 Numbers go to stdout and ``bench/out/textual_inversion_proof.json``.
 """
@@ -90,9 +92,9 @@ def eval_prompts(n: int, word: str) -> list[tuple[str, str]]:
 def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int) -> dict:
     """Shape rate and DAAM IoU of one generated dataset (``colours``: prompt → requested colour)."""
     from diffugen.labels.unsupervised import extract_labels
-    from diffugen.toyworld.scene import NOVEL_SHAPES, SHAPES, classify_shape, recover_instances
+    from diffugen.toyworld.scene import ALL_LABELS, classify_shape, recover_instances
 
-    shapes = SHAPES + NOVEL_SHAPES
+    shapes = ALL_LABELS
     counts = {s: 0 for s in shapes}
     present = right = 0
     ious: list[float] = []
@@ -122,7 +124,8 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="star", choices=["star", "ring"])
+    ap.add_argument("--shape", default="ring", choices=["star", "ring"])
+    ap.add_argument("--model", default="builtin:toyworld", help="the model (a toy-world diffusers folder)")
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--init-word", default="circle")
     ap.add_argument("--steps", type=int, default=1500, help="textual-inversion steps")
@@ -146,7 +149,6 @@ def main(argv=None) -> int:
 
     from diffugen.config import DiffuGenConfig
     from diffugen.textual_inversion import train_textual_inversion
-    from diffugen.toyworld import MODEL_DIR
 
     generate_module = importlib.import_module("diffugen.generate")
     token = f"<{args.shape}>"
@@ -154,19 +156,24 @@ def main(argv=None) -> int:
     examples = write_examples(work / "examples", args.shape, args.examples, token)
     emb = work / f"{args.shape}.safetensors"
     t0 = time.time()
-    result = train_textual_inversion(work / "examples", token, args.init_word, "builtin:toyworld", emb,
+    result = train_textual_inversion(work / "examples", token, args.init_word, args.model, emb,
                                      steps=args.steps, lr=args.lr, batch_size=args.ti_batch, device=args.device,
                                      checkpoint_every=0, progress=False)
     train_s = time.time() - t0
     del result.pipeline
 
-    runs = [("token", token)] + ([] if args.no_controls else [("plain word", args.shape), ("init word", args.init_word)])
+    # (run, words in the prompt, the class word labeled)
+    runs = [("token", token, token)]
+    if not args.no_controls:
+        runs += [("plain word", args.shape, args.shape), ("init word", args.init_word, args.init_word)]
+        if args.shape == "ring":
+            runs.append(("described", "hollow circle", "circle"))
     reports = []
-    for run, word in runs:
-        pairs = eval_prompts(args.n, word)
+    for run, text, word in runs:
+        pairs = eval_prompts(args.n, text)
         name = f"diffugen-bench-ti-{os.getpid()}-{len(reports)}"
         cfg = DiffuGenConfig(
-            dataset_name=name, output_root=str(work / "gen"), model=str(MODEL_DIR), device=args.device,
+            dataset_name=name, output_root=str(work / "gen"), model=args.model, device=args.device,
             width=64, height=64, steps=args.gen_steps, guidance_scale=args.guidance, scheduler="ddim", batch_size=8,
             negative_prompt="", templates=["{caption}"], attributes={"caption": [p for p, _ in pairs]},
             seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
@@ -179,7 +186,7 @@ def main(argv=None) -> int:
             ds.delete()
 
     main_run = reports[0]
-    out = {"shape": args.shape, "token": token, "init_word": args.init_word, "examples": args.examples,
+    out = {"model": args.model, "shape": args.shape, "token": token, "init_word": args.init_word, "examples": args.examples,
            "example_captions": examples, "ti_steps": args.steps, "ti_batch": args.ti_batch, "lr": args.lr,
            "train_seconds": round(train_s, 1), "final_loss": result.final_loss,
            "mean_loss_last_100": float(np.mean(result.losses[-100:])), "runs": reports}
@@ -189,7 +196,7 @@ def main(argv=None) -> int:
     for r in reports:
         seen = ", ".join(f"{k} {v}" for k, v in r["shapes_seen"].items() if v)
         iou = f"{r['daam_iou']:.3f} (n={r['daam_iou_n']})" if r["daam_iou"] is not None else "-"
-        print(f"  {r['run']:10s} {r['images']} images: object present {r['object_present']:.1%}, "
+        print(f"  {r['run']:11s}{r['images']} images: object present {r['object_present']:.1%}, "
               f"{args.shape} {r['shape_rate']:.1%} [shapes judged: {seen}]; DAAM mask IoU {iou}")
     print(f"shape rate with {token}: {main_run['shape_rate']:.1%} "
           f"[{mark(main_run['shape_rate'], TARGET_SHAPE_RATE, True)} target >= {TARGET_SHAPE_RATE:.0%}]")

@@ -145,8 +145,8 @@ class HeatmapCollector:
             query, key: ``(batch, heads, N, head_dim)``; the last ``batch_size`` rows are conditional.
         """
         n = query.shape[2]
-        if n > MAX_SELF_POSITIONS:
-            return  # (N × N) would be too large; coarser layers of the same UNet are used
+        if n > MAX_SELF_POSITIONS or (self.self_attention and n < max(self.self_attention)):
+            return  # (N × N) too large, or coarser than a grid already recorded (only the finest is used)
         b = self.batch_size
         probs = torch.softmax(query[-b:].float() @ key[-b:].float().transpose(-1, -2) * scale, dim=-1).mean(1)
         if n in self.self_attention:

@@ -207,7 +207,7 @@ def make_caption(rng: random.Random, objects: list[ToyObject], background: str, 
 # ---- scenes --------------------------------------------------------------------------------------
 def make_scene(seed: int, size: int = 64, n_objects: int | None = None, background: str | None = None,
                time: str | None = None, objects: list[tuple[str, str]] | list[tuple[str, str, bool]] | None = None,
-               min_size: int | None = None, max_size: int | None = None) -> Scene:
+               min_size: int | None = None, max_size: int | None = None, hollow_rate: float = HOLLOW_RATE) -> Scene:
     """Draw one scene, deterministic from ``seed`` (any argument given fixes that part).
 
     Args:
@@ -215,7 +215,7 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
         n_objects: 1 to 3 (random when ``None``).
         objects: ``[(color, shape), ...]`` or ``[(color, shape, hollow), ...]`` to draw instead of
             random ones (distinct colours); random ones of :data:`HOLLOW_SHAPES` are hollow with
-            probability :data:`HOLLOW_RATE`.
+            probability ``hollow_rate`` (0: the world before hollow shapes, seed for seed).
         min_size, max_size: object box side range in pixels (default ``0.22`` to ``0.38`` of ``size``).
     """
     rng = random.Random(seed)
@@ -228,7 +228,7 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
         n = n_objects or rng.choice([1, 2, 2, 3, 3])
         colors = rng.sample(list(COLORS), n)
         objects = [(c, rng.choice(SHAPES)) for c in colors]
-        objects = [(c, sh, sh in HOLLOW_SHAPES and hollow_rng.random() < HOLLOW_RATE) for c, sh in objects]
+        objects = [(c, sh, sh in HOLLOW_SHAPES and hollow_rng.random() < hollow_rate) for c, sh in objects]
     objects = [(o[0], o[1], o[2] if len(o) > 2 else False) for o in objects]
     if len({o[0] for o in objects}) != len(objects):
         raise ValueError(f"the colours of one scene must be distinct: {objects}")
