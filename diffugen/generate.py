@@ -128,6 +128,25 @@ def _inpaint_mask(item: WorkItem, class_ids: dict[str, int], dilation: float) ->
     return binary
 
 
+def keep_outside_mask(images: np.ndarray, parents: Sequence[Image.Image], masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Inpainting: the parent's pixels outside the mask, the generated ones inside.
+
+    The pipeline keeps the parent's *latents* outside the mask, but the VAE decoder (convolutions and a
+    global attention block) spreads a badly generated region over the whole image; pasting the parent
+    back makes "only the masked object changes" hold exactly.
+
+    Args:
+        images: uint8 ``(batch, H, W, 3)`` generated images.
+        parents: the parent images (``H × W``).
+        masks: uint8 ``(H, W)``, non-zero where the image may change.
+    """
+    out = images.copy()
+    for i, (parent, mask) in enumerate(zip(parents, masks)):
+        keep = mask == 0
+        out[i][keep] = np.asarray(parent.convert("RGB"))[keep]
+    return out
+
+
 def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks: Sequence[np.ndarray] | None) -> dict:
     """The pipeline arguments that differ between tasks (everything else is shared)."""
     if task == "txt2img":
@@ -234,6 +253,8 @@ class Generator:
             **kwargs,
         )
         images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+        if masks is not None:
+            images = keep_outside_mask(images, kwargs["image"], masks)
         word_maps: list[list[np.ndarray]] = [[] for _ in items]
         if collector.active:
             maps = collector.word_heatmaps([[positions[i][j] for j in found[i]] for i in range(len(items))], (height, width))

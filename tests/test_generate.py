@@ -68,6 +68,16 @@ def test_generate_all_tasks_fields_and_media(tmp_path, dataset_name):
     painted = ds.match(fo.ViewField("task") == "inpaint").first()
     assert painted.inpaint_replaced in ("car", "bus") and painted.class_words[0] in ("red suv", "white van")
     assert painted.daam_detections.detections[0].label == painted.inpaint_replaced
+    # Only the replaced object's (dilated) region changed: the parent's pixels everywhere else.
+    import cv2
+    from PIL import Image
+
+    parent = ds[painted.parent_id]
+    region = (parent.daam_segmentation.get_mask() == (1 if painted.inpaint_replaced == "car" else 2)).astype(np.uint8)
+    side = max(1, round(cfg.inpaint.mask_dilation * min(region.shape))) | 1
+    region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))).astype(bool)
+    changed = (np.asarray(Image.open(painted.filepath)) != np.asarray(Image.open(parent.filepath))).any(-1)
+    assert changed.any() and not (changed & ~region).any()
 
 
 def test_rerun_resumes_without_duplicates(tmp_path, dataset_name):

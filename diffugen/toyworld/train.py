@@ -30,6 +30,10 @@ How the shipped model was made (one machine, ~75 min of training wall time): the
 (run as 400 steps, then resumed from its checkpoints twice with a larger total, the schedule
 following the new total), then ``--steps 3000``, then resumed with ``--steps 4200`` (a warm restart
 of the cosine schedule at lr 1.9e-4 decaying to 4e-5).
+
+**Fine-tuning** (``--init-from FOLDER``): the UNet and text encoder of a trained model continue on
+today's world (e.g. after hollow shapes were added), the VAE is kept, words the tokenizer lacks
+become added tokens. The state, checkpoints and ``--resume`` work as for a run from scratch.
 """
 
 from __future__ import annotations
