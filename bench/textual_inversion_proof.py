@@ -52,18 +52,19 @@ TARGET_SHAPE_RATE = 0.70
 EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held-out (1e9..) seeds
 
 
-def write_examples(folder: Path, shape: str, count: int, token: str) -> list[str]:
-    """``count`` scenes with one ``shape`` each, as PNGs plus ``metadata.jsonl``; returns the captions."""
+def write_examples(folder: Path, kind: str, count: int, token: str) -> list[str]:
+    """``count`` scenes with one object of ``kind`` each, as PNGs plus ``metadata.jsonl``; returns the captions."""
     from diffugen.toyworld.scene import COLORS, make_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     colours = list(COLORS)
     rows, captions = [], []
+    hollow, shape = kind.startswith("hollow "), kind.removeprefix("hollow ")
     for i in range(count):
-        sc = make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape)])
+        sc = make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)])
         name = f"{i:03d}.png"
         Image.fromarray(sc.image).save(folder / name)
-        caption = sc.caption.replace(shape, "{}")
+        caption = sc.caption.replace(kind, "{}")
         rows.append(json.dumps({"file_name": name, "text": caption}))
         captions.append(caption.replace("{}", token))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
@@ -124,10 +125,11 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="ring", choices=["star", "ring"])
+    ap.add_argument("--shape", default="ring", choices=["star", "ring", "hollow-square", "hollow-triangle"],
+                    help="star, ring: never seen; hollow-square/-triangle: seen, with a word (a positive control)")
     ap.add_argument("--model", default="builtin:toyworld", help="the model (a toy-world diffusers folder)")
     ap.add_argument("--examples", type=int, default=8)
-    ap.add_argument("--init-word", default="circle")
+    ap.add_argument("--init-word", default=None, help="default: circle (square, triangle for the hollow ones)")
     ap.add_argument("--steps", type=int, default=1500, help="textual-inversion steps")
     ap.add_argument("--ti-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-3)
@@ -152,8 +154,10 @@ def main(argv=None) -> int:
 
     generate_module = importlib.import_module("diffugen.generate")
     token = f"<{args.shape}>"
+    kind = args.shape.replace("-", " ")  # "hollow square": how the scene generator and judge name it
+    args.init_word = args.init_word or (kind.split()[-1] if kind.startswith("hollow ") else "circle")
     work = Path(tempfile.mkdtemp(prefix="diffugen-ti-proof-"))
-    examples = write_examples(work / "examples", args.shape, args.examples, token)
+    examples = write_examples(work / "examples", kind, args.examples, token)
     emb = work / f"{args.shape}.safetensors"
     t0 = time.time()
     result = train_textual_inversion(work / "examples", token, args.init_word, args.model, emb,
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
     # (run, words in the prompt, the class word labeled)
     runs = [("token", token, token)]
     if not args.no_controls:
-        runs += [("plain word", args.shape, args.shape), ("init word", args.init_word, args.init_word)]
+        runs += [("plain word", kind, kind.split()[-1]), ("init word", args.init_word, args.init_word)]
         if args.shape == "ring":
             runs.append(("described", "hollow circle", "circle"))
     reports = []
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
         )
         generate_module.generate(cfg)
         ds = fo.load_dataset(name)
-        reports.append(judge(run, ds, dict(pairs), args.shape, word, cfg.labels, args.tolerance, args.min_area))
+        reports.append(judge(run, ds, dict(pairs), kind, word, cfg.labels, args.tolerance, args.min_area))
         if not args.keep:
             ds.delete()
 
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
         seen = ", ".join(f"{k} {v}" for k, v in r["shapes_seen"].items() if v)
         iou = f"{r['daam_iou']:.3f} (n={r['daam_iou_n']})" if r["daam_iou"] is not None else "-"
         print(f"  {r['run']:11s}{r['images']} images: object present {r['object_present']:.1%}, "
-              f"{args.shape} {r['shape_rate']:.1%} [shapes judged: {seen}]; DAAM mask IoU {iou}")
+              f"{kind} {r['shape_rate']:.1%} [shapes judged: {seen}]; DAAM mask IoU {iou}")
     print(f"shape rate with {token}: {main_run['shape_rate']:.1%} "
           f"[{mark(main_run['shape_rate'], TARGET_SHAPE_RATE, True)} target >= {TARGET_SHAPE_RATE:.0%}]")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

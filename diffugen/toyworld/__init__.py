@@ -1,10 +1,11 @@
 """The toy world: a procedural scene generator and a small Stable Diffusion model trained on it.
 
 ``diffugen/toyworld/model/`` holds the shipped model (diffusers format, float16 safetensors, trained
-from scratch on the CPU with :mod:`diffugen.toyworld.train`): 64×64 images of one to three
-flat-colour shapes (circle, square, triangle; red, yellow, white, black, purple) on road, grass,
-sand or water, by day, at dusk or at night, from prompts such as "a red circle on the road" or
-"photo of grass with a yellow triangle and a white square". Its cross-attention labels can be
+from scratch on the CPU with :mod:`diffugen.toyworld.train`, then fine-tuned with hollow shapes):
+64×64 images of one to three flat-colour shapes (circle, square, triangle, hollow square, hollow
+triangle; red, yellow, white, black, purple) on road, grass, sand or water, by day, at dusk or at
+night, from prompts such as "a red circle on the road" or "photo of grass with a yellow triangle and
+a white hollow square". Its cross-attention labels can be
 checked against the truth read back from the pixels (:func:`diffugen.toyworld.scene.recover_instances`);
 ``bench/label_accuracy.py`` does that.
 """

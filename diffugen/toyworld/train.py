@@ -26,14 +26,23 @@ encoder 0.7 M (3 layers, width 128, 32-token context), VAE 0.7 M (16/32/64). Abo
 batch 32 with one thread. On a CPU shared with other work, ``--threads 1`` is several times faster
 than two threads (a two-thread op waits for its slower thread).
 
-How the shipped model was made (one machine, ~75 min of training wall time): the VAE for 1500 steps
+How the base model was made (one machine, ~75 min of training wall time): the VAE for 1500 steps
 (run as 400 steps, then resumed from its checkpoints twice with a larger total, the schedule
 following the new total), then ``--steps 3000``, then resumed with ``--steps 4200`` (a warm restart
 of the cosine schedule at lr 1.9e-4 decaying to 4e-5).
 
 **Fine-tuning** (``--init-from FOLDER``): the UNet and text encoder of a trained model continue on
 today's world (e.g. after hollow shapes were added), the VAE is kept, words the tokenizer lacks
-become added tokens. The state, checkpoints and ``--resume`` work as for a run from scratch.
+become added tokens. The state, checkpoints and ``--resume`` work as for a run from scratch. The
+shipped model is the 4,200-step model above (``BASE``: its folder) fine-tuned with hollow shapes
+(~53 min on one core)::
+
+    python -m diffugen.toyworld.train --init-from BASE --out /tmp/tw-ft/model \
+        --state /tmp/tw-ft/state --steps 1800 --pool 8192 --lr 3e-4 --threads 1 --save-every 600
+    python -m diffugen.toyworld.train --init-from BASE --out /tmp/tw-ft/model \
+        --state /tmp/tw-ft/state --steps 3800 --pool 8192 --lr 3e-4 --threads 1 --save-every 500 --resume
+
+(the second run resumes the first with a larger total: a warm restart of the cosine schedule).
 """
 
 from __future__ import annotations
