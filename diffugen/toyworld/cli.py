@@ -31,7 +31,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
         sc = make_scene(seed, args.size)
         Image.fromarray(sc.image).save(out / f"{seed}.png")
         rows.append({"seed": seed, "caption": sc.caption, **sc.attributes,
-                     "objects": [{"color": o.color, "shape": o.shape, "box": list(o.box)} for o in sc.objects]})
+                     "objects": [{"color": o.color, "shape": o.shape, "hollow": o.hollow, "box": list(o.box)} for o in sc.objects]})
     (out / "scenes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {args.count} scenes to {out}")
     return 0
