@@ -91,3 +91,11 @@ def machine_line(device: str) -> str:
     gpu = f", GPU {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
     return (f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} "
             f"(threads={torch.get_num_threads()}), python {platform.python_version()}, device={device}{gpu}")
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    import numpy as np
+
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

@@ -55,7 +55,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import ROOT, machine_line, mark  # noqa: E402
+from _common import ROOT, iou, machine_line, mark  # noqa: E402
 
 DATASET = f"diffugen-bench-label-accuracy-{os.getpid()}"  # per run: runs may overlap
 SHAPES = ("circle", "square", "triangle")
@@ -93,11 +93,6 @@ def requested(prompt: str) -> list[tuple[str, str, str]]:
 
     pat = re.compile(rf"\b({'|'.join(COLORS)}) (hollow )?({'|'.join(SHAPES)})\b")
     return [(m.group(1), m.group(3), (m.group(2) or "") + m.group(3)) for m in pat.finditer(prompt)]
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def main(argv=None) -> int:

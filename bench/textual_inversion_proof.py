@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import ROOT, machine_line, mark  # noqa: E402
+from _common import ROOT, iou, machine_line, mark  # noqa: E402
 
 TARGET_SHAPE_RATE = 0.70
 EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held-out (1e9..) seeds
@@ -117,7 +117,7 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
                 truth = np.zeros(pred.shape, bool)
                 for r in blobs:
                     truth |= r.mask
-                ious.append(float((pred & truth).sum() / max(1, (pred | truth).sum())))
+                ious.append(iou(pred, truth))
     n = len(ds)
     return {"run": run, "images": n, "object_present": present / max(1, n), "shape_rate": right / max(1, n),
             "shapes_seen": counts, "daam_iou": float(np.mean(ious)) if ious else None, "daam_iou_n": len(ious)}

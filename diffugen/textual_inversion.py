@@ -203,16 +203,21 @@ def init_token_id(tokenizer, init_word: str) -> int:
     return ids[0]
 
 
-def add_token(tokenizer, text_encoder, tokens: list[str], init_id: int) -> list[int]:
-    """Add ``tokens`` to the tokenizer and text encoder, each row a copy of ``init_id``'s; returns their ids."""
+def add_token(tokenizer, text_encoder, tokens: list[str], init: int | torch.Tensor) -> list[int]:
+    """Add ``tokens`` to the tokenizer and text encoder; returns their ids.
+
+    Args:
+        init: each new row starts as a copy of this token id's row, or of this ``(dim,)`` vector.
+    """
+    with torch.no_grad():
+        row = (text_encoder.get_input_embeddings().weight[init] if isinstance(init, int) else init).clone()
     added = tokenizer.add_tokens(tokens)
     if added != len(tokens):  # check_token passed, so this is a tokenizer we do not understand
         raise DiffuGenError(f"the tokenizer added {added} of the tokens {tokens}; is one of them already known?")
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set just below
     ids = tokenizer.convert_tokens_to_ids(tokens)
     with torch.no_grad():
-        weight = text_encoder.get_input_embeddings().weight
-        weight[ids] = weight[init_id].clone()
+        text_encoder.get_input_embeddings().weight[ids] = row
     return ids
 
 
@@ -238,15 +243,10 @@ def checkpoint_path(out: str | Path) -> Path:
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)  # a reader never sees a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .dataset import write_atomic  # (imports FiftyOne: only when a file is written)
+
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))  # never a half-written file
 
 
 def _model_key(model: str) -> str:

@@ -414,7 +414,7 @@ def run(args) -> int:
         return 2
     (state_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
     t_start = time.time()
-    if getattr(args, "init_from", None):
+    if args.init_from:
         tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer")
         diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
         ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start)
@@ -473,17 +473,14 @@ def finetune_components(folder: Path, tok_dir: Path):
     Words the tokenizer does not keep whole (e.g. ``hollow``, added to the world after the model was
     trained) become added tokens; their embedding rows start at the mean of the existing rows.
     """
+    from ..textual_inversion import add_token
     from . import load_toyworld_pipeline
 
     pipe = load_toyworld_pipeline(folder)
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     new = [w for w in VOCABULARY if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
     if new:
-        old = text_encoder.get_input_embeddings().weight.detach().clone()
-        tokenizer.add_tokens(new)
-        text_encoder.resize_token_embeddings(len(tokenizer))
-        with torch.no_grad():
-            text_encoder.get_input_embeddings().weight[len(old):] = old.mean(0)
+        add_token(tokenizer, text_encoder, new, text_encoder.get_input_embeddings().weight.detach().mean(0))
         log(f"fine-tuning {folder}: new words {new}")
     tokenizer.save_pretrained(str(tok_dir))
     return tokenizer, text_encoder, pipe.unet, pipe.vae, pipe.scheduler
