@@ -185,3 +185,26 @@ def test_hollow_shapes_are_squares_and_triangles_only_and_keep_the_other_draws()
         assert filled == o.kind and o.mask[y : y + h, x : x + w].mean() < 0.8  # a hole in the middle
     sc = make_scene(5, objects=[("red", "square", True), ("white", "circle")])
     assert [o.kind for o in sc.objects] == ["hollow square", "circle"] and "red hollow square" in sc.caption
+
+
+def test_finetune_from_a_missing_folder_is_refused_before_anything_is_written(tmp_path):
+    from diffugen.cli import main
+
+    state = tmp_path / "state"
+    assert main(["toyworld", "train", "--init-from", str(tmp_path / "nowhere"), "--state", str(state),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert not state.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not model_available(), reason="the toy-world model folder is not there")
+def test_finetune_through_the_cli_runs_and_records_its_arguments(tmp_path):
+    import json
+
+    from diffugen.cli import main
+    from diffugen.toyworld import MODEL_DIR
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    assert main(["toyworld", "train", "--init-from", str(MODEL_DIR), "--state", str(state), "--out", str(out),
+                 "--steps", "1", "--pool", "64", "--batch", "4", "--save-every", "0"]) == 0
+    assert json.loads((state / "args.json").read_text())["init_from"] == str(MODEL_DIR)
+    assert model_available(out) and load_toyworld_pipeline(out).tokenizer.tokenize("hollow") == ["hollow"]

@@ -404,6 +404,13 @@ def run(args) -> int:
     if args.measure:
         measure(args.batch)
         return 0
+    if args.init_from:
+        from ..errors import ModelNotFoundError
+        from . import model_available
+
+        if not model_available(args.init_from):  # before anything is written
+            raise ModelNotFoundError(f"--init-from: no toy-world model in {Path(args.init_from).resolve()} "
+                                     "(expected a diffusers folder with model_index.json)")
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     state_dir = Path(args.state)
@@ -412,7 +419,8 @@ def run(args) -> int:
     if not args.resume and (vae_state.exists() or diff_state.exists()):
         log(f"{state_dir} holds a previous run: pass --resume to continue it, or remove it to start over")
         return 2
-    (state_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
+    # (`diffugen toyworld train` adds its handler function to the arguments: not a setting)
+    (state_dir / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, indent=1))
     t_start = time.time()
     if args.init_from:
         tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer")
