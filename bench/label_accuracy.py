@@ -15,7 +15,7 @@ a FiftyOne dataset: ``Generator.run_batch`` (cross-attention capture, per-word D
 The truth is read back from each generated image by colour
 (:func:`diffugen.toyworld.scene.recover_instances`): palette pixels → connected components. A
 requested ``<colour> <shape>`` is **present** when a component of that colour (≥ ``--min-area``
-pixels) is there; its shape is judged from the blob's fill ratio. Reported:
+pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's ideal mask). Reported:
 
 * **prompt adherence**: requested objects present (target ≥ 90%), also per prompt (all present),
   right shape, and unrequested colours that appeared;
