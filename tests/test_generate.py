@@ -118,6 +118,35 @@ def test_interrupted_run_leaves_only_complete_samples_and_resumes(tmp_path, data
     assert len(images) == 8  # no stray or partial files
 
 
+def test_files_gone_are_made_again(tmp_path, dataset_name):
+    """The database outlives the output folder (deleted, or another output root): the run remakes what is gone."""
+    import shutil
+
+    spec = dict(img2img={"attributes": {"time": ["night"]}}, inpaint={"replacements": {"car": ["red suv"]}})
+    first = generate(parse_config(small_config(dataset_name, tmp_path / "first", **spec)))
+    ds = fo.load_dataset(dataset_name)
+    keys = sorted(ds.values("key"))
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "imported.png")))  # a user's own sample: never deleted
+
+    # One parent's mask gone: it and the samples made from it are remade, nothing else.
+    parent = ds.match((fo.ViewField("task") == "txt2img") & (fo.ViewField("class_words") == ["car"])).first()
+    family = {parent.key} | set(ds.match(fo.ViewField("parent_id") == parent.id).values("key"))
+    assert len(family) >= 2
+    Path(parent.daam_segmentation.mask_path).unlink()
+    again = generate(parse_config(small_config(dataset_name, tmp_path / "first", **spec)))
+    assert sum(t.made for t in again.tasks) >= len(family)
+    assert sorted(ds.exists("key").values("key")) == keys and len(ds) == len(keys) + 1
+
+    # The whole output root gone, the same dataset run into a new one (what failed in CI: inpaint read a lost mask).
+    shutil.rmtree(tmp_path / "first")
+    moved = generate(parse_config(small_config(dataset_name, tmp_path / "second", **spec)))
+    assert [t.made for t in moved.tasks] == [t.made for t in first.tasks]
+    assert sorted(ds.exists("key").values("key")) == keys and len(ds) == len(keys) + 1
+    _all_files_exist(ds.exists("key"))
+    for child in ds.exists("parent_id"):
+        assert ds[child.parent_id].key  # every parent link resolves
+
+
 def test_batch_size_does_not_change_images_or_labels(tmp_path):
     one = parse_config(small_config("b1", tmp_path / "b1", batch_size=1))
     many = parse_config(small_config("b4", tmp_path / "b4", batch_size=4))
