@@ -12,7 +12,8 @@ meant for a GPU), prompts and seeds are generated one image at a time in three m
 * ``ours``: what ``Generator.run_batch`` does: tokenize + embed, :func:`capture_heatmaps`,
   ``collector.reset`` with the class words' tokens, the pipeline call, ``word_heatmaps`` → uint8;
 * ``refined`` (with ``--refine-power N``): ``ours`` plus Dataset Diffusion's self-attention
-  refinement (:func:`capture_heatmaps` with ``refine_power=N``: self-attention recorded at the finest
+  refinement (:func:`capture_heatmaps` with ``refine_power=N`` and ``--refine-layers`` (down blocks,
+  the default, or all): self-attention recorded at the finest
   grid of at most 32×32 positions, ``A^N`` applied to the maps);
 * ``daam``: ``with trace(pipe)``, the pipeline call, the global heat map and each class word's
   ``expand_as`` map (only when daam is importable).
@@ -59,7 +60,7 @@ def run_ours(pipe, prompt, words, seed, a, refine_power=0):
     positions = [p for p in positions if p]
     negative = tokenize(pipe, "")
     scale = getattr(pipe, "vae_scale_factor", 8)
-    with capture_heatmaps(pipe.unet, refine_power=refine_power) as collector:
+    with capture_heatmaps(pipe.unet, refine_power=refine_power, refine_layers=a.refine_layers) as collector:
         collector.reset(1, sorted({t for p in positions for t in p}), (a.size // scale, a.size // scale))
         images = pipe(prompt_embeds=embed(pipe, [enc]), negative_prompt_embeds=embed(pipe, [negative]),
                       generator=[torch.Generator("cpu").manual_seed(seed)], num_inference_steps=a.steps,
@@ -93,6 +94,8 @@ def main() -> None:
     ap.add_argument("--sd-unet", action="store_true", help="SD-1.5-sized random-weight pipeline (for GPUs)")
     ap.add_argument("--no-daam", action="store_true", help="skip daam even if installed")
     ap.add_argument("--refine-power", type=int, default=0, help="also time the self-attention refinement with this power")
+    ap.add_argument("--refine-layers", default="down", choices=["down", "all"],
+                    help="self-attention layers the refinement records (the config's self_attention_layers)")
     ap.add_argument("--verbose", action="store_true", help="print every timing")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a = ap.parse_args()

@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--self-attention-power", type=int, default=None,
                     help="Dataset Diffusion refinement power (default: the config default)")
+    ap.add_argument("--self-attention-layers", default=None, choices=["down", "all"],
+                    help="self-attention layers the refinement averages (default: the config default)")
     ap.add_argument("--heatmap-layers", default="daam", choices=["daam", "all"])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
         seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
         class_words=list(SHAPES), classes=list(SHAPES), heatmap_layers=args.heatmap_layers,
         **({} if args.self_attention_power is None else {"self_attention_power": args.self_attention_power}),
+        **({} if args.self_attention_layers is None else {"self_attention_layers": args.self_attention_layers}),
     )
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
         "iou_drawn_threshold_0.5": per_class_fixed, "iou_drawn_threshold_0.5_mean": mean_fixed,
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
-        "hollow_rate": args.hollow_rate, "self_attention_power": cfg.self_attention_power, "heatmap_layers": cfg.heatmap_layers,
+        "hollow_rate": args.hollow_rate, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
         "yolo": yolo,
     }
     print(machine_line(args.device))

@@ -20,7 +20,10 @@ at most 32×32 positions (Dataset Diffusion's choice for SD at 512 px), averages
 matrix ``A`` (``N × N``, rows sum to 1) over heads, layers and steps. Each token map, resampled to
 that grid, is then multiplied by ``A^τ``: a position takes the attention-weighted mean of the map over
 the positions it attends to, which in practice are those of the same object, so the map fills the
-object and stops at its edges.
+object and stops at its edges. Dataset Diffusion averages every layer of that resolution
+(``refine_layers="all"``); by default only the down (encoder) path's layers record
+(``refine_layers="down"``): on the toy-world benchmark they label as well (Otsu IoU 0.635 vs 0.618)
+at a third of the cost, and the up path's alone label worse (0.533).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 LayerChoice = Literal["daam", "all"]
+RefineLayers = Literal["down", "all"]
 
 
 def is_cross_attention(name: str) -> bool:
@@ -47,11 +51,12 @@ def is_self_attention(name: str) -> bool:
     return name.endswith("attn1.processor")
 
 
-def selected_layer(name: str, layers: LayerChoice, refine: bool = False) -> bool:
+def selected_layer(name: str, layers: LayerChoice, refine: bool = False, refine_layers: RefineLayers = "down") -> bool:
     """Which processors to replace: cross-attention ones, without the mid block unless ``layers="all"``;
-    with ``refine``, the self-attention ones too (those of at most 32×32 positions record)."""
+    with ``refine``, the self-attention ones too: of the down blocks, or all with ``refine_layers="all"``
+    (of those, the ones at the finest grid of at most 32×32 positions record)."""
     if refine and is_self_attention(name):
-        return True
+        return refine_layers == "all" or name.startswith("down_blocks.")
     return is_cross_attention(name) and (layers == "all" or not name.startswith("mid_block"))
 
 
@@ -289,11 +294,13 @@ class HeatmapProcessor:
 
 
 @contextmanager
-def capture_heatmaps(unet, layers: LayerChoice = "daam", refine_power: int = 0) -> Iterator[HeatmapCollector]:
+def capture_heatmaps(unet, layers: LayerChoice = "daam", refine_power: int = 0,
+                     refine_layers: RefineLayers = "down") -> Iterator[HeatmapCollector]:
     """Install :class:`HeatmapProcessor` on the UNet's cross-attention layers; restore the old ones on exit.
 
-    ``refine_power > 0`` also installs it on the self-attention layers and refines the maps with
-    ``A^refine_power`` (Dataset Diffusion; see the module docstring).
+    ``refine_power > 0`` also installs it on the self-attention layers (``refine_layers``: those of the
+    down blocks, or all) and refines the maps with ``A^refine_power`` (Dataset Diffusion; see the
+    module docstring).
 
     >>> with capture_heatmaps(pipe.unet) as collector:
     ...     collector.reset(1, [5], (64, 64)); pipe("a photo of a car")
@@ -302,7 +309,7 @@ def capture_heatmaps(unet, layers: LayerChoice = "daam", refine_power: int = 0) 
     collector = HeatmapCollector(layers, refine_power)
     original = unet.attn_processors
     unet.set_attn_processor(
-        {name: HeatmapProcessor(collector, name) if selected_layer(name, layers, refine_power > 0) else proc
+        {name: HeatmapProcessor(collector, name) if selected_layer(name, layers, refine_power > 0, refine_layers) else proc
          for name, proc in original.items()}
     )
     try:

@@ -154,6 +154,9 @@ class DiffuGenConfig(_Strict):
     # Dataset Diffusion's refinement of the heatmaps: the power of the self-attention matrix (0: off).
     # 1 is the default because it measured best on the toy world (BENCHMARKS.md: Otsu IoU 0.533 → 0.615).
     self_attention_power: int = Field(1, ge=0, le=16)
+    # Which self-attention layers the refinement averages: the down blocks' (default: as good on the
+    # toy world at a third of the cost) or all of them (Dataset Diffusion's recipe).
+    self_attention_layers: Literal["down", "all"] = "down"
     unsupervised: bool = True
     label_model: LabelModelConfig | None = None
     images_per_shard: int | None = Field(None, ge=1)

@@ -358,7 +358,8 @@ class Generator:
             return summary
         pipe = self.pipeline(task)
         bar = tqdm(total=missing, desc=f"{cfg.dataset_name} {task}", unit="img")
-        with capture_heatmaps(pipe.unet, cfg.heatmap_layers, cfg.self_attention_power) as collector, dsu.SampleWriter(ds) as writer:
+        with capture_heatmaps(pipe.unet, cfg.heatmap_layers, cfg.self_attention_power,
+                              cfg.self_attention_layers) as collector, dsu.SampleWriter(ds) as writer:
             for batch in todo:
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
                 images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)

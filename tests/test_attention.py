@@ -216,10 +216,13 @@ def test_refined_capture_keeps_images_and_records_self_attention(tiny_pipe):
     bare = tiny_pipe("a red car", generator=torch.Generator().manual_seed(3), **kwargs).images
     before = tiny_pipe.unet.attn_processors
     with capture_heatmaps(tiny_pipe.unet, refine_power=2) as collector:
-        assert all(type(p).__name__ == "HeatmapProcessor" for k, p in tiny_pipe.unet.attn_processors.items()
-                   if k.endswith("attn1.processor"))
+        # By default only the down blocks' self-attention records (refine_layers="down").
+        replaced = {k for k, p in tiny_pipe.unet.attn_processors.items()
+                    if k.endswith("attn1.processor") and type(p).__name__ == "HeatmapProcessor"}
+        assert replaced and all(k.startswith("down_blocks.") for k in replaced)
         image, maps = _run(tiny_pipe, collector, "a red car", ["car"], 64, 64, seed=3)
         assert collector.refine_grid() == (8, 8)  # 8×8 latent positions, the finest grid
+        assert collector.self_counts[64] == 3  # one down-block layer at 8×8, 3 steps
         a = collector.self_attention[64] / collector.self_counts[64]
         assert a.shape == (1, 64, 64)
         assert torch.allclose(a.sum(-1), torch.ones(1, 64), atol=1e-4)
@@ -231,3 +234,14 @@ def test_refined_capture_keeps_images_and_records_self_attention(tiny_pipe):
     assert all(tiny_pipe.unet.attn_processors[k] is before[k] for k in before)
     assert np.array_equal(bare, image[None])
     assert maps[0].shape == (64, 64) and maps[0].min() == 0 and abs(maps[0].max() - 1) < 1e-5
+
+
+def test_refinement_over_all_layers_records_the_up_blocks_too_and_keeps_images(tiny_pipe):
+    kwargs = dict(num_inference_steps=3, height=64, width=64, output_type="np")
+    bare = tiny_pipe("a red car", generator=torch.Generator().manual_seed(3), **kwargs).images
+    with capture_heatmaps(tiny_pipe.unet, refine_power=1, refine_layers="all") as collector:
+        assert all(type(p).__name__ == "HeatmapProcessor" for k, p in tiny_pipe.unet.attn_processors.items()
+                   if k.endswith("attn1.processor"))
+        image, _ = _run(tiny_pipe, collector, "a red car", ["car"], 64, 64, seed=3)
+        assert collector.self_counts[64] == 9  # + the two up-block layers at 8×8, 3 steps
+    assert np.array_equal(bare, image[None])
