@@ -152,7 +152,7 @@ class DiffuGenConfig(_Strict):
     labels: LabelParams = Field(default_factory=LabelParams)
     heatmap_layers: Literal["daam", "all"] = "daam"
     # Dataset Diffusion's refinement of the heatmaps: the power of the self-attention matrix (0: off).
-    # 1 is the default because it measured best on the toy world (BENCHMARKS.md: Otsu IoU 0.533 → 0.615).
+    # 1 is the default because it measured best on the toy world (BENCHMARKS.md: Otsu IoU 0.533 → 0.635).
     self_attention_power: int = Field(1, ge=0, le=16)
     # Which self-attention layers the refinement averages: the down blocks' (default: as good on the
     # toy world at a third of the cost) or all of them (Dataset Diffusion's recipe).
