@@ -59,7 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from diffugen.encoding import embed, tokenize
     from diffugen.models import load_pipeline
+    from diffugen.textual_inversion import prediction_target
     from diffugen.toyworld.scene import ALL_LABELS, COLORS, classify_shape, make_scene
 
     torch.manual_seed(args.seed)
@@ -75,10 +77,8 @@ def main(argv=None) -> int:
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
 
     def encode(text: str) -> torch.Tensor:
-        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids
         with torch.no_grad():
-            return pipe.text_encoder(ids)[0]
+            return embed(pipe, [tokenize(pipe, text)])
 
     cond = torch.nn.Parameter(encode("a circle").clone())
     opt = torch.optim.AdamW([cond], lr=args.lr, weight_decay=0.0)
@@ -87,8 +87,7 @@ def main(argv=None) -> int:
         noise = torch.randn_like(latents)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,))
         pred = pipe.unet(sched.add_noise(latents, noise, t), t, encoder_hidden_states=cond.expand(b, -1, -1)).sample
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
-        loss = torch.nn.functional.mse_loss(pred, target)
+        loss = torch.nn.functional.mse_loss(pred, prediction_target(sched, latents, noise, t))
         opt.zero_grad()
         loss.backward()
         opt.step()

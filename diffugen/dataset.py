@@ -186,8 +186,8 @@ def drop_incomplete(ds: fo.Dataset) -> int:
     """Delete the samples whose image or label files are gone, and every sample made from them.
 
     Only DiffuGen's own samples (with a ``key``) and local files are checked. Samples are inserted
-    only after their files exist, so a missing file means it was deleted or
-    moved since (an output folder removed, a database reused with another output root). Such a
+    only after their files exist, so a missing file means it was deleted or moved since (an output
+    folder removed, a database reused with another output root). Such a
     sample would break img2img/inpaint (which read their parent's image and mask) and the App;
     dropping it lets the run regenerate it like any missing sample. Its children go too: their
     ``parent_id`` would point at nothing once the parent is remade under a new id.

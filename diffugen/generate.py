@@ -390,7 +390,8 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
     """Run the config's tasks (all of them, in order txt2img → img2img → inpaint, or only ``tasks``).
 
     Re-running resumes: samples whose key is already in the dataset are skipped; samples whose files
-    have gone since are deleted first and made again (:func:`dataset.drop_incomplete`). ``shard=(i, n)``
+    have gone since are deleted first and made again (:func:`dataset.drop_incomplete`; for shards, when
+    they are queued). ``shard=(i, n)``
     makes only the i-th of n disjoint parts (every n-th batch) of each task's work list.
     """
     chosen = list(tasks) if tasks else cfg.tasks()
@@ -402,7 +403,10 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
         gen.pipeline(t)
     gen.yolo()
     ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
-    dsu.drop_incomplete(ds)
+    if shard is None:
+        # Sharded runs repair once, when queued (shards.queue_shards / resume_shards), not in every
+        # worker: a worker deleting a parent while another makes its children would orphan them.
+        dsu.drop_incomplete(ds)
     summary = GenerateSummary(cfg.dataset_name)
     for task in chosen:
         summary.tasks.append(gen.run_task(task, ds, progress, shard))

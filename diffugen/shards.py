@@ -88,6 +88,7 @@ def queue_shards(config_path: str | Path, num_shards: int, tasks: Sequence[str] 
     import fiftyone.operators as foo
 
     ds = dsu.open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json"))
+    dsu.drop_incomplete(ds)  # once here, before any worker plans (generate() skips it for shards)
     fp = fingerprint(cfg)
     queued = []
     # Workers claim the most recently queued operation first: queue the last task first.
@@ -208,7 +209,10 @@ def resume_shards(config_path: str | Path, stale_after: float = 600.0) -> list[d
     _check_plugin()
     import fiftyone.operators as foo
 
+    from . import dataset as dsu
+
     ds = fo.load_dataset(cfg.dataset_name)
+    dsu.drop_incomplete(ds)
     out = []
     for s in requeue:
         params = {"config_path": info["config_path"], "dataset_name": cfg.dataset_name, "task": s.task,

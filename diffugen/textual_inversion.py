@@ -221,7 +221,8 @@ def add_token(tokenizer, text_encoder, tokens: list[str], init: int | torch.Tens
     return ids
 
 
-def _target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict for ``latents`` noised with ``noise`` at ``t`` (its scheduler's kind)."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
@@ -429,7 +430,7 @@ def train_textual_inversion(
 
         cond = text_encoder(input_ids.to(dev))[0]
         pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
-        loss = F.mse_loss(pred.float(), _target(noise_scheduler, latents, noise, t).float())
+        loss = F.mse_loss(pred.float(), prediction_target(noise_scheduler, latents, noise, t).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
