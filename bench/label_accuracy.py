@@ -205,10 +205,7 @@ def main(argv=None) -> int:
                 ious_fixed[hm.label].append(iou(extract_labels(m, fixed).mask, truth[hm.label]))
                 area_ratio.append(float(pred.sum() / truth[hm.label].sum()))
 
-    res = ds.evaluate_detections("daam_detections", gt_field="ground_truth", eval_key="eval", compute_mAP=True,
-                                 iou_threshs=[0.5], classes=list(SHAPES))
-    ap50 = {c: float(res.mAP(classes=[c])) for c in SHAPES}
-    ap50_mean = float(res.mAP())
+    ap50, ap50_mean = ap50_per_class(ds, "daam_detections", "eval")
     yolo = yolo_bootstrap(ds, cfg, prompts, args, work) if args.yolo_train > 0 else None
 
     per_class_drawn = {c: float(np.mean(v)) if v else float("nan") for c, v in ious_drawn.items()}
@@ -297,11 +294,15 @@ def yolo_bootstrap(ds, cfg, held_out: list[str], args, work: Path) -> dict:
     out = {"train_images": len(train_ds), "epochs": args.yolo_epochs, "imgsz": args.yolo_imgsz,
            "generate_seconds": round(gen_s, 1), "train_seconds": round(train_s, 1)}
     for field, key in (("daam_detections", "daam"), ("yolo_detections", "yolo")):
-        res = ds.evaluate_detections(field, gt_field="ground_truth", eval_key=f"{key}_mask", use_masks=True,
-                                     compute_mAP=True, iou_threshs=[0.5], classes=list(SHAPES))
-        out[f"{key}_mask_ap50"] = {c: float(res.mAP(classes=[c])) for c in SHAPES}
-        out[f"{key}_mask_map50"] = float(res.mAP())
+        out[f"{key}_mask_ap50"], out[f"{key}_mask_map50"] = ap50_per_class(ds, field, f"{key}_mask", use_masks=True)
     return out
+
+
+def ap50_per_class(ds, field: str, eval_key: str, use_masks: bool = False) -> tuple[dict[str, float], float]:
+    """FiftyOne ``evaluate_detections`` of ``field`` against ``ground_truth`` at IoU 0.5: AP50 per class and mAP50."""
+    res = ds.evaluate_detections(field, gt_field="ground_truth", eval_key=eval_key, use_masks=use_masks,
+                                 compute_mAP=True, iou_threshs=[0.5], classes=list(SHAPES))
+    return {c: float(res.mAP(classes=[c])) for c in SHAPES}, float(res.mAP())
 
 
 if __name__ == "__main__":
