@@ -155,3 +155,35 @@ def test_bad_shard_requests(plugins_dir, tmp_path):
             service.delete_operation(op.id)
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_queue_and_resume_first_drop_samples_whose_files_are_gone(plugins_dir, tmp_path):
+    """The repair runs once where shards are queued or resumed (workers skip it): no worker needed here."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionResult
+
+    name = "sharded-repair"
+    raw = small_config(name, tmp_path / "out")
+    config = tmp_path / "repair.json"
+    config.write_text(json.dumps(raw))
+    service = DelegatedOperationService()
+    try:
+        generate(parse_config(raw))
+        ds = fo.load_dataset(name)
+        keys = sorted(ds.values("key"))
+        first, second = (ds.match({"key": k}).first() for k in keys[:2])
+        Path(first.filepath).unlink()
+        queue_shards(config, 2)
+        ds.reload()
+        assert sorted(ds.values("key")) == keys[1:]  # only the sample without its image is gone
+        Path(second["daam_segmentation"].mask_path).unlink()
+        op = service.list_operations(dataset_name=name)[0]
+        service.set_failed(op.id, result=ExecutionResult(error="killed"))
+        assert [q["replaces"] for q in resume_shards(config)] == [str(op.id)]
+        ds.reload()
+        assert sorted(ds.values("key")) == keys[2:]
+    finally:
+        for op in service.list_operations(dataset_name=name):
+            service.delete_operation(op.id)
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
