@@ -71,7 +71,7 @@ def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset(), 
     seen = set(exclude)
     seed = first_seed
     while len(prompts) < n:
-        cap = make_scene(seed, hollow_rate=hollow_rate).caption
+        cap = make_scene(seed, hollow_rate=hollow_rate, stretch_rate=0.0).caption
         seed += 1
         if cap not in seen:
             seen.add(cap)
@@ -81,7 +81,7 @@ def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset(), 
 
 def held_out_prompts(n: int, hollow_rate: float = 0.0) -> list[str]:
     """Captions of held-out scenes (training used seeds below ``HELD_OUT_SEED``); with ``hollow_rate`` 0,
-    the same prompts as before the world had hollow shapes."""
+    the same prompts as before the world had hollow and stretched shapes."""
     from diffugen.toyworld.train import HELD_OUT_SEED
 
     return distinct_captions(n, HELD_OUT_SEED, hollow_rate=hollow_rate)

@@ -50,6 +50,9 @@ from _common import ROOT, iou, machine_line, mark  # noqa: E402
 
 TARGET_SHAPE_RATE = 0.70
 EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held-out (1e9..) seeds
+# Novel shapes in words the model knows: combinations it never saw (hollow and stretched squares
+# and triangles only).
+DESCRIBED = {"ring": "hollow circle", "oval": "wide circle"}
 
 
 def write_examples(folder: Path, kind: str, count: int, token: str) -> list[str]:
@@ -125,13 +128,14 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="ring", choices=["star", "ring", "hollow-square", "hollow-triangle"],
-                    help="star, ring: never seen; hollow-square/-triangle: seen, with a word (a positive control)")
+    ap.add_argument("--shape", default="ring", choices=["oval", "ring", "star", "hollow-square", "hollow-triangle"],
+                    help="oval, ring, star: never seen; hollow-square/-triangle: seen, with a word (a positive control)")
     ap.add_argument("--model", default="builtin:toyworld", help="the model (a toy-world diffusers folder)")
     ap.add_argument("--examples", type=int, default=8)
-    ap.add_argument("--init-word", default=None, help="default: circle (square, triangle for the hollow ones)")
+    ap.add_argument("--init-word", default=None, help="default: circle (square, triangle for the hollow ones); one word per vector with --num-vectors")
     ap.add_argument("--steps", type=int, default=1500, help="textual-inversion steps")
     ap.add_argument("--ti-batch", type=int, default=8)
+    ap.add_argument("--num-vectors", type=int, default=1, help="embedding vectors the token gets")
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--n", type=int, default=100, help="prompts generated per run")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 steps, 8 prompts")
@@ -162,16 +166,16 @@ def main(argv=None) -> int:
     t0 = time.time()
     result = train_textual_inversion(work / "examples", token, args.init_word, args.model, emb,
                                      steps=args.steps, lr=args.lr, batch_size=args.ti_batch, device=args.device,
-                                     checkpoint_every=0, progress=False)
+                                     checkpoint_every=0, progress=False, num_vectors=args.num_vectors)
     train_s = time.time() - t0
     del result.pipeline
 
     # (run, words in the prompt, the class word labeled)
     runs = [("token", token, token)]
     if not args.no_controls:
-        runs += [("plain word", kind, kind.split()[-1]), ("init word", args.init_word, args.init_word)]
-        if args.shape == "ring":
-            runs.append(("described", "hollow circle", "circle"))
+        runs += [("plain word", kind, kind.split()[-1]), ("init word", args.init_word, args.init_word.split()[-1])]
+        if args.shape in DESCRIBED:
+            runs.append(("described", DESCRIBED[args.shape], "circle"))
     reports = []
     for run, text, word in runs:
         pairs = eval_prompts(args.n, text)
@@ -191,7 +195,7 @@ def main(argv=None) -> int:
 
     main_run = reports[0]
     out = {"model": args.model, "shape": args.shape, "token": token, "init_word": args.init_word, "examples": args.examples,
-           "example_captions": examples, "ti_steps": args.steps, "ti_batch": args.ti_batch, "lr": args.lr,
+           "example_captions": examples, "ti_steps": args.steps, "ti_batch": args.ti_batch, "num_vectors": args.num_vectors, "lr": args.lr,
            "train_seconds": round(train_s, 1), "final_loss": result.final_loss,
            "mean_loss_last_100": float(np.mean(result.losses[-100:])), "runs": reports}
     print(machine_line(args.device))

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python bench/ti_ceiling.py [--shape ring|star|hollow-square] [--steps 600] [--lr 1e-2] [--n 32]
+    python bench/ti_ceiling.py [--shape ring|star|hollow-square] [--steps 600] [--lr 1e-2] [--n 32] [--model M]
 
 Textual inversion learns one input embedding of the text encoder; whatever it reaches, the UNet
 must draw from the encoder's output. This script drops that constraint: it optimises the whole
 conditioning (the ``77 × d`` encoder hidden states the UNet cross-attends to, started from those
-of "a circle") with the textual-inversion loss on the same example scenes as
+of ``--init``, "a circle") with the textual-inversion loss on the same example scenes as
 ``bench/textual_inversion_proof.py``, then generates ``--n`` images from it (25 DDIM steps, guidance
 7.5) and judges the largest blob that stands out from the background in each (:func:`classify_shape`
 over every kind).
@@ -51,12 +51,14 @@ def foreground(image: np.ndarray, distance: float = 60.0) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="ring", choices=["ring", "star", "hollow-square", "hollow-triangle"])
+    ap.add_argument("--shape", default="ring", choices=["oval", "ring", "star", "hollow-square", "hollow-triangle"])
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--n", type=int, default=32, help="images generated from the learned conditioning")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="builtin:toyworld", help="the model (a toy-world diffusers folder)")
+    ap.add_argument("--init", default="a circle", help="the text whose conditioning the fit starts from")
     args = ap.parse_args(argv)
 
     from diffugen.encoding import embed, tokenize
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     kind = args.shape.replace("-", " ")
     hollow, shape = kind.startswith("hollow "), kind.removeprefix("hollow ")
-    pipe = load_pipeline("builtin:toyworld", "cpu", "float32")
+    pipe = load_pipeline(args.model, "cpu", "float32")
     pipe.set_progress_bar_config(disable=True)
     colours = list(COLORS)
     scenes = [make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)]).image
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return embed(pipe, [tokenize(pipe, text)])
 
-    cond = torch.nn.Parameter(encode("a circle").clone())
+    cond = torch.nn.Parameter(encode(args.init).clone())
     opt = torch.optim.AdamW([cond], lr=args.lr, weight_decay=0.0)
     sched, b = pipe.scheduler, len(scenes)
     for step in range(args.steps):

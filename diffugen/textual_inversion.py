@@ -203,14 +203,29 @@ def init_token_id(tokenizer, init_word: str) -> int:
     return ids[0]
 
 
-def add_token(tokenizer, text_encoder, tokens: list[str], init: int | torch.Tensor) -> list[int]:
+def init_token_ids(tokenizer, init_word: str, num_vectors: int) -> list[int]:
+    """The ids the token's ``num_vectors`` rows start from: one word for all, or one word per vector.
+
+    ``"hollow square"`` with two vectors starts them at ``hollow`` and ``square``: a concept between
+    known ones (a ring: a hollow thing that is round) often starts best from its description.
+    """
+    words = init_word.split()
+    if len(words) not in (1, num_vectors):
+        raise DiffuGenError(f"--init-word {init_word!r} is {len(words)} words: give one word, or one per vector "
+                            f"(--num-vectors {num_vectors})")
+    ids = [init_token_id(tokenizer, w) for w in words]
+    return ids * num_vectors if len(ids) == 1 else ids
+
+
+def add_token(tokenizer, text_encoder, tokens: list[str], init: int | list[int] | torch.Tensor) -> list[int]:
     """Add ``tokens`` to the tokenizer and text encoder; returns their ids.
 
     Args:
-        init: each new row starts as a copy of this token id's row, or of this ``(dim,)`` vector.
+        init: each new row starts as a copy of this token id's row (or of the ids' rows, one per
+            token), or of this ``(dim,)`` vector.
     """
     with torch.no_grad():
-        row = (text_encoder.get_input_embeddings().weight[init] if isinstance(init, int) else init).clone()
+        row = (text_encoder.get_input_embeddings().weight[init] if isinstance(init, (int, list)) else init).clone()
     added = tokenizer.add_tokens(tokens)
     if added != len(tokens):  # check_token passed, so this is a tokenizer we do not understand
         raise DiffuGenError(f"the tokenizer added {added} of the tokens {tokens}; is one of them already known?")
@@ -355,7 +370,7 @@ def train_textual_inversion(
     pipe = load_pipeline(model, device, dtype)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     tokens = check_token(tokenizer, token, num_vectors)
-    init_id = init_token_id(tokenizer, init_word)
+    init_ids = init_token_ids(tokenizer, init_word, num_vectors)
     scale = pipe.vae_scale_factor
     multiple = scale * 2 ** (len(unet.config.block_out_channels) - 1)
     size = size or unet.config.sample_size * scale
@@ -365,7 +380,7 @@ def train_textual_inversion(
 
     dev = unet.device
     text_encoder.to(dtype=torch.float32)  # the trained rows need float32 even when the UNet runs in float16
-    ids = add_token(tokenizer, text_encoder, tokens, init_id)
+    ids = add_token(tokenizer, text_encoder, tokens, init_ids)
     for module in (vae, unet, text_encoder):
         module.requires_grad_(False).eval()
     weight = text_encoder.get_input_embeddings().weight

@@ -93,6 +93,22 @@ def test_captions_and_two_vectors(images, tmp_path):
         train_textual_inversion(images, "<two>", "red", "builtin:tiny", tmp_path / "x.safetensors", **FAST)
 
 
+def test_one_init_word_per_vector():
+    from diffugen.textual_inversion import add_token, init_token_ids
+
+    pipe = build_tiny_pipeline()
+    tok, emb = pipe.tokenizer, pipe.text_encoder.get_input_embeddings().weight
+    red, obj = (tok(w, add_special_tokens=False).input_ids[0] for w in ("red", "object"))
+    assert init_token_ids(tok, "red", 3) == [red] * 3
+    ids = init_token_ids(tok, "red object", 2)
+    assert ids == [red, obj]
+    new = add_token(tok, pipe.text_encoder, ["<p>", "<p>_1"], ids)
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    assert torch.equal(rows[new[0]], emb[red]) and torch.equal(rows[new[1]], emb[obj])
+    with pytest.raises(DiffuGenError, match=r"'a red object' is 3 words: give one word, or one per vector \(--num-vectors 2\)"):
+        init_token_ids(tok, "a red object", 2)
+
+
 def test_refusals(images, tmp_path):
     out = tmp_path / "x.safetensors"
     with pytest.raises(DiffuGenError, match=r"no such folder .*missing"):

@@ -98,7 +98,7 @@ def test_tokenizer_keeps_world_words_whole():
     from diffugen.toyworld.train import build_tokenizer
 
     tok = build_tokenizer()
-    for w in list(SHAPES) + list(COLORS) + list(BACKGROUNDS) + list(TIME_BRIGHTNESS) + ["hollow"]:
+    for w in list(SHAPES) + list(COLORS) + list(BACKGROUNDS) + list(TIME_BRIGHTNESS) + ["hollow", "wide", "tall"]:
         assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
 
 
@@ -185,6 +185,28 @@ def test_hollow_shapes_are_squares_and_triangles_only_and_keep_the_other_draws()
         assert filled == o.kind and o.mask[y : y + h, x : x + w].mean() < 0.8  # a hole in the middle
     sc = make_scene(5, objects=[("red", "square", True), ("white", "circle")])
     assert [o.kind for o in sc.objects] == ["hollow square", "circle"] and "red hollow square" in sc.caption
+
+
+def test_stretched_shapes_are_squares_and_triangles_twice_as_wide_as_tall_and_keep_the_other_draws():
+    from diffugen.toyworld.scene import ASPECT, STRETCH_SHAPES
+
+    objs = [o for seed in range(300) for o in make_scene(seed).objects]
+    stretched = [o for o in objs if o.stretch]
+    assert 0.1 < len(stretched) / len(objs) < 0.3 and {o.shape for o in stretched} == set(STRETCH_SHAPES)
+    assert {o.stretch for o in stretched} == {"wide", "tall"} and not any(o.hollow for o in stretched)
+    for o in stretched:
+        x, y, w, h = o.box
+        aspect = w / h if o.stretch == "wide" else h / w
+        assert abs(aspect - ASPECT) < 0.25 and classify_shape(o.mask, ALL_LABELS) == o.kind
+        assert classify_shape(o.mask) == o.shape  # the three-shape judge ignores the stretch
+    # Seeds without a stretched object draw the same scene with stretching off (its own random stream).
+    for seed in range(40):
+        sc = make_scene(seed)
+        if not any(o.stretch for o in sc.objects):
+            assert (sc.image == make_scene(seed, stretch_rate=0.0).image).all()
+    sc = make_scene(5, objects=[("red", "triangle", False, "tall"), ("white", "oval")])
+    assert [o.kind for o in sc.objects] == ["tall triangle", "oval"] and "red tall triangle" in sc.caption
+    assert sc.objects[1].box[2] > 1.8 * sc.objects[1].box[3]  # an oval is a wide circle
 
 
 def test_finetune_from_a_missing_folder_is_refused_before_anything_is_written(tmp_path):

@@ -31,12 +31,19 @@ SHAPES = ("circle", "square", "triangle")
 HOLLOW_SHAPES = ("square", "triangle")
 HOLLOW_RATE = 0.3
 HOLE = 0.5
+# Squares and triangles are sometimes stretched ("a red wide square": twice as wide as tall, the
+# area of the unstretched one; "tall": turned upright), circles never: a stretched circle is an oval.
+STRETCHES = ("wide", "tall")
+STRETCH_SHAPES = ("square", "triangle")
+STRETCH_RATE = 0.3
+ASPECT = 2.0  # width / height of a wide object
 # Shapes the model never saw (never in a training scene, their words not in its vocabulary): the
 # subjects of the textual-inversion proof (``bench/textual_inversion_proof.py``). A ring is a hollow
-# circle, a combination the training never shows.
-NOVEL_SHAPES = ("star", "ring")
+# circle and an oval a wide circle, combinations the training never shows.
+NOVEL_SHAPES = ("star", "ring", "oval")
 # Every kind of object a mask can be judged as (:func:`classify_shape`).
-ALL_LABELS = SHAPES + tuple(f"hollow {s}" for s in HOLLOW_SHAPES) + NOVEL_SHAPES
+ALL_LABELS = (SHAPES + tuple(f"hollow {s}" for s in HOLLOW_SHAPES)
+              + tuple(f"{st} {s}" for s in STRETCH_SHAPES for st in STRETCHES) + NOVEL_SHAPES)
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "yellow": (235, 220, 40),
@@ -60,7 +67,7 @@ MIN_BACKGROUND_DISTANCE = 60.0  # checked by the tests for every background × t
 VOCABULARY = sorted(set(
     list(SHAPES) + list(COLORS) + list(BACKGROUNDS) + list(TIME_BRIGHTNESS) + """
     a an the of on in at with and is it there are photo image picture view scene showing lying sitting
-    resting floating during by daylight render one hollow
+    resting floating during by daylight render one hollow wide tall
     """.split()
 ))
 
@@ -72,11 +79,14 @@ class ToyObject:
     mask: np.ndarray  # bool (H, W), exact pixels of the object
     box: tuple[int, int, int, int]  # x, y, w, h in pixels (inclusive-exclusive extents)
     hollow: bool = False
+    stretch: str = ""  # "", "wide" or "tall"
 
     @property
     def kind(self) -> str:
-        """``"square"`` or ``"hollow square"``: the words of the caption after the colour."""
-        return f"hollow {self.shape}" if self.hollow else self.shape
+        """``"square"``, ``"hollow square"`` or ``"wide square"``: the words of the caption after the colour."""
+        if self.shape == "oval":
+            return "oval"
+        return " ".join(w for w in (self.stretch, "hollow" if self.hollow else "", self.shape) if w)
 
     @property
     def label(self) -> str:
@@ -103,38 +113,39 @@ def _background(rng: np.random.Generator, name: str, time: str, size: int) -> np
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def _polygon(shape: str, x: int, y: int, s: int) -> np.ndarray | None:
-    """Vertices ``(N, 2)`` of a polygonal shape in the box ``[x, x+s) × [y, y+s)`` (``None`` for a circle)."""
+def _polygon(shape: str, x: int, y: int, w: int, h: int) -> np.ndarray | None:
+    """Vertices ``(N, 2)`` of a polygonal shape in the box ``[x, x+w) × [y, y+h)`` (``None`` for a circle)."""
     if shape == "square":
-        return np.array([[x, y], [x + s - 1, y], [x + s - 1, y + s - 1], [x, y + s - 1]], np.float64)
+        return np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]], np.float64)
     if shape == "triangle":
-        return np.array([[x + (s - 1) / 2.0, y], [x, y + s - 1], [x + s - 1, y + s - 1]], np.float64)
+        return np.array([[x + (w - 1) / 2.0, y], [x, y + h - 1], [x + w - 1, y + h - 1]], np.float64)
     if shape == "star":  # five points, fat arms (inner radius 0.5) so it survives 64 px
-        c, r = (s - 1) / 2.0, s / 2.0
         ang = -np.pi / 2 + np.arange(10) * np.pi / 5
-        rad = np.where(np.arange(10) % 2 == 0, r, 0.5 * r)
-        return np.stack([x + c + rad * np.cos(ang), y + c + rad * np.sin(ang)], 1)
+        rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.5)
+        return np.stack([x + (w - 1) / 2.0 + rad * w / 2.0 * np.cos(ang), y + (h - 1) / 2.0 + rad * h / 2.0 * np.sin(ang)], 1)
     return None
 
 
-def _shape_mask(shape: str, x: int, y: int, s: int, size: int, hollow: bool = False) -> np.ndarray:
-    """Binary mask of a shape whose box is ``[x, x+s) × [y, y+s)`` (no anti-aliasing).
+def _shape_mask(shape: str, x: int, y: int, w: int, h: int, size: int, hollow: bool = False) -> np.ndarray:
+    """Binary mask of a shape whose box is ``[x, x+w) × [y, y+h)`` (no anti-aliasing; a circle in a
+    box that is not square is an ellipse).
 
     ``hollow``: minus the same shape scaled by :data:`HOLE` about its centroid (a ``"ring"`` is a
     hollow circle).
     """
     if shape == "ring":
         shape, hollow = "circle", True
+    if shape == "oval":
+        shape = "circle"
     m = np.zeros((size, size), np.uint8)
     if shape == "circle":
         yy, xx = np.mgrid[0:size, 0:size]
-        c = (s - 1) / 2.0
-        d2 = (xx - x - c) ** 2 + (yy - y - c) ** 2
-        m[d2 <= (s / 2.0) ** 2] = 1
+        d2 = ((xx - x - (w - 1) / 2.0) / (w / 2.0)) ** 2 + ((yy - y - (h - 1) / 2.0) / (h / 2.0)) ** 2
+        m[d2 <= 1.0] = 1
         if hollow:
-            m[d2 <= (HOLE * s / 2.0) ** 2] = 0
+            m[d2 <= HOLE**2] = 0
         return m.astype(bool)
-    pts = _polygon(shape, x, y, s)
+    pts = _polygon(shape, x, y, w, h)
     if pts is None:
         raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES + NOVEL_SHAPES}")
     cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
@@ -207,7 +218,8 @@ def make_caption(rng: random.Random, objects: list[ToyObject], background: str, 
 # ---- scenes --------------------------------------------------------------------------------------
 def make_scene(seed: int, size: int = 64, n_objects: int | None = None, background: str | None = None,
                time: str | None = None, objects: list[tuple[str, str]] | list[tuple[str, str, bool]] | None = None,
-               min_size: int | None = None, max_size: int | None = None, hollow_rate: float = HOLLOW_RATE) -> Scene:
+               min_size: int | None = None, max_size: int | None = None, hollow_rate: float = HOLLOW_RATE,
+               stretch_rate: float = STRETCH_RATE) -> Scene:
     """Draw one scene, deterministic from ``seed`` (any argument given fixes that part).
 
     Args:
@@ -215,12 +227,16 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
         n_objects: 1 to 3 (random when ``None``).
         objects: ``[(color, shape), ...]`` or ``[(color, shape, hollow), ...]`` to draw instead of
             random ones (distinct colours); random ones of :data:`HOLLOW_SHAPES` are hollow with
-            probability ``hollow_rate`` (0: the world before hollow shapes, seed for seed).
+            probability ``hollow_rate`` (0: the world before hollow shapes, seed for seed); random
+            ones of :data:`STRETCH_SHAPES` that are not hollow are ``"wide"`` or ``"tall"`` with
+            probability ``stretch_rate`` (0: the world before stretched shapes). A 4th element
+            ``"wide"``/``"tall"`` stretches a given object.
         min_size, max_size: object box side range in pixels (default ``0.22`` to ``0.38`` of ``size``).
     """
     rng = random.Random(seed)
     # Hollowness has its own stream, so adding it left every other draw of a seed as it was.
     hollow_rng = random.Random(f"hollow-{seed}")
+    stretch_rng = random.Random(f"stretch-{seed}")
     nrng = np.random.default_rng(seed)
     background = background or rng.choice(list(BACKGROUNDS))
     time = time or rng.choice(list(TIME_BRIGHTNESS))
@@ -229,25 +245,34 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
         colors = rng.sample(list(COLORS), n)
         objects = [(c, rng.choice(SHAPES)) for c in colors]
         objects = [(c, sh, sh in HOLLOW_SHAPES and hollow_rng.random() < hollow_rate) for c, sh in objects]
-    objects = [(o[0], o[1], o[2] if len(o) > 2 else False) for o in objects]
+        # one draw per object (stretch stream), so the stretches of a seed do not depend on the rate
+        draws = [stretch_rng.random() for _ in objects]
+        objects = [(c, sh, h, STRETCHES[int(2 * r / stretch_rate)] if sh in STRETCH_SHAPES and not h and r < stretch_rate else "")
+                   for (c, sh, h), r in zip(objects, draws)]
+    objects = [(o[0], o[1], o[2] if len(o) > 2 else False, o[3] if len(o) > 3 else "") for o in objects]
     if len({o[0] for o in objects}) != len(objects):
         raise ValueError(f"the colours of one scene must be distinct: {objects}")
     lo = min_size or max(4, round(0.22 * size))
     hi = max_size or max(lo, round(0.38 * size))
     image = _background(nrng, background, time, size)
     placed: list[ToyObject] = []
-    for color, shape, hollow in objects:
+    for color, shape, hollow, stretch in objects:
+        stretch = "wide" if shape == "oval" else stretch
         for attempt in range(200):
             s = rng.randint(lo, hi) if attempt < 100 else lo
-            x, y = rng.randint(0, size - s), rng.randint(0, size - s)
-            box = (x, y, s, s)
+            w = h = s
+            if stretch:  # the area of the s × s one, ASPECT to one
+                w, h = min(size, round(s * ASPECT**0.5)), round(s / ASPECT**0.5)
+                w, h = (w, h) if stretch == "wide" else (h, w)
+            x, y = rng.randint(0, size - w), rng.randint(0, size - h)
+            box = (x, y, w, h)
             if all(_boxes_apart(box, o.box) for o in placed):
                 break
         else:  # no room: leave the object out (only with unusual sizes)
             continue
-        mask = _shape_mask(shape, x, y, s, size, hollow)
+        mask = _shape_mask(shape, x, y, w, h, size, hollow)
         image[mask] = COLORS[color]
-        placed.append(ToyObject(shape, color, mask, box, hollow))
+        placed.append(ToyObject(shape, color, mask, box, hollow, "" if shape == "oval" else stretch))
     caption = make_caption(rng, placed, background, time)
     return Scene(image=image, caption=caption, attributes={"background": background, "time": time}, objects=placed)
 
@@ -320,26 +345,35 @@ def recover_instances(image: np.ndarray, tolerance: float = 60.0, min_area: int 
     return out
 
 
+def _base_kind(kind: str) -> str:
+    """The kind without its stretch (``"wide square"`` → ``"square"``, ``"oval"`` → ``"circle"``)."""
+    return "circle" if kind == "oval" else kind.removeprefix("wide ").removeprefix("tall ")
+
+
 def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
-    """Guess the shape of a blob: the one of ``shapes`` whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
+    """Guess the kind of a blob: the one of ``shapes`` whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
 
     Robust to the soft, slightly rounded edges of decoded images (a fill-ratio rule is not: blurred
     triangles fill their box like circles do). ``shapes`` may hold ``"hollow square"``-style kinds;
-    pass :data:`ALL_LABELS` to consider every kind, stars and rings included.
+    pass :data:`ALL_LABELS` to consider every kind, stars, rings and ovals included. The stretch
+    comes from the box: wider than ``sqrt(ASPECT)`` to one is ``"wide"`` (a wide or tall circle is
+    an ``"oval"``); without the stretched kind in ``shapes`` the unstretched one is returned.
     """
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return "unknown"
     x0, y0 = xs.min(), ys.min()
-    w, h = xs.max() - x0 + 1, ys.max() - y0 + 1
+    w, h = int(xs.max() - x0 + 1), int(ys.max() - y0 + 1)
     crop = mask[y0 : y0 + h, x0 : x0 + w]
     best, best_iou = "unknown", -1.0
-    for shape in shapes:
-        side = max(w, h)
-        hollow = shape.startswith("hollow ")
-        ideal = _shape_mask(shape.removeprefix("hollow "), 0, 0, side, side, hollow)
-        ideal = cv2.resize(ideal.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
+    for base in dict.fromkeys(_base_kind(k) for k in shapes):
+        hollow = base.startswith("hollow ")
+        ideal = _shape_mask(base.removeprefix("hollow "), 0, 0, w, h, max(w, h), hollow)[:h, :w]
         iou = (ideal & crop).sum() / float((ideal | crop).sum())
         if iou > best_iou:
-            best, best_iou = shape, iou
+            best, best_iou = base, iou
+    stretch = "wide" if w >= h * ASPECT**0.5 else "tall" if h >= w * ASPECT**0.5 else ""
+    if stretch and best in SHAPES:
+        stretched = "oval" if best == "circle" else f"{stretch} {best}"
+        return stretched if stretched in shapes else best
     return best
