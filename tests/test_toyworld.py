@@ -227,6 +227,7 @@ def test_finetune_through_the_cli_runs_and_records_its_arguments(tmp_path):
 
     state, out = tmp_path / "state", tmp_path / "out"
     assert main(["toyworld", "train", "--init-from", str(MODEL_DIR), "--state", str(state), "--out", str(out),
-                 "--steps", "1", "--pool", "64", "--batch", "4", "--save-every", "0"]) == 0
-    assert json.loads((state / "args.json").read_text())["init_from"] == str(MODEL_DIR)
+                 "--steps", "1", "--pool", "64", "--batch", "4", "--save-every", "0", "--stretch-rate", "0.6"]) == 0
+    recorded = json.loads((state / "args.json").read_text())
+    assert recorded["init_from"] == str(MODEL_DIR) and recorded["stretch_rate"] == 0.6
     assert model_available(out) and load_toyworld_pipeline(out).tokenizer.tokenize("hollow") == ["hollow"]

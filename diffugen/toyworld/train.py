@@ -43,6 +43,8 @@ shipped model is the 4,200-step model above (``BASE``: its folder) fine-tuned wi
         --state /tmp/tw-ft/state --steps 3800 --pool 8192 --lr 3e-4 --threads 1 --save-every 500 --resume
 
 (the second run resumes the first with a larger total: a warm restart of the cosine schedule).
+``--hollow-rate`` and ``--stretch-rate`` change how often the world draws hollow and stretched shapes
+(the training data only; the default is the world's own rates).
 """
 
 from __future__ import annotations
@@ -130,11 +132,16 @@ def build_scheduler():
 
 
 # ---- data ----------------------------------------------------------------------------------------
+# Rates of the world's variants (``make_scene`` arguments), from --hollow-rate/--stretch-rate; empty:
+# the scene module's defaults.
+WORLD: dict[str, float] = {}
+
+
 def scene_batch(first_seed: int, n: int) -> tuple[torch.Tensor, list[str]]:
     """``(n, 3, 64, 64)`` images in ``[-1, 1]`` and their captions for seeds ``first_seed ..``."""
     ims, caps = [], []
     for s in range(first_seed, first_seed + n):
-        sc = make_scene(s, IMAGE_SIZE)
+        sc = make_scene(s, IMAGE_SIZE, **WORLD)
         ims.append(sc.image)
         caps.append(sc.caption)
     x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -206,7 +213,7 @@ def latent_scale(vae, seed: int, n: int = 256) -> float:
 
 def caption_variant(seed: int, rng: random.Random) -> str:
     """A fresh caption (another template draw) of the scene of ``seed``."""
-    sc = make_scene(seed, IMAGE_SIZE)
+    sc = make_scene(seed, IMAGE_SIZE, **WORLD)
     return make_caption(rng, sc.objects, sc.attributes["background"], sc.attributes["time"])
 
 
@@ -380,6 +387,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="fraction of captions dropped (for CFG)")
     p.add_argument("--design", choices=sorted(DESIGNS), default="base")
+    p.add_argument("--hollow-rate", type=float, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
+    p.add_argument("--stretch-rate", type=float, default=None, help="share of the other squares and triangles drawn wide or tall")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--state", default=str(Path.home() / ".cache" / "diffugen" / "toyworld-train"),
@@ -401,6 +410,8 @@ def main(argv=None) -> int:
 def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    WORLD.clear()
+    WORLD.update({k: v for k, v in (("hollow_rate", args.hollow_rate), ("stretch_rate", args.stretch_rate)) if v is not None})
     if args.measure:
         measure(args.batch)
         return 0
