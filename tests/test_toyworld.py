@@ -141,7 +141,7 @@ def test_label_accuracy_bench_runs_end_to_end(tmp_path):
     assert 0 <= result["adherence"] <= 1 and 0 <= result["iou_drawn_mean"] <= 1 and 0 <= result["ap50_mean"] <= 1
 
 
-@pytest.mark.parametrize("shape", ["star", "ring"])
+@pytest.mark.parametrize("shape", ["star", "ring", "oval"])
 def test_novel_shapes_are_drawn_recovered_and_told_apart(shape):
     for seed in range(10):
         sc = make_scene(seed, objects=[("yellow", shape)], min_size=18, max_size=24)
