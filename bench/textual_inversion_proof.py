@@ -3,7 +3,8 @@ shape it never saw, then check that prompts with the new token draw it and that 
 
 Usage::
 
-    python bench/textual_inversion_proof.py [--shape star|ring] [--examples 8] [--steps 1500] [--n 100] [--quick]
+    python bench/textual_inversion_proof.py [--shape ring|star|oval] [--examples 8] [--steps 1500] [--n 100]
+        [--model M] [--num-vectors N --init-word "W1 .. WN"] [--quick]
 
 1. **Examples**: ``--examples`` procedural scenes, each with one object of the novel shape
    (:data:`diffugen.toyworld.scene.NOVEL_SHAPES`; never in a training scene, its word not in the
@@ -13,9 +14,9 @@ Usage::
 3. **Generation**: ``--n`` prompts "a <colour> <token> <on background> [at time]" with held-out seeds,
    through DiffuGen's own ``generate`` with the embedding in the config (the token is a class word,
    so it gets DAAM labels). Controls, same prompts and seeds: the plain shape word (the model has no
-   such token: its letters are separate tokens), the init word, and for the ring its description in
-   words the model knows, "hollow circle" (a combination it never saw: hollow squares and triangles
-   only).
+   such token: its letters are separate tokens), the init word, and for the ring and the oval their
+   descriptions in words the model knows, "hollow circle" and "wide circle" (combinations it never
+   saw: only squares and triangles are hollow, or stretched in a world trained with ``--stretch-rate``).
 4. **Judged from the image**: the requested colour's largest blob (truth by colour,
    :func:`~diffugen.toyworld.scene.recover_instances`) classified among every kind of object
    (:data:`~diffugen.toyworld.scene.ALL_LABELS`, :func:`~diffugen.toyworld.scene.classify_shape`);

@@ -325,7 +325,8 @@ def train_textual_inversion(
     Args:
         images: a folder of .png/.jpg/.jpeg/.webp images; an optional ``metadata.jsonl`` gives captions.
         token: the new token, one word without spaces (conventionally ``<name>``).
-        init_word: a word that is one token of the model's tokenizer; the new rows start as its embedding.
+        init_word: a word that is one token of the model's tokenizer; the new rows start as its embedding
+            (or ``num_vectors`` such words, one per row).
         model: anything :func:`diffugen.models.load_pipeline` loads (``builtin:toyworld``, a folder, a hub id, ...).
         out: the ``.safetensors`` file to write, ``{token: (num_vectors, dim)}`` (diffusers format).
         size: image side in pixels (default: the model's native ``unet.sample_size × vae scale factor``).
@@ -487,7 +488,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t = tsub.add_parser("train", help="train an embedding for --token on the images of --images (resumable)")
     t.add_argument("--images", required=True, metavar="DIR", help="folder of images (+ optional metadata.jsonl captions)")
     t.add_argument("--token", required=True, help="the new token, e.g. '<my-thing>'")
-    t.add_argument("--init-word", required=True, help="a one-token word close to the concept; the embedding starts there")
+    t.add_argument("--init-word", required=True, help="a one-token word close to the concept; the embedding starts there (with --num-vectors N: one word, or N words, one per vector)")
     t.add_argument("--model", required=True, help="builtin:toyworld, a diffusers folder, a checkpoint file or a hub id")
     t.add_argument("--out", required=True, metavar="FILE.safetensors", help="embedding file to write")
     t.add_argument("--steps", type=int, default=500)
