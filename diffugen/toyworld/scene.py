@@ -219,7 +219,7 @@ def make_caption(rng: random.Random, objects: list[ToyObject], background: str, 
 
 # ---- scenes --------------------------------------------------------------------------------------
 def make_scene(seed: int, size: int = 64, n_objects: int | None = None, background: str | None = None,
-               time: str | None = None, objects: list[tuple[str, str]] | list[tuple[str, str, bool]] | None = None,
+               time: str | None = None, objects: list[tuple] | None = None,
                min_size: int | None = None, max_size: int | None = None, hollow_rate: float = HOLLOW_RATE,
                stretch_rate: float = STRETCH_RATE) -> Scene:
     """Draw one scene, deterministic from ``seed`` (any argument given fixes that part).
@@ -227,7 +227,7 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
     Args:
         size: image side in pixels (square images).
         n_objects: 1 to 3 (random when ``None``).
-        objects: ``[(color, shape), ...]`` or ``[(color, shape, hollow), ...]`` to draw instead of
+        objects: ``[(color, shape), ...]`` or ``[(color, shape, hollow[, stretch]), ...]`` to draw instead of
             random ones (distinct colours); random ones of :data:`HOLLOW_SHAPES` are hollow with
             probability ``hollow_rate`` (0: the world before hollow shapes, seed for seed); random
             ones of :data:`STRETCH_SHAPES` that are not hollow are ``"wide"`` or ``"tall"`` with
@@ -247,7 +247,7 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
         colors = rng.sample(list(COLORS), n)
         objects = [(c, rng.choice(SHAPES)) for c in colors]
         objects = [(c, sh, sh in HOLLOW_SHAPES and hollow_rng.random() < hollow_rate) for c, sh in objects]
-        # one draw per object (stretch stream), so the stretches of a seed do not depend on the rate
+        # one draw per object from its own stream: stretching leaves every other draw of a seed as it was
         draws = [stretch_rng.random() for _ in objects]
         objects = [(c, sh, h, STRETCHES[int(2 * r / stretch_rate)] if sh in STRETCH_SHAPES and not h and r < stretch_rate else "")
                    for (c, sh, h), r in zip(objects, draws)]
