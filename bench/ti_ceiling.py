@@ -6,8 +6,8 @@ Usage::
 
 Textual inversion learns one input embedding of the text encoder; whatever it reaches, the UNet
 must draw from the encoder's output. This script drops that constraint: it optimises the whole
-conditioning (the ``tokens × d`` encoder hidden states, 32 × 128 for the toy model, the UNet cross-attends to, started from those
-of ``--init``, "a circle") with the textual-inversion loss on the same example scenes as
+conditioning (the encoder hidden states the UNet cross-attends to, ``tokens × d``: 32 × 128 for the
+toy model; started from those of ``--init``, "a circle") with the textual-inversion loss on the same example scenes as
 ``bench/textual_inversion_proof.py``, then generates ``--n`` images from it (25 DDIM steps, guidance
 7.5) and judges the largest blob that stands out from the background in each (:func:`classify_shape`
 over every kind).
