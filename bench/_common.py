@@ -93,6 +93,14 @@ def machine_line(device: str) -> str:
             f"(threads={torch.get_num_threads()}), python {platform.python_version()}, device={device}{gpu}")
 
 
+def colour_blobs(image, colour: str, tolerance: float = 60.0, min_area: int = 12) -> list:
+    """The toy-world instances of ``colour`` in ``image`` (truth read back by colour), largest first."""
+    from diffugen.toyworld.scene import recover_instances
+
+    found = [r for r in recover_instances(image, tolerance, min_area, open_noise=True) if r.color == colour]
+    return sorted(found, key=lambda r: r.area, reverse=True)
+
+
 def iou(a, b) -> float:
     """Intersection over union of two bool masks (1.0 when both are empty)."""
     import numpy as np

@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import ROOT, machine_line  # noqa: E402
+from _common import ROOT, colour_blobs, machine_line  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     from diffugen.config import parse_config
     from diffugen.generate import generate
-    from diffugen.toyworld.scene import classify_shape, recover_instances
+    from diffugen.toyworld.scene import classify_shape
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,10 +65,10 @@ def main(argv=None) -> int:
         for sample in ds.match({"task": "inpaint"}).iter_samples(progress=False):
             colour, shape = next(d for d in descriptions if d in sample["prompt"]).split()
             image = np.asarray(Image.open(sample.filepath).convert("RGB"))
-            blobs = [r for r in recover_instances(image, 60.0, 12, open_noise=True) if r.color == colour]
+            blobs = colour_blobs(image, colour)
             n += 1
             present += bool(blobs)
-            right += bool(blobs) and classify_shape(max(blobs, key=lambda r: r.area).mask) == shape
+            right += bool(blobs) and classify_shape(blobs[0].mask) == shape
     finally:
         ds.delete()
         shutil.rmtree(work, ignore_errors=True)

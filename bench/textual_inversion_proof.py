@@ -47,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import ROOT, iou, machine_line, mark  # noqa: E402
+from _common import ROOT, colour_blobs, iou, machine_line, mark  # noqa: E402
 
 TARGET_SHAPE_RATE = 0.70
 EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held-out (1e9..) seeds
@@ -97,7 +97,7 @@ def eval_prompts(n: int, word: str) -> list[tuple[str, str]]:
 def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int) -> dict:
     """Shape rate and DAAM IoU of one generated dataset (``colours``: prompt → requested colour)."""
     from diffugen.labels.unsupervised import extract_labels
-    from diffugen.toyworld.scene import ALL_LABELS, classify_shape, recover_instances
+    from diffugen.toyworld.scene import ALL_LABELS, classify_shape
 
     shapes = ALL_LABELS
     counts = {s: 0 for s in shapes}
@@ -106,11 +106,11 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
     for sample in ds.iter_samples(progress=False):
         image = np.asarray(Image.open(sample.filepath).convert("RGB"))
         colour = colours[sample["prompt"]]
-        blobs = [r for r in recover_instances(image, tolerance, min_area, open_noise=True) if r.color == colour]
+        blobs = colour_blobs(image, colour, tolerance, min_area)
         if not blobs:
             continue
         present += 1
-        blob = max(blobs, key=lambda r: r.area)
+        blob = blobs[0]
         guess = classify_shape(blob.mask, shapes)
         counts[guess] += 1
         right += guess == shape
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     if not args.no_controls:
         runs += [("plain word", kind, kind.split()[-1]), ("init word", args.init_word, args.init_word.split()[-1])]
         if args.shape in DESCRIBED:
-            runs.append(("described", DESCRIBED[args.shape], "circle"))
+            runs.append(("described", DESCRIBED[args.shape], DESCRIBED[args.shape].split()[-1]))
     reports = []
     for run, text, word in runs:
         pairs = eval_prompts(args.n, text)
@@ -204,9 +204,9 @@ def main(argv=None) -> int:
           f"{args.steps} steps at batch {args.ti_batch} in {train_s:.0f} s, loss (last 100) {out['mean_loss_last_100']:.4f}")
     for r in reports:
         seen = ", ".join(f"{k} {v}" for k, v in r["shapes_seen"].items() if v)
-        iou = f"{r['daam_iou']:.3f} (n={r['daam_iou_n']})" if r["daam_iou"] is not None else "-"
+        daam = f"{r['daam_iou']:.3f} (n={r['daam_iou_n']})" if r["daam_iou"] is not None else "-"
         print(f"  {r['run']:11s}{r['images']} images: object present {r['object_present']:.1%}, "
-              f"{kind} {r['shape_rate']:.1%} [shapes judged: {seen}]; DAAM mask IoU {iou}")
+              f"{kind} {r['shape_rate']:.1%} [shapes judged: {seen}]; DAAM mask IoU {daam}")
     print(f"shape rate with {token}: {main_run['shape_rate']:.1%} "
           f"[{mark(main_run['shape_rate'], TARGET_SHAPE_RATE, True)} target >= {TARGET_SHAPE_RATE:.0%}]")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,6 @@ class ToyObject:
     @property
     def kind(self) -> str:
         """``"square"``, ``"hollow square"`` or ``"wide square"``: the words of the caption after the colour."""
-        if self.shape == "oval":
-            return "oval"
         return " ".join(w for w in (self.stretch, "hollow" if self.hollow else "", self.shape) if w)
 
     @property
