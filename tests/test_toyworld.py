@@ -232,3 +232,24 @@ def test_finetune_through_the_cli_runs_and_records_its_arguments(tmp_path):
     recorded = json.loads((state / "args.json").read_text())
     assert recorded["init_from"] == str(MODEL_DIR) and recorded["stretch_rate"] == 0.6
     assert model_available(out) and load_toyworld_pipeline(out).tokenizer.tokenize("hollow") == ["hollow"]
+
+
+def test_training_world_rates_are_checked_and_a_pool_of_other_rates_is_not_reused(tmp_path, capsys):
+    import torch
+
+    from diffugen.toyworld import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--stretch-rate", "1.5"])
+    assert "--stretch-rate: must be between 0 and 1, got 1.5" in capsys.readouterr().err
+    vae, path = train.build_vae().eval(), tmp_path / "pool.pt"
+    try:
+        with torch.no_grad():
+            plain, _, _ = train.latent_pool(vae, 0, 64, path)
+            train.WORLD.update(stretch_rate=1.0)
+            stretched, _, _ = train.latent_pool(vae, 0, 64, path)  # same size, other world: encoded again
+            again, _, _ = train.latent_pool(vae, 0, 64, path)  # same world: read back
+    finally:
+        train.WORLD.clear()
+    assert not torch.equal(plain, stretched) and torch.equal(stretched, again)
+    assert torch.load(path, weights_only=True)["world"] == {"stretch_rate": 1.0}

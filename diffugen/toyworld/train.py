@@ -222,7 +222,7 @@ def latent_pool(vae, seed: int, n: int, path: Path):
     """Encode ``n`` training scenes once: posterior mean and std, kept in ``path`` for resuming."""
     if path.exists():
         d = torch.load(path, weights_only=True)
-        if len(d["seeds"]) == n:
+        if len(d["seeds"]) == n and d.get("world", {}) == WORLD:  # (a pool of other rates is made again)
             log(f"latent pool: {n} scenes from {path}")
             return d["mean"], d["std"], d["seeds"]
     t0 = time.time()
@@ -235,7 +235,7 @@ def latent_pool(vae, seed: int, n: int, path: Path):
         stds.append(post.std)
         if (i // 64) % 32 == 0:
             log(f"latent pool: {i + 64}/{n} encoded")
-    d = {"mean": torch.cat(means), "std": torch.cat(stds), "seeds": seeds}
+    d = {"mean": torch.cat(means), "std": torch.cat(stds), "seeds": seeds, "world": dict(WORLD)}
     torch.save(d, path)
     log(f"latent pool: {n} scenes encoded in {(time.time() - t0) / 60:.1f} min")
     return d["mean"], d["std"], d["seeds"]
@@ -376,6 +376,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _rate(text: str) -> float:
+    """An argparse type: a share between 0 and 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "model"), help="diffusers folder to write")
     p.add_argument("--steps", type=int, default=4200, help="UNet + text-encoder optimizer steps")
@@ -387,8 +395,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="fraction of captions dropped (for CFG)")
     p.add_argument("--design", choices=sorted(DESIGNS), default="base")
-    p.add_argument("--hollow-rate", type=float, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
-    p.add_argument("--stretch-rate", type=float, default=None, help="share of the other squares and triangles drawn wide or tall")
+    p.add_argument("--hollow-rate", type=_rate, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
+    p.add_argument("--stretch-rate", type=_rate, default=None, help="share of the other squares and triangles drawn wide or tall")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--state", default=str(Path.home() / ".cache" / "diffugen" / "toyworld-train"),
