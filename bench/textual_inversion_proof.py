@@ -56,7 +56,7 @@ EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held
 DESCRIBED = {"ring": "hollow circle", "oval": "wide circle"}
 
 
-def write_examples(folder: Path, kind: str, count: int, token: str) -> list[str]:
+def write_examples(folder: Path, kind: str, count: int, token: str, round_holes: bool = False) -> list[str]:
     """``count`` scenes with one object of ``kind`` each, as PNGs plus ``metadata.jsonl``; returns the captions."""
     from diffugen.toyworld.scene import COLORS, make_scene
 
@@ -65,7 +65,7 @@ def write_examples(folder: Path, kind: str, count: int, token: str) -> list[str]
     rows, captions = [], []
     hollow, shape = kind.startswith("hollow "), kind.removeprefix("hollow ")
     for i in range(count):
-        sc = make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)])
+        sc = make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)], round_holes=round_holes)
         name = f"{i:03d}.png"
         Image.fromarray(sc.image).save(folder / name)
         caption = sc.caption.replace(kind, "{}")
@@ -94,12 +94,25 @@ def eval_prompts(n: int, word: str) -> list[tuple[str, str]]:
     return out
 
 
-def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int) -> dict:
-    """Shape rate and DAAM IoU of one generated dataset (``colours``: prompt → requested colour)."""
-    from diffugen.labels.unsupervised import extract_labels
-    from diffugen.toyworld.scene import ALL_LABELS, classify_shape
+def judged_kinds(model: str) -> tuple[tuple[str, ...], bool]:
+    """The kinds a blob is judged among, and whether holes are round: those of the model's world
+    (:func:`diffugen.toyworld.load_world`: the shapes a fine-tune added, and their hollow kinds)."""
+    from diffugen.toyworld import load_world
+    from diffugen.toyworld.scene import ALL_LABELS
 
-    shapes = ALL_LABELS
+    world = load_world(None if model == "builtin:toyworld" else model)
+    more = list(world.get("shapes", ())) + [f"hollow {s}" for s in world.get("hollow_shapes", ())]
+    return ALL_LABELS + tuple(k for k in dict.fromkeys(more) if k not in ALL_LABELS), bool(world.get("round_holes"))
+
+
+def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int,
+          kinds: tuple[tuple[str, ...], bool]) -> dict:
+    """Shape rate and DAAM IoU of one generated dataset (``colours``: prompt → requested colour;
+    ``kinds``: :func:`judged_kinds`)."""
+    from diffugen.labels.unsupervised import extract_labels
+    from diffugen.toyworld.scene import classify_shape
+
+    shapes, round_holes = kinds
     counts = {s: 0 for s in shapes}
     present = right = 0
     ious: list[float] = []
@@ -111,7 +124,7 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
             continue
         present += 1
         blob = blobs[0]
-        guess = classify_shape(blob.mask, shapes)
+        guess = classify_shape(blob.mask, shapes, round_holes)
         counts[guess] += 1
         right += guess == shape
         for hm in sample["word_heatmaps"] or []:
@@ -162,7 +175,8 @@ def main(argv=None) -> int:
     kind = args.shape.replace("-", " ")  # "hollow square": how the scene generator and judge name it
     args.init_word = args.init_word or (kind.split()[-1] if kind.startswith("hollow ") else "circle")
     work = Path(tempfile.mkdtemp(prefix="diffugen-ti-proof-"))
-    examples = write_examples(work / "examples", kind, args.examples, token)
+    kinds = judged_kinds(args.model)
+    examples = write_examples(work / "examples", kind, args.examples, token, round_holes=kinds[1])
     emb = work / f"{args.shape}.safetensors"
     t0 = time.time()
     result = train_textual_inversion(work / "examples", token, args.init_word, args.model, emb,
@@ -190,7 +204,7 @@ def main(argv=None) -> int:
         )
         generate_module.generate(cfg)
         ds = fo.load_dataset(name)
-        reports.append(judge(run, ds, dict(pairs), kind, word, cfg.labels, args.tolerance, args.min_area))
+        reports.append(judge(run, ds, dict(pairs), kind, word, cfg.labels, args.tolerance, args.min_area, kinds))
         if not args.keep:
             ds.delete()
 

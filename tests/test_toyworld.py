@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffugen.toyworld import load_toyworld_pipeline, model_available
+from diffugen.toyworld import load_toyworld_pipeline, load_world, model_available
 from diffugen.toyworld.scene import (
     ALL_LABELS, BACKGROUNDS, COLORS, MIN_BACKGROUND_DISTANCE, SHAPES, TEXTURE_AMPLITUDE, TIME_BRIGHTNESS, VOCABULARY,
     classify_shape, make_scene, recover_instances,
@@ -210,6 +210,28 @@ def test_stretched_shapes_are_squares_and_triangles_twice_as_wide_as_tall_and_ke
     assert sc.objects[1].box[2] > 1.8 * sc.objects[1].box[3]  # an oval is a wide circle
 
 
+def test_extra_shapes_and_round_holes_make_a_ring_a_hollow_circle_and_leave_the_default_world_alone():
+    from scipy.ndimage import binary_fill_holes
+
+    from diffugen.toyworld.scene import EXTRA_SHAPES, HOLLOW_SHAPES
+
+    world = dict(shapes=SHAPES + EXTRA_SHAPES, hollow_shapes=HOLLOW_SHAPES + EXTRA_SHAPES, round_holes=True, hollow_rate=0.5)
+    kinds = ALL_LABELS + EXTRA_SHAPES + tuple(f"hollow {s}" for s in EXTRA_SHAPES)
+    objs = [o for seed in range(200) for o in make_scene(seed, **world).objects]
+    assert {o.kind for o in objs} == {"circle"} | {f"{h}{s}" for s in SHAPES[1:] + EXTRA_SHAPES for h in ("", "hollow ")}
+    for o in objs:
+        assert classify_shape(o.mask, kinds, round_holes=True) == o.kind
+        hole = binary_fill_holes(o.mask) & ~o.mask
+        assert (hole.sum() >= 4) == o.hollow
+    assert "purple hollow house" in make_scene(1, objects=[("purple", "house", True)], round_holes=True).caption
+    # A hollow circle with a round hole is the ring of the textual-inversion proof, pixel for pixel but the rim.
+    ring = make_scene(9, objects=[("red", "ring")], min_size=20, max_size=20).objects[0].mask
+    hollow = make_scene(9, objects=[("red", "circle", True)], min_size=20, max_size=20, round_holes=True).objects[0].mask
+    assert (ring ^ hollow).sum() <= 0.08 * ring.sum()
+    for seed in range(40):  # the defaults draw the shipped model's world
+        assert (make_scene(seed).image == make_scene(seed, shapes=SHAPES, hollow_shapes=HOLLOW_SHAPES).image).all()
+
+
 def test_finetune_from_a_missing_folder_is_refused_before_anything_is_written(tmp_path):
     from diffugen.cli import main
 
@@ -228,10 +250,17 @@ def test_finetune_through_the_cli_runs_and_records_its_arguments(tmp_path):
 
     state, out = tmp_path / "state", tmp_path / "out"
     assert main(["toyworld", "train", "--init-from", str(MODEL_DIR), "--state", str(state), "--out", str(out),
-                 "--steps", "1", "--pool", "64", "--batch", "4", "--save-every", "0", "--stretch-rate", "0.6"]) == 0
+                 "--steps", "1", "--pool", "64", "--batch", "4", "--save-every", "0", "--stretch-rate", "0.6",
+                 "--extra-shapes", "--round-holes"]) == 0
     recorded = json.loads((state / "args.json").read_text())
     assert recorded["init_from"] == str(MODEL_DIR) and recorded["stretch_rate"] == 0.6
-    assert model_available(out) and load_toyworld_pipeline(out).tokenizer.tokenize("hollow") == ["hollow"]
+    assert model_available(out)
+    tokenizer = load_toyworld_pipeline(out).tokenizer
+    assert [tokenizer.tokenize(w) for w in ("hollow", "diamond", "house")] == [["hollow"], ["diamond"], ["house"]]
+    # The model folder records the world it learned (the judge of its images needs it); the shipped one: none.
+    world = load_world(out)
+    assert world["round_holes"] is True and world["stretch_rate"] == 0.6 and "house" in world["shapes"]
+    assert load_world() == {} and make_scene(3, **world).objects  # make_scene takes it as it is
 
 
 def test_training_world_rates_are_checked_and_a_pool_of_other_rates_is_not_reused(tmp_path, capsys):
@@ -243,13 +272,9 @@ def test_training_world_rates_are_checked_and_a_pool_of_other_rates_is_not_reuse
         train.parse_args(["--stretch-rate", "1.5"])
     assert "--stretch-rate: must be between 0 and 1, got 1.5" in capsys.readouterr().err
     vae, path = train.build_vae().eval(), tmp_path / "pool.pt"
-    try:
-        with torch.no_grad():
-            plain, _, _ = train.latent_pool(vae, 0, 64, path)
-            train.WORLD.update(stretch_rate=1.0)
-            stretched, _, _ = train.latent_pool(vae, 0, 64, path)  # same size, other world: encoded again
-            again, _, _ = train.latent_pool(vae, 0, 64, path)  # same world: read back
-    finally:
-        train.WORLD.clear()
+    with torch.no_grad():
+        plain, _, _ = train.latent_pool(vae, 0, 64, path)
+        stretched, _, _ = train.latent_pool(vae, 0, 64, path, {"stretch_rate": 1.0})  # same size, other world: encoded again
+        again, _, _ = train.latent_pool(vae, 0, 64, path, {"stretch_rate": 1.0})  # same world: read back
     assert not torch.equal(plain, stretched) and torch.equal(stretched, again)
     assert torch.load(path, weights_only=True)["world"] == {"stretch_rate": 1.0}

@@ -15,12 +15,24 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+WORLD_FILE = "world.json"  # in a model folder trained on a world other than the default one
 
-__all__ = ["MODEL_DIR", "load_toyworld_pipeline", "model_available"]
+__all__ = ["MODEL_DIR", "load_toyworld_pipeline", "load_world", "model_available"]
 
 
 def model_available(folder: str | Path | None = None) -> bool:
     return (Path(folder) if folder else MODEL_DIR).joinpath("model_index.json").is_file()
+
+
+def load_world(folder: str | Path | None = None) -> dict:
+    """The :func:`~diffugen.toyworld.scene.make_scene` arguments of the world a model folder was trained
+    on (``{}``: the default world, as for the shipped model)."""
+    import json
+
+    path = (Path(folder) if folder else MODEL_DIR) / WORLD_FILE
+    if not path.is_file():
+        return {}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()}
 
 
 def load_toyworld_pipeline(folder: str | Path | None = None, dtype=None):

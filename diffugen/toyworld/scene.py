@@ -39,6 +39,11 @@ STRETCHES = ("wide", "tall")
 STRETCH_SHAPES = ("square", "triangle")
 STRETCH_RATE = 0.0
 ASPECT = 2.0  # width / height of a wide object
+# Shapes a world may add (``make_scene(shapes=...)``; not in the shipped model's world or vocabulary):
+# more shapes to carry the hollow modifier, so that a ring is a combination of parts the model knows
+# (``bench/textual_inversion_proof.py``, BENCHMARKS.md "Held-out combinations").
+EXTRA_SHAPES = ("diamond", "house")
+ROOF = 0.4  # the share of a house's box its roof takes
 # Shapes the model never saw (never in a training scene, their words not in its vocabulary): the
 # subjects of the textual-inversion proof (``bench/textual_inversion_proof.py``). A ring is a hollow
 # circle and an oval a wide circle, combinations the training never shows.
@@ -119,6 +124,12 @@ def _polygon(shape: str, x: int, y: int, w: int, h: int) -> np.ndarray | None:
         return np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]], np.float64)
     if shape == "triangle":
         return np.array([[x + (w - 1) / 2.0, y], [x, y + h - 1], [x + w - 1, y + h - 1]], np.float64)
+    if shape == "diamond":
+        cx, cy = x + (w - 1) / 2.0, y + (h - 1) / 2.0
+        return np.array([[cx, y], [x + w - 1, cy], [cx, y + h - 1], [x, cy]], np.float64)
+    if shape == "house":  # a square body under a triangular roof (the top ROOF of the box)
+        cx, eave = x + (w - 1) / 2.0, y + ROOF * (h - 1)
+        return np.array([[cx, y], [x + w - 1, eave], [x + w - 1, y + h - 1], [x, y + h - 1], [x, eave]], np.float64)
     if shape == "star":  # five points, fat arms (inner radius 0.5) so it survives 64 px
         ang = -np.pi / 2 + np.arange(10) * np.pi / 5
         rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.5)
@@ -126,17 +137,29 @@ def _polygon(shape: str, x: int, y: int, w: int, h: int) -> np.ndarray | None:
     return None
 
 
-def _shape_mask(shape: str, x: int, y: int, w: int, h: int, size: int, hollow: bool = False) -> np.ndarray:
+def _shape_mask(shape: str, x: int, y: int, w: int, h: int, size: int, hollow: bool = False,
+                round_hole: bool = False) -> np.ndarray:
     """Binary mask of a shape whose box is ``[x, x+w) × [y, y+h)`` (no anti-aliasing; a circle in a
     box that is not square is an ellipse).
 
     ``hollow``: minus the same shape scaled by :data:`HOLE` about its centroid (a ``"ring"`` is a
-    hollow circle).
+    hollow circle); with ``round_hole``, minus a disc instead: centred where the shape is thickest,
+    of radius :data:`HOLE` times that thickness (the shape's inscribed circle scaled by ``HOLE``:
+    for a circle, exactly a ring).
     """
     if shape == "ring":
         shape, hollow = "circle", True
     if shape == "oval":
         shape = "circle"
+    if hollow and round_hole:
+        m = _shape_mask(shape, x, y, w, h, size).astype(np.uint8)
+        dist = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        # the centre of the thickest plateau, not its first pixel (an even-sided square has four)
+        ys, xs = np.nonzero(dist >= dist.max() - 1e-3)
+        cy, cx = ys.mean(), xs.mean()
+        yy, xx = np.mgrid[0:size, 0:size]
+        m[(xx - cx) ** 2 + (yy - cy) ** 2 <= (HOLE * dist.max()) ** 2] = 0
+        return m.astype(bool)
     m = np.zeros((size, size), np.uint8)
     if shape == "circle":
         yy, xx = np.mgrid[0:size, 0:size]
@@ -219,7 +242,8 @@ def make_caption(rng: random.Random, objects: list[ToyObject], background: str, 
 def make_scene(seed: int, size: int = 64, n_objects: int | None = None, background: str | None = None,
                time: str | None = None, objects: list[tuple] | None = None,
                min_size: int | None = None, max_size: int | None = None, hollow_rate: float = HOLLOW_RATE,
-               stretch_rate: float = STRETCH_RATE) -> Scene:
+               stretch_rate: float = STRETCH_RATE, shapes: tuple[str, ...] = SHAPES,
+               hollow_shapes: tuple[str, ...] = HOLLOW_SHAPES, round_holes: bool = False) -> Scene:
     """Draw one scene, deterministic from ``seed`` (any argument given fixes that part).
 
     Args:
@@ -232,6 +256,10 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
             probability ``stretch_rate`` (0, the default: the world before stretched shapes). A 4th element
             ``"wide"``/``"tall"`` stretches a given object.
         min_size, max_size: object box side range in pixels (default ``0.22`` to ``0.38`` of ``size``).
+        shapes, hollow_shapes: the shapes random objects take, and those of them that can be hollow
+            (the defaults: the shipped model's world; e.g. ``SHAPES + EXTRA_SHAPES``).
+        round_holes: hollow objects get a round hole (``_shape_mask``'s ``round_hole``: a hollow
+            circle would be a ring) instead of their own shape at half size.
     """
     rng = random.Random(seed)
     # Hollowness has its own stream, so adding it left every other draw of a seed as it was.
@@ -243,8 +271,8 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
     if objects is None:
         n = n_objects or rng.choice([1, 2, 2, 3, 3])
         colors = rng.sample(list(COLORS), n)
-        objects = [(c, rng.choice(SHAPES)) for c in colors]
-        objects = [(c, sh, sh in HOLLOW_SHAPES and hollow_rng.random() < hollow_rate) for c, sh in objects]
+        objects = [(c, rng.choice(shapes)) for c in colors]
+        objects = [(c, sh, sh in hollow_shapes and hollow_rng.random() < hollow_rate) for c, sh in objects]
         # one draw per object from its own stream: stretching leaves every other draw of a seed as it was
         draws = [stretch_rng.random() for _ in objects]
         objects = [(c, sh, h, STRETCHES[int(2 * r / stretch_rate)] if sh in STRETCH_SHAPES and not h and r < stretch_rate else "")
@@ -270,7 +298,7 @@ def make_scene(seed: int, size: int = 64, n_objects: int | None = None, backgrou
                 break
         else:  # no room: leave the object out (only with unusual sizes)
             continue
-        mask = _shape_mask(shape, x, y, w, h, size, hollow)
+        mask = _shape_mask(shape, x, y, w, h, size, hollow, round_holes)
         image[mask] = COLORS[color]
         placed.append(ToyObject(shape, color, mask, box, hollow, "" if shape == "oval" else stretch))
     caption = make_caption(rng, placed, background, time)
@@ -350,7 +378,7 @@ def _base_kind(kind: str) -> str:
     return "circle" if kind == "oval" else kind.removeprefix("wide ").removeprefix("tall ")
 
 
-def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
+def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES, round_holes: bool = False) -> str:
     """Guess the kind of a blob: the one of ``shapes`` whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
 
     Robust to the soft, slightly rounded edges of decoded images (a fill-ratio rule is not: blurred
@@ -358,6 +386,7 @@ def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
     pass :data:`ALL_LABELS` to consider every kind, stars, rings and ovals included. The stretch
     comes from the box: wider than ``sqrt(ASPECT)`` to one is ``"wide"`` (a wide or tall circle is
     an ``"oval"``); without the stretched kind in ``shapes`` the unstretched one is returned.
+    ``round_holes``: hollow kinds have round holes (a world drawn with ``make_scene(round_holes=True)``).
     """
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -368,7 +397,7 @@ def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
     best, best_iou = "unknown", -1.0
     for base in dict.fromkeys(_base_kind(k) for k in shapes):
         hollow = base.startswith("hollow ")
-        ideal = _shape_mask(base.removeprefix("hollow "), 0, 0, w, h, max(w, h), hollow)[:h, :w]
+        ideal = _shape_mask(base.removeprefix("hollow "), 0, 0, w, h, max(w, h), hollow, round_holes)[:h, :w]
         iou = (ideal & crop).sum() / float((ideal | crop).sum())
         if iou > best_iou:
             best, best_iou = base, iou

@@ -64,7 +64,8 @@ import torch
 import torch.nn.functional as F
 
 from ..builtin import write_tiny_tokenizer
-from .scene import VOCABULARY, make_caption, make_scene
+from . import WORLD_FILE
+from .scene import EXTRA_SHAPES, HOLLOW_SHAPES, SHAPES, VOCABULARY, make_caption, make_scene
 
 HELD_OUT_SEED = 1_000_000_000  # evaluation scenes/prompts use seeds from here on
 MAX_TOKENS = 32  # the context length: captions are < 25 tokens
@@ -132,16 +133,13 @@ def build_scheduler():
 
 
 # ---- data ----------------------------------------------------------------------------------------
-# Rates of the world's variants (``make_scene`` arguments), from --hollow-rate/--stretch-rate; empty:
-# the scene module's defaults.
-WORLD: dict[str, float] = {}
-
-
-def scene_batch(first_seed: int, n: int) -> tuple[torch.Tensor, list[str]]:
+# ``world``: the ``make_scene`` arguments of the world trained on (``world_settings``: from
+# --hollow-rate, --stretch-rate, --extra-shapes, --round-holes); empty: the scene module's defaults.
+def scene_batch(first_seed: int, n: int, world: dict | None = None) -> tuple[torch.Tensor, list[str]]:
     """``(n, 3, 64, 64)`` images in ``[-1, 1]`` and their captions for seeds ``first_seed ..``."""
     ims, caps = [], []
     for s in range(first_seed, first_seed + n):
-        sc = make_scene(s, IMAGE_SIZE, **WORLD)
+        sc = make_scene(s, IMAGE_SIZE, **(world or {}))
         ims.append(sc.image)
         caps.append(sc.caption)
     x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -167,7 +165,8 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 # ---- phases --------------------------------------------------------------------------------------
-def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_minutes: float, start: dict | None):
+def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_minutes: float, start: dict | None,
+              world: dict | None = None):
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     step = 0
     if start and start.get("phase") == "vae":
@@ -181,7 +180,7 @@ def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_min
     while step < steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, 1e-3, 100)
-        x, _ = scene_batch(seed * 7_919 + 500_000_000 + step * batch, batch)
+        x, _ = scene_batch(seed * 7_919 + 500_000_000 + step * batch, batch, world)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
@@ -205,43 +204,44 @@ def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_min
 
 
 @torch.no_grad()
-def latent_scale(vae, seed: int, n: int = 256) -> float:
-    x, _ = scene_batch(seed * 7_919 + 900_000_000, n)
+def latent_scale(vae, seed: int, n: int = 256, world: dict | None = None) -> float:
+    x, _ = scene_batch(seed * 7_919 + 900_000_000, n, world)
     z = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, n, 64)])
     return float(1.0 / z.std())
 
 
-def caption_variant(seed: int, rng: random.Random) -> str:
+def caption_variant(seed: int, rng: random.Random, world: dict | None = None) -> str:
     """A fresh caption (another template draw) of the scene of ``seed``."""
-    sc = make_scene(seed, IMAGE_SIZE, **WORLD)
+    sc = make_scene(seed, IMAGE_SIZE, **(world or {}))
     return make_caption(rng, sc.objects, sc.attributes["background"], sc.attributes["time"])
 
 
 @torch.no_grad()
-def latent_pool(vae, seed: int, n: int, path: Path):
+def latent_pool(vae, seed: int, n: int, path: Path, world: dict | None = None):
     """Encode ``n`` training scenes once: posterior mean and std, kept in ``path`` for resuming."""
     if path.exists():
         d = torch.load(path, weights_only=True)
-        if len(d["seeds"]) == n and d.get("world", {}) == WORLD:  # (a pool of other rates is made again)
+        if len(d["seeds"]) == n and d.get("world", {}) == (world or {}):  # (a pool of other rates is made again)
             log(f"latent pool: {n} scenes from {path}")
             return d["mean"], d["std"], d["seeds"]
     t0 = time.time()
     seeds = torch.arange(n, dtype=torch.long) + seed * 7_919
     means, stds = [], []
     for i in range(0, n, 64):
-        x, _ = scene_batch(int(seeds[i]), min(64, n - i))
+        x, _ = scene_batch(int(seeds[i]), min(64, n - i), world)
         post = vae.encode(x).latent_dist
         means.append(post.mean)
         stds.append(post.std)
         if (i // 64) % 32 == 0:
             log(f"latent pool: {i + 64}/{n} encoded")
-    d = {"mean": torch.cat(means), "std": torch.cat(stds), "seeds": seeds, "world": dict(WORLD)}
+    d = {"mean": torch.cat(means), "std": torch.cat(stds), "seeds": seeds, "world": dict(world or {})}
     torch.save(d, path)
     log(f"latent pool: {n} scenes encoded in {(time.time() - t0) / 60:.1f} min")
     return d["mean"], d["std"], d["seeds"]
 
 
-def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_path: Path, start: dict | None):
+def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_path: Path, start: dict | None,
+                    world: dict | None = None):
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
@@ -268,7 +268,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_p
                     "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "opt": opt.state_dict(),
                     "step": step, "vae": vae.state_dict(), "scaling_factor": sf}, state_path)
 
-    pool_mean, pool_std, pool_seeds = latent_pool(vae, args.seed, args.pool, state_path.parent / "pool.pt")
+    pool_mean, pool_std, pool_seeds = latent_pool(vae, args.seed, args.pool, state_path.parent / "pool.pt", world)
     per_epoch = len(pool_seeds) // args.batch
     while step < args.steps:
         lr = lr_at(step, args.steps, args.lr, 200)
@@ -279,7 +279,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_p
         idx = order[k * args.batch : (k + 1) * args.batch]
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 17 + step)
         rng = random.Random(args.seed * 1_000_003 + step)
-        caps = [caption_variant(int(pool_seeds[i]), rng) for i in idx]
+        caps = [caption_variant(int(pool_seeds[i]), rng, world) for i in idx]
         ids = token_ids(tokenizer, caps)
         for i in range(len(caps)):
             if rng.random() < args.uncond:
@@ -311,13 +311,14 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_p
             last_ckpt = time.time()
             log(f"checkpoint at step {step} → {state_path}")
         if args.save_every and step % args.save_every == 0 and step < args.steps:
-            save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out))
+            save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out), world)
             log(f"saved model at step {step} → {args.out}")
     save_state()
     return ema_unet, ema_text
 
 
-def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, dtype=torch.float16) -> None:
+def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, world: dict | None = None,
+                  dtype=torch.float16) -> None:
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -327,6 +328,11 @@ def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, dtyp
     )
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
+    # The world it learned, for judging its images (``diffugen.toyworld.load_world``); none: the default world.
+    (out / WORLD_FILE).unlink(missing_ok=True)
+    if world:
+        (out / WORLD_FILE).write_text(json.dumps(world, indent=1))
+
 
 
 # ---- measuring -----------------------------------------------------------------------------------
@@ -397,6 +403,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--design", choices=sorted(DESIGNS), default="base")
     p.add_argument("--hollow-rate", type=_rate, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
     p.add_argument("--stretch-rate", type=_rate, default=None, help="share of the other squares and triangles drawn wide or tall")
+    p.add_argument("--extra-shapes", action="store_true",
+                   help=f"add {' and '.join(EXTRA_SHAPES)} to the world's shapes, both of which can be hollow")
+    p.add_argument("--round-holes", action="store_true", help="hollow shapes get a round hole (a hollow circle would be a ring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--state", default=str(Path.home() / ".cache" / "diffugen" / "toyworld-train"),
@@ -410,6 +419,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measure", action="store_true", help="only time a few steps of each design and exit")
 
 
+def world_settings(args) -> dict:
+    """The ``make_scene`` arguments the training flags ask for (empty: the world's defaults)."""
+    world = {k: v for k, v in (("hollow_rate", args.hollow_rate), ("stretch_rate", args.stretch_rate)) if v is not None}
+    if args.extra_shapes:
+        world.update(shapes=SHAPES + EXTRA_SHAPES, hollow_shapes=HOLLOW_SHAPES + EXTRA_SHAPES)
+    if args.round_holes:
+        world["round_holes"] = True
+    return world
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     return run(args)
@@ -418,8 +437,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    WORLD.clear()
-    WORLD.update({k: v for k, v in (("hollow_rate", args.hollow_rate), ("stretch_rate", args.stretch_rate)) if v is not None})
+    world = world_settings(args)
     if args.measure:
         measure(args.batch)
         return 0
@@ -442,10 +460,10 @@ def run(args) -> int:
     (state_dir / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, indent=1))
     t_start = time.time()
     if args.init_from:
-        tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer")
+        tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer", world)
         diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
-        ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start)
-        return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start)
+        ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world)
+        return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start, world)
     design = DESIGNS[args.design]
     # The tokenizer is kept with the state: a resumed run must use the token ids it was trained with.
     tok_dir = state_dir / "tokenizer"
@@ -474,28 +492,29 @@ def run(args) -> int:
     else:
         vae_start = torch.load(vae_state, weights_only=True) if args.resume and vae_state.exists() else None
         if vae_start is None or vae_start["step"] < args.vae_steps:
-            vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start)
+            vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start, world)
         else:
             vae.load_state_dict(vae_start["vae"])
             log("vae: already trained")
         vae.eval()
-        sf = latent_scale(vae, args.seed)
+        sf = latent_scale(vae, args.seed, world=world)
         vae.register_to_config(scaling_factor=sf)
         log(f"vae: latent scaling factor {sf:.4f}")
 
-    ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start)
-    return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start)
+    ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world)
+    return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start, world)
 
 
-def _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start: float) -> int:
-    save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out))
+def _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start: float, world: dict) -> int:
+    save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out), world)
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     log(f"done: model in {args.out} ({size / 1e6:.1f} MB), {(time.time() - t_start) / 60:.1f} min this run")
     return 0
 
 
-def finetune_components(folder: Path, tok_dir: Path):
-    """The components of a trained model folder in float32, its vocabulary extended to :data:`VOCABULARY`.
+def finetune_components(folder: Path, tok_dir: Path, world: dict | None = None):
+    """The components of a trained model folder in float32, its vocabulary extended to :data:`VOCABULARY`
+    and the world's shapes.
 
     Words the tokenizer does not keep whole (e.g. ``hollow``, added to the world after the model was
     trained) become added tokens; their embedding rows start at the mean of the existing rows.
@@ -505,7 +524,8 @@ def finetune_components(folder: Path, tok_dir: Path):
 
     pipe = load_toyworld_pipeline(folder)
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
-    new = [w for w in VOCABULARY if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    words = list(VOCABULARY) + [w for w in (world or {}).get("shapes", ()) if w not in VOCABULARY]
+    new = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
     if new:
         add_token(tokenizer, text_encoder, new, text_encoder.get_input_embeddings().weight.detach().mean(0))
         log(f"fine-tuning {folder}: new words {new}")
