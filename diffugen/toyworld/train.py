@@ -44,7 +44,11 @@ shipped model is the 4,200-step model above (``BASE``: its folder) fine-tuned wi
 
 (the second run resumes the first with a larger total: a warm restart of the cosine schedule).
 ``--hollow-rate`` and ``--stretch-rate`` change how often the world draws hollow and stretched shapes
-(the training data only; the default is the world's own rates).
+(the training data only; the default is the world's own rates). ``--extra-shapes`` adds diamonds and
+houses (both can be hollow) and ``--round-holes`` gives every hollow shape a round hole, so that a
+ring is a hollow circle: a combination of parts the world shows on four other shapes, never on a
+circle (the textual-inversion proof's world, BENCHMARKS.md). A model trained on a world other than
+the default records it in ``world.json`` in its folder (:func:`diffugen.toyworld.load_world`).
 """
 
 from __future__ import annotations
