@@ -107,3 +107,14 @@ def iou(a, b) -> float:
 
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def judged_kinds(model: str) -> tuple[tuple[str, ...], bool]:
+    """The kinds a blob is judged among, and whether holes are round: those of the model's world
+    (:func:`diffugen.toyworld.load_world`: the shapes a fine-tune added, and their hollow kinds)."""
+    from diffugen.toyworld import load_world
+    from diffugen.toyworld.scene import ALL_LABELS
+
+    world = load_world(None if model == "builtin:toyworld" else model)
+    more = list(world.get("shapes", ())) + [f"hollow {s}" for s in world.get("hollow_shapes", ())]
+    return ALL_LABELS + tuple(k for k in dict.fromkeys(more) if k not in ALL_LABELS), bool(world.get("round_holes"))

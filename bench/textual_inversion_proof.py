@@ -47,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import ROOT, colour_blobs, iou, machine_line, mark  # noqa: E402
+from _common import ROOT, colour_blobs, iou, judged_kinds, machine_line, mark  # noqa: E402
 
 TARGET_SHAPE_RATE = 0.70
 EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held-out (1e9..) seeds
@@ -92,17 +92,6 @@ def eval_prompts(n: int, word: str) -> list[tuple[str, str]]:
             seen.add(prompt)
             out.append((prompt, colour))
     return out
-
-
-def judged_kinds(model: str) -> tuple[tuple[str, ...], bool]:
-    """The kinds a blob is judged among, and whether holes are round: those of the model's world
-    (:func:`diffugen.toyworld.load_world`: the shapes a fine-tune added, and their hollow kinds)."""
-    from diffugen.toyworld import load_world
-    from diffugen.toyworld.scene import ALL_LABELS
-
-    world = load_world(None if model == "builtin:toyworld" else model)
-    more = list(world.get("shapes", ())) + [f"hollow {s}" for s in world.get("hollow_shapes", ())]
-    return ALL_LABELS + tuple(k for k in dict.fromkeys(more) if k not in ALL_LABELS), bool(world.get("round_holes"))
 
 
 def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import ROOT, machine_line
+from _common import ROOT, judged_kinds, machine_line
 from textual_inversion_proof import EXAMPLE_SEED
 
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     from diffugen.encoding import embed, tokenize
     from diffugen.models import load_pipeline
     from diffugen.textual_inversion import prediction_target
-    from diffugen.toyworld.scene import ALL_LABELS, COLORS, classify_shape, make_scene
+    from diffugen.toyworld.scene import COLORS, classify_shape, make_scene
 
     torch.manual_seed(args.seed)
     kind = args.shape.replace("-", " ")
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.model, "cpu", "float32")
     pipe.set_progress_bar_config(disable=True)
     colours = list(COLORS)
-    scenes = [make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)]).image
+    kinds, round_holes = judged_kinds(args.model)  # those of the model's world
+    scenes = [make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)], round_holes=round_holes).image
               for i in range(args.examples)]
     pixels = torch.tensor(np.stack(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     judged = Counter()
     for im in images:
         mask = foreground(im)
-        judged[classify_shape(mask, ALL_LABELS) if mask.sum() >= 12 else "no object"] += 1
+        judged[classify_shape(mask, kinds, round_holes) if mask.sum() >= 12 else "no object"] += 1
     print(machine_line("cpu"))
     print(f"free conditioning fitted to {args.examples} {kind} scenes ({args.steps} steps, lr {args.lr}): "
           f"{judged[kind]}/{args.n} images judged {kind}; all: {dict(judged)}")
