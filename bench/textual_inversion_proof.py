@@ -131,8 +131,8 @@ def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="ring", choices=["oval", "ring", "star", "hollow-square", "hollow-triangle"],
-                    help="oval, ring, star: never seen; hollow-square/-triangle: seen, with a word (a positive control)")
+    ap.add_argument("--shape", default="ring", choices=["oval", "ring", "star", "house", "diamond", "hollow-square", "hollow-triangle"],
+                    help="oval, ring, star, house, diamond: never seen by the shipped model; hollow-square/-triangle: seen, with a word (a positive control)")
     ap.add_argument("--model", default="builtin:toyworld", help="the model (a toy-world diffusers folder)")
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--init-word", default=None, help="default: circle (square, triangle for the hollow ones); one word per vector with --num-vectors")
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     kind = args.shape.replace("-", " ")  # "hollow square": how the scene generator and judge name it
     args.init_word = args.init_word or (kind.split()[-1] if kind.startswith("hollow ") else "circle")
     work = Path(tempfile.mkdtemp(prefix="diffugen-ti-proof-"))
-    kinds = judged_kinds(args.model)
+    kinds = judged_kinds(args.model, kind)
     examples = write_examples(work / "examples", kind, args.examples, token, round_holes=kinds[1])
     emb = work / f"{args.shape}.safetensors"
     t0 = time.time()

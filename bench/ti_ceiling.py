@@ -28,30 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import ROOT, judged_kinds, machine_line
+from _common import ROOT, foreground, judged_kinds, machine_line
 from textual_inversion_proof import EXAMPLE_SEED
-
-
-def foreground(image: np.ndarray, distance: float = 60.0) -> np.ndarray:
-    """The largest blob of pixels far from the background (the median colour of the border).
-
-    Not by palette colour as the other toy-world benches judge: conditioning without a colour word
-    draws objects in several palette colours at once, which colour segmentation splits into pieces.
-    """
-    import cv2
-
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
-    far = np.linalg.norm(image.astype(np.float32) - np.median(border, axis=0), axis=-1) > distance
-    far = cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(far, connectivity=8)
-    if n < 2:
-        return np.zeros(far.shape, bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="ring", choices=["oval", "ring", "star", "hollow-square", "hollow-triangle"])
+    ap.add_argument("--shape", default="ring", choices=["oval", "ring", "star", "house", "diamond", "hollow-square", "hollow-triangle"])
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=1e-2)
@@ -72,7 +55,7 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.model, "cpu", "float32")
     pipe.set_progress_bar_config(disable=True)
     colours = list(COLORS)
-    kinds, round_holes = judged_kinds(args.model)  # those of the model's world
+    kinds, round_holes = judged_kinds(args.model, kind)  # those of the model's world
     scenes = [make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)], round_holes=round_holes).image
               for i in range(args.examples)]
     pixels = torch.tensor(np.stack(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1
