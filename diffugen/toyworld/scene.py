@@ -5,7 +5,9 @@ Every scene is drawn from a seed (:func:`make_scene`): a background (``road``, `
 ``square`` or ``triangle`` in one of five palette colours (``red``, ``yellow``, ``white``, ``black``,
 ``purple``; the colours of one scene are distinct). Objects are drawn without anti-aliasing in their
 exact palette colour, so each instance mask is exactly the set of pixels of that colour, and objects
-never overlap (their boxes are at least :data:`GAP` pixels apart).
+never overlap (their boxes are at least :data:`GAP` pixels apart). Squares and triangles are
+sometimes hollow. Options draw other worlds (:func:`make_scene`): stretched shapes, more shapes
+(:data:`EXTRA_SHAPES`) and round holes, which the textual-inversion proof's fine-tunes learned.
 
 Time of day dims **only the background** (by :data:`TIME_BRIGHTNESS`), so object colours stay exact
 and recoverable: every background colour, at every brightness and with its texture, stays more than
