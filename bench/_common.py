@@ -126,9 +126,7 @@ def foreground(image: "np.ndarray", distance: float = 60.0) -> "np.ndarray":
     """The largest blob of pixels far from the background (the median colour of the border).
 
     Not by palette colour as the other toy-world benches judge: conditioning without a colour word
-    draws objects in several palette colours at once, and an object whose colour drifts (a cream
-    "white", an orange "yellow") keeps only fragments within the palette tolerance; colour
-    segmentation splits both into pieces.
+    draws objects in several palette colours at once, which colour segmentation splits into pieces.
     """
     import cv2
     import numpy as np

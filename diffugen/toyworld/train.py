@@ -338,7 +338,6 @@ def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, worl
         (out / WORLD_FILE).write_text(json.dumps(world, indent=1))
 
 
-
 # ---- measuring -----------------------------------------------------------------------------------
 def measure(batch: int, steps: int = 4) -> None:
     """Time a few optimizer steps of the VAE and of each UNet design (UNet + text encoder)."""
