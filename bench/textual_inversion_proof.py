@@ -33,6 +33,7 @@ import importlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -56,19 +57,27 @@ EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held
 DESCRIBED = {"ring": "hollow circle", "oval": "wide circle"}
 
 
-def write_examples(folder: Path, kind: str, count: int, token: str, round_holes: bool = False) -> list[str]:
-    """``count`` scenes with one object of ``kind`` each, as PNGs plus ``metadata.jsonl``; returns the captions."""
-    from diffugen.toyworld.scene import COLORS, make_scene
+def write_examples(folder: Path, kind: str, count: int, token: str, round_holes: bool = False,
+                   balanced: bool = True) -> list[str]:
+    """``count`` scenes with one object of ``kind`` each, as PNGs plus ``metadata.jsonl``; returns the captions.
+
+    Colours take turns; with ``balanced`` so do the backgrounds (8 examples: each background twice),
+    without it they are the scene seed's (the session-5 figures: 5 of 8 on grass).
+    """
+    from diffugen.toyworld.scene import BACKGROUNDS, COLORS, make_scene
 
     folder.mkdir(parents=True, exist_ok=True)
-    colours = list(COLORS)
+    colours, backgrounds = list(COLORS), list(BACKGROUNDS)
     rows, captions = [], []
     hollow, shape = kind.startswith("hollow "), kind.removeprefix("hollow ")
+    word = re.compile(rf"\b{re.escape(kind)}\b")  # "ring", not the "ring" of "during"
     for i in range(count):
-        sc = make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)], round_holes=round_holes)
+        sc = make_scene(EXAMPLE_SEED + i, objects=[(colours[i % len(colours)], shape, hollow)], round_holes=round_holes,
+                        background=backgrounds[i % len(backgrounds)] if balanced else None)
         name = f"{i:03d}.png"
         Image.fromarray(sc.image).save(folder / name)
-        caption = sc.caption.replace(kind, "{}")
+        caption, found = word.subn("{}", sc.caption)
+        assert found == 1, sc.caption
         rows.append(json.dumps({"file_name": name, "text": caption}))
         captions.append(caption.replace("{}", token))
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
@@ -135,11 +144,14 @@ def main(argv=None) -> int:
                     help="oval, ring, star, house, diamond: never seen by the shipped model; hollow-square/-triangle: seen, with a word (a positive control)")
     ap.add_argument("--model", default="builtin:toyworld", help="the model (a toy-world diffusers folder)")
     ap.add_argument("--examples", type=int, default=8)
+    ap.add_argument("--unbalanced", action="store_true",
+                    help="example backgrounds from the scene seeds, as in the session-5 figures (default: each background in turn)")
     ap.add_argument("--init-word", default=None, help="default: circle (square, triangle for the hollow ones); one word per vector with --num-vectors")
     ap.add_argument("--steps", type=int, default=1500, help="textual-inversion steps")
     ap.add_argument("--ti-batch", type=int, default=8)
     ap.add_argument("--num-vectors", type=int, default=1, help="embedding vectors the token gets")
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--max-norm", default=None, help="cap on the token's embedding norm: a number or 'vocab' (default: none)")
     ap.add_argument("--n", type=int, default=100, help="prompts generated per run")
     ap.add_argument("--eval-seed", type=int, default=0,
                     help="another set of held-out prompts and image seeds (0: the set of the figures in BENCHMARKS.md)")
@@ -167,13 +179,18 @@ def main(argv=None) -> int:
     args.init_word = args.init_word or (kind.split()[-1] if kind.startswith("hollow ") else "circle")
     work = Path(tempfile.mkdtemp(prefix="diffugen-ti-proof-"))
     kinds = judged_kinds(args.model, kind)
-    examples = write_examples(work / "examples", kind, args.examples, token, round_holes=kinds[1])
+    examples = write_examples(work / "examples", kind, args.examples, token, round_holes=kinds[1],
+                              balanced=not args.unbalanced)
     emb = work / f"{args.shape}.safetensors"
     t0 = time.time()
     result = train_textual_inversion(work / "examples", token, args.init_word, args.model, emb,
                                      steps=args.steps, lr=args.lr, batch_size=args.ti_batch, device=args.device,
-                                     checkpoint_every=0, progress=False, num_vectors=args.num_vectors)
+                                     checkpoint_every=0, progress=False, num_vectors=args.num_vectors,
+                                     max_norm=args.max_norm if args.max_norm in (None, "vocab") else float(args.max_norm))
     train_s = time.time() - t0
+    from safetensors.torch import load_file
+
+    norms = [round(float(v), 3) for v in load_file(emb)[token].float().norm(dim=-1).reshape(-1)]
     del result.pipeline
 
     # (run, words in the prompt, the class word labeled)
@@ -200,13 +217,16 @@ def main(argv=None) -> int:
             ds.delete()
 
     main_run = reports[0]
-    out = {"model": args.model, "shape": args.shape, "token": token, "init_word": args.init_word, "examples": args.examples,
+    out = {"model": args.model, "shape": args.shape, "token": token, "init_word": args.init_word,
+           "examples": args.examples, "balanced": not args.unbalanced,
            "example_captions": examples, "ti_steps": args.steps, "ti_batch": args.ti_batch, "num_vectors": args.num_vectors, "lr": args.lr,
+           "max_norm": args.max_norm, "embedding_norms": norms,
            "train_seconds": round(train_s, 1), "final_loss": result.final_loss,
            "mean_loss_last_100": float(np.mean(result.losses[-100:])), "runs": reports}
     print(machine_line(args.device))
     print(f"textual inversion of {token} (init '{args.init_word}') on {args.examples} example scenes: "
-          f"{args.steps} steps at batch {args.ti_batch} in {train_s:.0f} s, loss (last 100) {out['mean_loss_last_100']:.4f}")
+          f"{args.steps} steps at batch {args.ti_batch} in {train_s:.0f} s, loss (last 100) {out['mean_loss_last_100']:.4f}, "
+          f"embedding norm {norms}")
     for r in reports:
         seen = ", ".join(f"{k} {v}" for k, v in r["shapes_seen"].items() if v)
         daam = f"{r['daam_iou']:.3f} (n={r['daam_iou_n']})" if r["daam_iou"] is not None else "-"

@@ -311,6 +311,7 @@ def train_textual_inversion(
     checkpoint_every: int = 50,
     resume: bool = False,
     num_vectors: int = 1,
+    max_norm: float | str | None = None,
     progress: bool = True,
 ) -> TextualInversionResult:
     """Learn an embedding for ``token`` from the images in ``images``; write it to ``out`` (safetensors).
@@ -334,6 +335,10 @@ def train_textual_inversion(
         checkpoint_every: write ``OUT.ckpt.safetensors`` every this many steps and at the end (0: never).
         resume: continue from that checkpoint; without it an existing checkpoint is refused.
         num_vectors: rows the token gets (extra ones are named ``token_1``, ``token_2``, ...).
+        max_norm: after each step, scale any new row longer than this back to this L2 norm;
+            ``"vocab"``: the longest row of the model's own vocabulary. Unconstrained rows grow
+            several times longer than any word's and drown the other words of a prompt (colour
+            drift on the toy model, BENCHMARKS.md); ``None`` (default): the plain diffusers recipe.
         progress: show a tqdm bar with the loss.
 
     Returns:
@@ -389,10 +394,15 @@ def train_textual_inversion(
     frozen = weight.detach().clone()  # the rows to restore after each step
     keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
     keep[ids] = False
+    if max_norm == "vocab":
+        max_norm = float(frozen[keep].norm(dim=1).max())
+    elif max_norm is not None and (isinstance(max_norm, str) or max_norm <= 0):
+        raise DiffuGenError(f"--max-norm must be a positive number or 'vocab'; got {max_norm!r}")
     optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
 
     identity = {"token": token, "init_word": init_word, "model": _model_key(model), "num_vectors": str(num_vectors)}
-    setup = {"seed": str(seed), "batch_size": str(batch_size), "size": str(size), "images": str(len(files))}
+    setup = {"seed": str(seed), "batch_size": str(batch_size), "size": str(size), "images": str(len(files)),
+             "max_norm": str(max_norm)}
     start, losses = 0, []
     if resume and ckpt.exists():
         state, meta = _read_checkpoint(ckpt, identity)
@@ -452,6 +462,9 @@ def train_textual_inversion(
         optimizer.step()
         with torch.no_grad():
             weight[keep] = frozen[keep]  # only the new token's rows may move
+            if max_norm is not None:
+                norms = weight[ids].norm(dim=1, keepdim=True)
+                weight[ids] = weight[ids] * (max_norm / norms).clamp(max=1.0)
         losses.append(float(loss.item()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
@@ -469,11 +482,22 @@ def train_textual_inversion(
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
+def _norm_arg(value: str | None) -> float | str | None:
+    """``--max-norm``: a number, or ``vocab``."""
+    if value is None or value == "vocab":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise DiffuGenError(f"--max-norm must be a positive number or 'vocab'; got {value!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     result = train_textual_inversion(
         args.images, args.token, args.init_word, args.model, args.out, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, size=args.size, templates=args.template, seed=args.seed, device=args.device,
         dtype=args.dtype, checkpoint_every=args.checkpoint_every, resume=args.resume, num_vectors=args.num_vectors,
+        max_norm=_norm_arg(args.max_norm),
     )
     print(result)
     print(f"use it in a generate config: {result.config_snippet()[1:-1]}")
@@ -503,5 +527,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: none)")
     t.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.safetensors")
     t.add_argument("--num-vectors", type=int, default=1, help="embedding vectors the token gets")
+    t.add_argument("--max-norm", metavar="X|vocab",
+                   help="keep each new vector's length at most X ('vocab': the longest word's); default: unconstrained")
     t.set_defaults(func=cmd_train)
     return p

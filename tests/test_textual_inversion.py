@@ -93,6 +93,25 @@ def test_captions_and_two_vectors(images, tmp_path):
         train_textual_inversion(images, "<two>", "red", "builtin:tiny", tmp_path / "x.safetensors", **FAST)
 
 
+def test_max_norm_caps_the_new_rows(images, tmp_path):
+    vocab = build_tiny_pipeline().text_encoder.get_input_embeddings().weight
+    longest = float(vocab.norm(dim=1).max())
+    fast = {**FAST, "lr": 0.5, "checkpoint_every": 0}  # a large step: unconstrained rows outgrow every word
+    free = train_textual_inversion(images, "<a>", "object", "builtin:tiny", tmp_path / "a.safetensors", **fast)
+    assert float(read_embedding(free.path, "<a>").norm()) > 1.5 * longest
+
+    capped = train_textual_inversion(images, "<b>", "object", "builtin:tiny", tmp_path / "b.safetensors",
+                                     max_norm="vocab", num_vectors=2, **fast)
+    norms = read_embedding(capped.path, "<b>").norm(dim=1)
+    assert torch.all(norms <= longest * (1 + 1e-5)) and torch.all(norms > 0.5 * longest)
+    fixed = train_textual_inversion(images, "<c>", "object", "builtin:tiny", tmp_path / "c.safetensors",
+                                    max_norm=0.1, **fast)
+    assert float(read_embedding(fixed.path, "<c>").norm()) == pytest.approx(0.1, rel=1e-5)
+    with pytest.raises(DiffuGenError, match="--max-norm must be a positive number or 'vocab'; got -1"):
+        train_textual_inversion(images, "<d>", "object", "builtin:tiny", tmp_path / "d.safetensors",
+                                max_norm=-1, **fast)
+
+
 def test_one_init_word_per_vector():
     from diffugen.textual_inversion import add_token, init_token_ids
 
@@ -146,10 +165,14 @@ def test_trained_embedding_labels_in_generate(images, tmp_path, dataset_name):
 def test_cli(images, tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
     rc = cli(["textual-inversion", "train", "--images", str(images), "--token", "<cli>", "--init-word", "object",
-              "--model", "builtin:tiny", "--out", str(out), "--steps", "2", "--batch-size", "2", "--size", "64"])
+              "--model", "builtin:tiny", "--out", str(out), "--steps", "2", "--batch-size", "2", "--size", "64",
+              "--max-norm", "vocab"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and Path(printed[-1]).is_file() and Path(printed[-1]) == out.resolve()
     assert '"textual_inversion": [{"path": ' in printed[-2] and '"token": "<cli>"' in printed[-2]
     rc = cli(["textual-inversion", "train", "--images", str(images), "--token", "<cli>", "--init-word", "object",
               "--model", "builtin:tiny", "--out", str(out), "--steps", "2"])
     assert rc == 2 and "--resume" in capsys.readouterr().err
+    rc = cli(["textual-inversion", "train", "--images", str(images), "--token", "<cli2>", "--init-word", "object",
+              "--model", "builtin:tiny", "--out", str(tmp_path / "cli2.safetensors"), "--max-norm", "long"])
+    assert rc == 2 and "--max-norm must be a positive number or 'vocab'; got 'long'" in capsys.readouterr().err
