@@ -187,6 +187,7 @@ def main(argv=None) -> int:
         args.steps, args.n = 20, 8
 
     import fiftyone as fo
+    from safetensors.torch import load_file
 
     from diffugen.config import DiffuGenConfig
     from diffugen.textual_inversion import train_textual_inversion
@@ -206,8 +207,6 @@ def main(argv=None) -> int:
                                      checkpoint_every=0, progress=False, num_vectors=args.num_vectors,
                                      max_norm=args.max_norm if args.max_norm in (None, "vocab") else float(args.max_norm))
     train_s = time.time() - t0
-    from safetensors.torch import load_file
-
     norms = [round(float(v), 3) for v in load_file(emb)[token].float().norm(dim=-1).reshape(-1)]
     del result.pipeline
 

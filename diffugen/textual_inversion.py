@@ -337,8 +337,9 @@ def train_textual_inversion(
         num_vectors: rows the token gets (extra ones are named ``token_1``, ``token_2``, ...).
         max_norm: after each step, scale any new row longer than this back to this L2 norm;
             ``"vocab"``: the longest row of the model's own vocabulary. Unconstrained rows grow
-            several times longer than any word's and drown the other words of a prompt (colour
-            drift on the toy model, BENCHMARKS.md); ``None`` (default): the plain diffusers recipe.
+            several times longer than any word's (the toy ring's: 3×), which can drown the other
+            words of a prompt; on the toy ring the cap changed nothing measurable (BENCHMARKS.md).
+            ``None`` (default): the plain diffusers recipe.
         progress: show a tqdm bar with the loss.
 
     Returns:
@@ -401,12 +402,13 @@ def train_textual_inversion(
     optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
 
     identity = {"token": token, "init_word": init_word, "model": _model_key(model), "num_vectors": str(num_vectors)}
-    setup = {"seed": str(seed), "batch_size": str(batch_size), "size": str(size), "images": str(len(files)),
-             "max_norm": str(max_norm)}
+    setup = {"seed": str(seed), "batch_size": str(batch_size), "size": str(size), "images": str(len(files))}
+    if max_norm is not None:  # absent otherwise, as in checkpoints written before the option
+        setup["max_norm"] = str(max_norm)
     start, losses = 0, []
     if resume and ckpt.exists():
         state, meta = _read_checkpoint(ckpt, identity)
-        changed = {k: (meta.get(k), v) for k, v in setup.items() if meta.get(k) != v}
+        changed = {k: (meta.get(k), setup.get(k)) for k in [*setup, "max_norm"] if meta.get(k) != setup.get(k)}
         if changed:
             logger.warning("resuming %s with changed settings %s: the run will differ from an uninterrupted one",
                            ckpt, changed)

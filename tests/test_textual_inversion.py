@@ -93,7 +93,7 @@ def test_captions_and_two_vectors(images, tmp_path):
         train_textual_inversion(images, "<two>", "red", "builtin:tiny", tmp_path / "x.safetensors", **FAST)
 
 
-def test_max_norm_caps_the_new_rows(images, tmp_path):
+def test_max_norm_caps_the_new_rows(images, tmp_path, caplog):
     vocab = build_tiny_pipeline().text_encoder.get_input_embeddings().weight
     longest = float(vocab.norm(dim=1).max())
     fast = {**FAST, "lr": 0.5, "checkpoint_every": 0}  # a large step: unconstrained rows outgrow every word
@@ -107,6 +107,12 @@ def test_max_norm_caps_the_new_rows(images, tmp_path):
     fixed = train_textual_inversion(images, "<c>", "object", "builtin:tiny", tmp_path / "c.safetensors",
                                     max_norm=0.1, **fast)
     assert float(read_embedding(fixed.path, "<c>").norm()) == pytest.approx(0.1, rel=1e-5)
+    out = tmp_path / "e.safetensors"  # resuming with another cap is allowed, and said
+    train_textual_inversion(images, "<e>", "object", "builtin:tiny", out, **{**fast, "steps": 2, "checkpoint_every": 2})
+    with caplog.at_level("WARNING", logger="diffugen"):
+        train_textual_inversion(images, "<e>", "object", "builtin:tiny", out, resume=True, max_norm=0.1,
+                                **{**fast, "checkpoint_every": 2})
+    assert "changed settings {'max_norm': (None, '0.1')}" in caplog.text
     with pytest.raises(DiffuGenError, match="--max-norm must be a positive number or 'vocab'; got -1"):
         train_textual_inversion(images, "<d>", "object", "builtin:tiny", tmp_path / "d.safetensors",
                                 max_norm=-1, **fast)
