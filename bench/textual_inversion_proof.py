@@ -4,7 +4,9 @@ shape it never saw, then check that prompts with the new token draw it and that 
 Usage::
 
     python bench/textual_inversion_proof.py [--shape ring|star|oval] [--examples 8] [--steps 1500] [--n 100]
-        [--model M] [--num-vectors N --init-word "W1 .. WN"] [--quick]
+        [--model M] [--num-vectors N --init-word "W1 .. WN"] [--max-norm X|vocab] [--eval-seed S] [--keep] [--quick]
+
+(``--keep`` keeps the datasets, which ``bench/ti_eye_audit.py`` scores against the audits by eye.)
 
 1. **Examples**: ``--examples`` procedural scenes, each with one object of the novel shape
    (:data:`diffugen.toyworld.scene.NOVEL_SHAPES`; never in a training scene, its word not in the
