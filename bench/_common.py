@@ -123,7 +123,7 @@ def judged_kinds(model: str, target: str | None = None) -> tuple[tuple[str, ...]
 
 
 def foreground(image: "np.ndarray", distance: float = 60.0) -> "np.ndarray":
-    """The largest blob of pixels far from the background (the median colour of the border).
+    """The largest blob of pixels that stand out from the background (:func:`~diffugen.toyworld.scene.stands_out`).
 
     Not by palette colour as the other toy-world benches judge: conditioning without a colour word
     draws objects in several palette colours at once, which colour segmentation splits into pieces.
@@ -131,9 +131,9 @@ def foreground(image: "np.ndarray", distance: float = 60.0) -> "np.ndarray":
     import cv2
     import numpy as np
 
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
-    far = np.linalg.norm(image.astype(np.float32) - np.median(border, axis=0), axis=-1) > distance
-    far = cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    from diffugen.toyworld.scene import stands_out
+
+    far = cv2.morphologyEx(stands_out(image, distance).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(far, connectivity=8)
     if n < 2:
         return np.zeros(far.shape, bool)

@@ -57,6 +57,7 @@ from PIL import Image  # noqa: E402
 from _common import ROOT, colour_blobs, iou, judged_kinds, machine_line, mark  # noqa: E402
 
 TARGET_SHAPE_RATE = 0.70
+MIN_AREA = 12  # pixels: smaller colour blobs are noise
 EXAMPLE_SEED = 2_000_000_000  # example scenes: far from training (0..) and held-out (1e9..) seeds
 # Novel shapes in words the model knows: combinations it never saw (hollow and stretched squares
 # and triangles only).
@@ -109,40 +110,48 @@ def eval_prompts(n: int, word: str, eval_seed: int = 0) -> list[tuple[str, str]]
     return out
 
 
-def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int,
-          kinds: tuple[tuple[str, ...], bool]) -> dict:
-    """Shape rate and DAAM IoU of one generated dataset (``colours``: prompt → requested colour;
-    ``kinds``: :func:`judged_kinds`), with two judges of the shape of the requested colour's largest blob:
+def judge_image(image: np.ndarray, colour: str, kinds: tuple[tuple[str, ...], bool], tolerance: float,
+                min_area: int) -> tuple[list, str | None, str | None]:
+    """The requested colour's blobs (largest first) and the kind of the largest by each judge:
 
     - ``colour``: the blob itself, :func:`~diffugen.toyworld.scene.classify_shape`;
     - ``contrast``: the object the blob belongs to by contrast with the background
       (:func:`~diffugen.toyworld.scene.object_by_contrast`), with any enclosed hole
       (:func:`~diffugen.toyworld.scene.classify_with_holes`). Colour drift splits a ring into arcs for
       the first; BENCHMARKS.md has both against a blind audit by eye.
+
+    ``([], None, None)`` when the colour is absent.
     """
-    from diffugen.labels.unsupervised import extract_labels
     from diffugen.toyworld.scene import classify_shape, classify_with_holes, object_by_contrast
 
-    shapes, round_holes = kinds
-    counts = {s: 0 for s in shapes}
-    counts_contrast = {s: 0 for s in shapes}
+    blobs = colour_blobs(image, colour, tolerance, min_area)
+    if not blobs:
+        return [], None, None
+    body = object_by_contrast(image, blobs[0].mask)
+    return (blobs, classify_shape(blobs[0].mask, *kinds),
+            classify_with_holes(body if body is not None else blobs[0].mask, *kinds))
+
+
+def judge(run: str, ds, colours: dict[str, str], shape: str, word: str, params, tolerance: float, min_area: int,
+          kinds: tuple[tuple[str, ...], bool]) -> dict:
+    """Shape rate (by both judges of :func:`judge_image`) and DAAM IoU of one generated dataset
+    (``colours``: prompt → requested colour; ``kinds``: :func:`judged_kinds`)."""
+    from diffugen.labels.unsupervised import extract_labels
+
+    counts = {s: 0 for s in kinds[0]}
+    counts_contrast = {s: 0 for s in kinds[0]}
     present = right = right_contrast = 0
     ious: list[float] = []
     for sample in ds.iter_samples(progress=False):
         image = np.asarray(Image.open(sample.filepath).convert("RGB"))
-        colour = colours[sample["prompt"]]
-        blobs = colour_blobs(image, colour, tolerance, min_area)
+        blobs, guess, guess_contrast = judge_image(image, colours[sample["prompt"]], kinds, tolerance, min_area)
         if not blobs:
             continue
         present += 1
-        blob = blobs[0]
-        guess = classify_shape(blob.mask, shapes, round_holes)
         counts[guess] += 1
         right += guess == shape
-        body = object_by_contrast(image, blob.mask)
-        guess = classify_with_holes(body if body is not None else blob.mask, shapes, round_holes)
-        counts_contrast[guess] = counts_contrast.get(guess, 0) + 1
-        right_contrast += guess == shape
+        counts_contrast[guess_contrast] += 1
+        right_contrast += guess_contrast == shape
         for hm in sample["word_heatmaps"] or []:
             if hm.word == word:
                 m = np.asarray(Image.open(hm.map_path)).astype(np.float32) / 255.0
@@ -179,7 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--tolerance", type=float, default=60.0)
-    ap.add_argument("--min-area", type=int, default=12)
+    ap.add_argument("--min-area", type=int, default=MIN_AREA)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-controls", action="store_true", help="skip the plain-word and init-word runs")
     ap.add_argument("--keep", action="store_true")
@@ -207,7 +216,7 @@ def main(argv=None) -> int:
     result = train_textual_inversion(work / "examples", token, args.init_word, args.model, emb,
                                      steps=args.steps, lr=args.lr, batch_size=args.ti_batch, device=args.device,
                                      checkpoint_every=0, progress=False, num_vectors=args.num_vectors,
-                                     max_norm=args.max_norm if args.max_norm in (None, "vocab") else float(args.max_norm))
+                                     max_norm=args.max_norm)
     train_s = time.time() - t0
     norms = [round(float(v), 3) for v in load_file(emb)[token].float().norm(dim=-1).reshape(-1)]
     del result.pipeline

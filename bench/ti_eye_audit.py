@@ -11,7 +11,7 @@ shown 50 to a sheet without prompts, each marked ``ring``, ``not ring`` or ``unc
 unblinding. A tile is found again by its run (from the prompt's words), eval seed (from the image
 seed: ``--eval-seed S`` draws seeds from ``S * 1_000_001``) and prompt; the proof's images are
 deterministic, so a rerun of the proof reproduces them. For each judge of
-``textual_inversion_proof.judge`` this prints how many of the eye's rings it calls a ring (recall)
+``textual_inversion_proof.judge_image`` this prints how many of the eye's rings it calls a ring (recall)
 and how many of the eye's non-rings (false positives).
 """
 
@@ -30,7 +30,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import ROOT, colour_blobs, judged_kinds  # noqa: E402
+from _common import ROOT, judged_kinds  # noqa: E402
+from textual_inversion_proof import MIN_AREA, judge_image  # noqa: E402
 
 AUDIT = ROOT / "bench" / "data" / "ti_ring_eye_audit.json"
 EVAL_SEED_STRIDE = 1_000_001  # textual_inversion_proof: --eval-seed S draws image seeds from S * this
@@ -43,17 +44,6 @@ def run_of(prompt: str) -> str:
     if "hollow circle" in prompt:
         return "described 'hollow circle'"
     return "plain word 'ring'" if " ring " in prompt else "init word 'circle'"
-
-
-def judges(image: np.ndarray, colour: str, kinds, tolerance: float) -> dict[str, str | None]:
-    from diffugen.toyworld.scene import classify_shape, classify_with_holes, object_by_contrast
-
-    blobs = colour_blobs(image, colour, tolerance)
-    if not blobs:
-        return {"colour": None, "contrast": None}
-    body = object_by_contrast(image, blobs[0].mask)
-    return {"colour": classify_shape(blobs[0].mask, *kinds),
-            "contrast": classify_with_holes(body if body is not None else blobs[0].mask, *kinds)}
 
 
 def main(argv=None) -> int:
@@ -81,7 +71,9 @@ def main(argv=None) -> int:
             if fp is None:
                 continue
             colour = next(c for c in COLORS if f"a {c} " in t["prompt"])
-            for judge, kind in judges(np.asarray(Image.open(fp).convert("RGB")), colour, kinds, args.tolerance).items():
+            _, by_colour, by_contrast = judge_image(np.asarray(Image.open(fp).convert("RGB")), colour, kinds,
+                                                    args.tolerance, MIN_AREA)
+            for judge, kind in (("colour", by_colour), ("contrast", by_contrast)):
                 called[(judge, t["eye"])] += kind == "ring"
         print(f"audit {audit['shuffle_seed']}: {len(found) - missing} of {len(found)} tiles found "
               f"(eye: {eye['ring']} ring, {eye['unclear']} unclear, {eye['not ring']} not ring)")

@@ -250,6 +250,19 @@ def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: 
 
 
 # ---- files ---------------------------------------------------------------------------------------
+def _max_norm(value: float | str | None) -> float | str | None:
+    """``max_norm`` checked: ``None``, ``"vocab"``, or a positive number (a string from the CLI too)."""
+    if value is None or value == "vocab":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise DiffuGenError(f"--max-norm must be a positive number or 'vocab'; got {value!r}")
+    return number
+
+
 def checkpoint_path(out: str | Path) -> Path:
     """Where a run writing ``out`` keeps its checkpoint: ``NAME.ckpt.safetensors`` next to it."""
     out = Path(out)
@@ -335,8 +348,8 @@ def train_textual_inversion(
         checkpoint_every: write ``OUT.ckpt.safetensors`` every this many steps and at the end (0: never).
         resume: continue from that checkpoint; without it an existing checkpoint is refused.
         num_vectors: rows the token gets (extra ones are named ``token_1``, ``token_2``, ...).
-        max_norm: after each step, scale any new row longer than this back to this L2 norm;
-            ``"vocab"``: the longest row of the model's own vocabulary. Unconstrained rows grow
+        max_norm: after each step, scale any new row longer than this back to this L2 norm (a number,
+            or its text); ``"vocab"``: the longest row of the model's own vocabulary. Unconstrained rows grow
             several times longer than any word's (the toy ring's: 3×), which can drown the other
             words of a prompt; on the toy ring the cap changed nothing measurable (BENCHMARKS.md).
             ``None`` (default): the plain diffusers recipe.
@@ -361,6 +374,7 @@ def train_textual_inversion(
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise DiffuGenError(
             f"steps and batch size must be >= 1 and lr > 0; got steps={steps}, batch_size={batch_size}, lr={lr}")
+    max_norm = _max_norm(max_norm)
     templates = list(templates or DEFAULT_TEMPLATES)
     bad = [t for t in templates if "{}" not in t]
     if bad:
@@ -397,8 +411,6 @@ def train_textual_inversion(
     keep[ids] = False
     if max_norm == "vocab":
         max_norm = float(frozen[keep].norm(dim=1).max())
-    elif max_norm is not None and (isinstance(max_norm, str) or max_norm <= 0):
-        raise DiffuGenError(f"--max-norm must be a positive number or 'vocab'; got {max_norm!r}")
     optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
 
     identity = {"token": token, "init_word": init_word, "model": _model_key(model), "num_vectors": str(num_vectors)}
@@ -484,22 +496,12 @@ def train_textual_inversion(
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
-def _norm_arg(value: str | None) -> float | str | None:
-    """``--max-norm``: a number, or ``vocab``."""
-    if value is None or value == "vocab":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise DiffuGenError(f"--max-norm must be a positive number or 'vocab'; got {value!r}") from None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     result = train_textual_inversion(
         args.images, args.token, args.init_word, args.model, args.out, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, size=args.size, templates=args.template, seed=args.seed, device=args.device,
         dtype=args.dtype, checkpoint_every=args.checkpoint_every, resume=args.resume, num_vectors=args.num_vectors,
-        max_norm=_norm_arg(args.max_norm),
+        max_norm=args.max_norm,
     )
     print(result)
     print(f"use it in a generate config: {result.config_snippet()[1:-1]}")

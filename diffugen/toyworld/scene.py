@@ -411,13 +411,21 @@ def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES, round_hol
     return best
 
 
+def stands_out(image: np.ndarray, distance: float = MIN_BACKGROUND_DISTANCE) -> np.ndarray:
+    """``(H, W)`` bool: the pixels farther than ``distance`` (sRGB) from the background, taken to be the
+    median colour of the image border; for generated images, whose colours drift off the references."""
+    px = np.asarray(image, np.float32)
+    border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
+    return np.linalg.norm(px - np.median(border, axis=0), axis=-1) > distance
+
+
 def object_by_contrast(image: np.ndarray, seed: np.ndarray, distance: float = MIN_BACKGROUND_DISTANCE,
                        body_tolerance: float = 80.0) -> np.ndarray | None:
     """The object that ``seed`` (a bool mask, e.g. a colour blob of :func:`recover_instances`) belongs to, by
     contrast rather than by palette: for generated objects whose colour drifts off the palette.
 
-    The object is the region of pixels farther than ``distance`` from the background (the median colour
-    of the image border) that overlaps ``seed`` most, with its holes filled; its **body** is the largest
+    The object is the region of pixels that stand out from the background (:func:`stands_out`) that
+    overlaps ``seed`` most, with its holes filled; its **body** is the largest
     part of it within ``body_tolerance`` of the colour of its middle band (distance from the edge 15–45%
     of the deepest: the body of a ring, not its hole; the inside of a solid shape) that stands out from the
     background. A hole whose pixels are tinted, not background, is thus still a hole, and a body that
@@ -425,8 +433,7 @@ def object_by_contrast(image: np.ndarray, seed: np.ndarray, distance: float = MI
     from the background.
     """
     px = np.asarray(image, np.float32)
-    border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
-    far = np.linalg.norm(px - np.median(border, axis=0), axis=-1) > distance
+    far = stands_out(px, distance)
     n, labels, _, _ = cv2.connectedComponentsWithStats(far.astype(np.uint8), connectivity=8)
     overlap = np.bincount(labels[seed], minlength=n)
     overlap[0] = 0
