@@ -1,6 +1,9 @@
-"""Helpers shared by the bench scripts (not part of the library).
+"""Setup and helpers shared by the bench scripts (not part of the library).
 
-Importing this module puts the repository root on ``sys.path``, so the scripts run without an install.
+Run a bench from the repository root with the virtualenv active: ``python bench/NAME.py``. The
+package is installed (editable), and this module is found as ``_common`` because it sits in the
+script's own folder (``sys.path[0]``). A bench that uses FiftyOne calls :func:`private_database`
+before it imports fiftyone: it never writes into a database the user has running.
 """
 
 from __future__ import annotations
@@ -13,10 +16,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+_DATABASE: str | None = None
+
+
+def private_database() -> str:
+    """A mongod of this process's own, on a free port in a temporary folder, gone when the process
+    exits (:func:`diffugen.testing.start_private_mongod`; FiftyOne would otherwise join any database
+    service already running, whatever ``FIFTYONE_DATABASE_DIR`` says). Its URI; once per process,
+    before fiftyone is imported. Subprocesses (workers) inherit it through ``FIFTYONE_DATABASE_URI``."""
+    global _DATABASE
+    if _DATABASE is None:
+        if "fiftyone" in sys.modules:
+            raise RuntimeError("private_database() must run before fiftyone is imported")
+        from diffugen.testing import start_private_mongod
+
+        uri = start_private_mongod("diffugen-bench-db-")
+        fo = sys.modules.get("fiftyone")
+        if fo is not None and getattr(getattr(fo, "config", None), "database_uri", uri) != uri:
+            raise RuntimeError("fiftyone was imported before its private database was set: it would join another one")
+        _DATABASE = uri
+    return _DATABASE
 
 
 def pick_device(name: str | None) -> str:
@@ -61,7 +83,7 @@ def mark(value: float, target: float, higher_is_better: bool = False) -> str:
 
 def build_sd_sized_pipeline(sample_size: int = 64):
     """A StableDiffusionPipeline with SD-1.5-sized components and random weights (no download); for GPUs."""
-    from diffugen.builtin import build_sd15_sized_pipeline
+    from diffugen.generation.builtin import build_sd15_sized_pipeline
 
     return build_sd15_sized_pipeline(sample_size)
 
@@ -70,7 +92,7 @@ def build_pipeline(sd_unet: bool, device: str, dtype: str | None = None):
     """``builtin:tiny`` (default) or the SD-1.5-sized variant, on ``device``, progress bar off."""
     import torch
 
-    from diffugen.builtin import build_tiny_pipeline
+    from diffugen.generation.builtin import build_tiny_pipeline
 
     pipe = build_sd_sized_pipeline() if sd_unet else build_tiny_pipeline()
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
@@ -95,7 +117,7 @@ def machine_line(device: str) -> str:
 
 def colour_blobs(image, colour: str, tolerance: float = 60.0, min_area: int = 12) -> list:
     """The toy-world instances of ``colour`` in ``image`` (truth read back by colour), largest first."""
-    from diffugen.toyworld.scene import recover_instances
+    from diffugen.toyworld.truth import recover_instances
 
     found = [r for r in recover_instances(image, tolerance, min_area, open_noise=True) if r.color == colour]
     return sorted(found, key=lambda r: r.area, reverse=True)
@@ -107,34 +129,3 @@ def iou(a, b) -> float:
 
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def judged_kinds(model: str, target: str | None = None) -> tuple[tuple[str, ...], bool]:
-    """The kinds a blob is judged among, and whether holes are round: those of the model's world
-    (:func:`diffugen.toyworld.load_world`: the shapes a fine-tune added, and their hollow kinds), and
-    ``target`` (the shape a proof asks for: a ``"house"`` the world lacks)."""
-    from diffugen.toyworld import load_world
-    from diffugen.toyworld.scene import ALL_LABELS
-
-    world = load_world(None if model == "builtin:toyworld" else model)
-    more = list(world.get("shapes", ())) + [f"hollow {s}" for s in world.get("hollow_shapes", ())]
-    more += [target] if target else []
-    return ALL_LABELS + tuple(k for k in dict.fromkeys(more) if k not in ALL_LABELS), bool(world.get("round_holes"))
-
-
-def foreground(image: "np.ndarray", distance: float = 60.0) -> "np.ndarray":
-    """The largest blob of pixels that stand out from the background (:func:`~diffugen.toyworld.scene.stands_out`).
-
-    Not by palette colour as the other toy-world benches judge: conditioning without a colour word
-    draws objects in several palette colours at once, which colour segmentation splits into pieces.
-    """
-    import cv2
-    import numpy as np
-
-    from diffugen.toyworld.scene import stands_out
-
-    far = cv2.morphologyEx(stands_out(image, distance).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(far, connectivity=8)
-    if n < 2:
-        return np.zeros(far.shape, bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))

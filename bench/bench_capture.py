@@ -9,7 +9,7 @@ The same pipeline (``builtin:tiny``, or with ``--sd-unet`` an SD-1.5-sized one w
 meant for a GPU), prompts and seeds are generated one image at a time in three modes:
 
 * ``bare``: ``pipe(prompt, ...)``, plain diffusers;
-* ``ours``: what ``Generator.run_batch`` does: tokenize + embed, :func:`capture_heatmaps`,
+* ``ours``: what ``Runner.run_batch`` does: tokenize + embed, :func:`capture_heatmaps`,
   ``collector.reset`` with the class words' tokens, the pipeline call, ``word_heatmaps`` → uint8;
 * ``refined`` (with ``--refine-power N``): ``ours`` plus Dataset Diffusion's self-attention
   refinement (:func:`capture_heatmaps` with ``refine_power=N`` and ``--refine-layers`` (down blocks,
@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
 import numpy as np
 import torch
 
 from _common import build_pipeline, machine_line, mark, median, pick_device, timer
 
-from diffugen.attention import capture_heatmaps
-from diffugen.encoding import embed, tokenize, word_positions
+from diffugen.generation.attention import capture_heatmaps
+from diffugen.generation.sd import embed, tokenize, word_positions
 
 TARGET = 1.10
 

@@ -1,6 +1,6 @@
 """DAAM-vs-YOLO comparison throughput on synthetic labels (no generation, real FiftyOne).
 
-    FIFTYONE_DATABASE_DIR=/tmp/fodb-bench python bench/bench_compare.py [--n 1000] [--labels 3]
+    python bench/bench_compare.py [--n 1000] [--labels 3]
 
 Each sample (512×512) gets ~3 DAAM and ~3 YOLO detections with instance masks, the YOLO ones
 jittered copies of the DAAM ones. Prints samples/s for matching alone and with FiftyOne's
@@ -8,15 +8,11 @@ jittered copies of the DAAM ones. Prints samples/s for matching alone and with F
 """
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+from _common import private_database
 
 
 def main() -> None:
@@ -25,9 +21,10 @@ def main() -> None:
     ap.add_argument("--labels", type=int, default=3)
     args = ap.parse_args()
 
+    private_database()
     import fiftyone as fo
 
-    from diffugen.compare import compare_labels
+    from diffugen.labels.compare import compare_labels
 
     rng = np.random.default_rng(0)
     name = "bench-compare"

@@ -8,15 +8,16 @@ Usage::
 Writes a temporary config (2 templates × attributes × 2 seeds = 16 images with class words in every
 prompt) and times, with the model already loaded:
 
-* ``generate``: ``diffugen.generate.generate(cfg, generator=gen)`` into a fresh FiftyOne dataset
-  (deleted before and after): prompt encoding, capture, word heatmaps, unsupervised labels,
+* ``generate``: ``diffugen.generation.runner.generate(cfg, runner=runner)`` into a fresh FiftyOne
+  dataset (deleted before and after): prompt encoding, capture, word heatmaps, unsupervised labels,
   PNG files, FiftyOne samples;
 * ``bare``: the same pipeline called with the same prompts, negative prompt, seeds (CPU generators)
   and batches, ``output_type="np"``: no capture, no labels, no files, no database.
 
 Repetitions alternate the order of the two. Reported: the ratio of the median times (target
-<= 1.25) and where the extra time of ``generate`` goes (pipeline calls inside ``run_batch``, the
-rest of ``run_batch``, ``build_sample``, the remainder: planning, dataset, inserts).
+<= 1.25) and where the time of ``generate`` goes, from the runner's own phase timings
+(``Runner.timings``: prompt encoding + pipeline calls, heatmaps, labels, files, ``open_dataset``,
+inserts; the remainder: pipeline lookup, planning, the resume query, building the samples).
 
 ``builtin:tiny`` (the default: random weights, 256² in 5 steps) is a stress case for everything
 around the pipeline: its heatmaps are noise, so each image gets ~25 detections with ~1,000 polygon
@@ -27,34 +28,33 @@ toy-world prompts; use ``--size 64 --steps 25``) has realistic labels.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (repo root on sys.path, FIFTYONE_DO_NOT_TRACK)
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar in the figures (tqdm reads it when imported)
 
-from _common import machine_line, mark, median, pick_device, sync
+import torch  # noqa: E402
 
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+from _common import machine_line, mark, median, pick_device, private_database, sync  # noqa: E402
+
+private_database()
 
 import fiftyone as fo  # noqa: E402
 
-from diffugen import dataset as dsu  # noqa: E402
 from diffugen.config import load_config  # noqa: E402
-from diffugen.generate import Generator, generate, plan  # noqa: E402
-
-generate_module = sys.modules["diffugen.generate"]  # (the package re-exports a function of that name)
-
-generate_module.tqdm = functools.partial(generate_module.tqdm, disable=True)  # no progress bar in the figures
+from diffugen.generation.planner import plan  # noqa: E402
+from diffugen.generation.runner import Runner, generate  # noqa: E402
 
 TARGET = 1.25
 DATASET = "diffugen-bench-generate"
+PHASES = {  # Runner.timings keys → how they are printed
+    "pipeline": "encode + pipeline calls", "heatmaps": "heatmaps", "labels": "labels", "files": "files (PNGs)",
+    "open_dataset": "open_dataset", "insert": "inserts",
+}
 
 
 def write_config(folder: Path, size: int, steps: int, batch_size: int, device: str, model: str) -> Path:
@@ -101,42 +101,6 @@ def delete_dataset() -> None:
         fo.delete_dataset(DATASET)
 
 
-def instrument(gen: Generator, pipe, acc: dict[str, float], device: str) -> None:
-    """Wrap the pipeline call, run_batch, build_sample, open_dataset and SampleWriter.flush to split the time."""
-    def timed(key, fn):
-        def wrapper(*args, **kwargs):
-            sync(device)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                sync(device)
-                acc[key] += time.perf_counter() - t0
-        return wrapper
-
-    gen.run_batch = timed("run_batch", gen.run_batch)
-    gen.build_sample = timed("build_sample", gen.build_sample)
-    # Module-level: generate() calls dsu.open_dataset and SampleWriter.flush (bench process only).
-    dsu.open_dataset = timed("open_dataset", dsu.open_dataset)
-    dsu.SampleWriter.flush = timed("flush", dsu.SampleWriter.flush)
-    # The pipeline class's __call__, patched in this process only: Generator.pipeline() hands out a
-    # new pipeline object (from_pipe) on every call, so an instance-level wrapper would be missed.
-    cls = type(pipe)
-    call = cls.__call__
-
-    @functools.wraps(call)
-    def timed_call(self, *args, **kwargs):
-        sync(device)
-        t0 = time.perf_counter()
-        try:
-            return call(self, *args, **kwargs)
-        finally:
-            sync(device)
-            acc["pipe"] += time.perf_counter() - t0
-
-    cls.__call__ = timed_call
-
-
 def label_stats(ds) -> dict[str, float]:
     n = len(ds)
     dets = sum(len(d.detections) for d in ds.values("daam_detections") if d is not None)
@@ -163,19 +127,16 @@ def main() -> None:
     try:
         cfg = load_config(write_config(tmp, a.size, a.steps, a.batch_size, device, a.model))
         items = plan(cfg, "txt2img")
-        gen = Generator(cfg)
-        pipe = gen.pipeline("txt2img")  # model load excluded from the timings
+        runner = Runner(cfg)
+        pipe = runner.pipeline("txt2img")  # model load excluded from the timings
         print(machine_line(device))
         print(f"{a.model}: {len(items)} images, {a.size}x{a.size}, {a.steps} steps, batch {a.batch_size}, "
               f"class words {cfg.class_words}, reps {a.reps}")
-        fo.list_datasets()  # start mongod before timing
+        fo.list_datasets()  # connect to the database before timing
         delete_dataset()
 
-        acc = {"pipe": 0.0, "run_batch": 0.0, "build_sample": 0.0, "open_dataset": 0.0, "flush": 0.0}
-        instrument(gen, pipe, acc, device)
         with torch.no_grad():
             run_bare(pipe, cfg, items[: a.batch_size])  # warm-up (first-call costs)
-        acc["pipe"] = 0.0
 
         times: dict[str, list[float]] = {"bare": [], "generate": []}
         parts: list[dict[str, float]] = []
@@ -184,7 +145,6 @@ def main() -> None:
             order = ["bare", "generate"] if rep % 2 == 0 else ["generate", "bare"]
             for mode in order:
                 if mode == "bare":
-                    acc["pipe"] = 0.0
                     sync(device)
                     t0 = time.perf_counter()
                     with torch.no_grad():
@@ -194,15 +154,15 @@ def main() -> None:
                 else:
                     delete_dataset()
                     shutil.rmtree(tmp / "out", ignore_errors=True)
-                    for k in acc:
-                        acc[k] = 0.0
+                    runner.timings = {}
                     sync(device)
                     t0 = time.perf_counter()
-                    summary = generate(cfg, generator=gen)
+                    summary = generate(cfg, runner=runner)
                     sync(device)
                     dt = time.perf_counter() - t0
                     times["generate"].append(dt)
-                    parts.append({**acc, "total": dt})
+                    parts.append({**runner.timings, "total": dt})
+                    runner.timings = None
                     made = sum(t.made for t in summary.tasks)
                     assert made == len(items), summary
                     ds = fo.load_dataset(DATASET)
@@ -218,10 +178,11 @@ def main() -> None:
         p = sorted(parts, key=lambda x: x["total"])[len(parts) // 2]  # the breakdown of the median run
         print(f"bare     : median {mb:.2f} s ({len(items) / mb:.1f} images/s)")
         print(f"generate : median {mg:.2f} s ({len(items) / mg:.1f} images/s)")
-        print(f"  inside the median generate run ({p['total']:.2f} s): pipeline calls {p['pipe']:.2f} s, rest of run_batch (encode, heatmaps) "
-              f"{p['run_batch'] - p['pipe']:.2f} s, build_sample (labels, PNGs) {p['build_sample']:.2f} s, "
-              f"open_dataset {p['open_dataset']:.2f} s, inserts (SampleWriter.flush) {p['flush']:.2f} s, other (pipeline lookup, plan, "
-              f"resume query) {p['total'] - p['run_batch'] - p['build_sample'] - p['open_dataset'] - p['flush']:.2f} s")
+        phases = {k: p.get(k, 0.0) for k in PHASES}
+        other = p["total"] - sum(phases.values())
+        print(f"  inside the median generate run ({p['total']:.2f} s): "
+              + ", ".join(f"{PHASES[k]} {v:.2f} s" for k, v in phases.items())
+              + f", other (pipeline lookup, plan, resume query, fo.Sample objects) {other:.2f} s")
         print(f"  labels per sample: {stats['det']:.1f} detections, "
               f"{stats['pts']:.0f} polygon points, {stats['words']:.1f} word heatmaps")
         print(f"generate/bare = {ratio:.2f}   (ratio of median times; per rep: "

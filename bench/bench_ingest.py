@@ -4,15 +4,15 @@ Usage::
 
     python bench/bench_ingest.py [--n 2000] [--size 512] [--instances 3] [--batch-size 64] [--no-compare]
 
-Builds ``n`` ``fo.Sample`` objects shaped exactly like ``Generator.build_sample`` makes them:
+Builds ``n`` ``fo.Sample`` objects shaped exactly like ``Runner.build_sample`` makes them:
 image path, ``heatmap``, ``word_heatmaps`` (2 words), ``daam_segmentation`` (``mask_path``),
 ``daam_polygons`` and ``daam_detections`` (instance masks cropped to their boxes), the
 ``attributes`` document and the provenance fields. Their labels come from
 :func:`extract_labels` on a few synthetic ``size``² heatmaps (so polygons and masks have
 realistic sizes), capped at ``--instances`` per sample; the PNG files are a handful written
 once and shared by all samples. Then it times inserting them through
-:class:`diffugen.dataset.SampleWriter` into a fresh dataset made by
-:func:`diffugen.dataset.open_dataset` (deleted afterwards). Target: >= 500 samples/s.
+:class:`diffugen.store.writer.SampleWriter` into a fresh dataset made by
+:func:`diffugen.store.dataset.open_dataset` (deleted afterwards). Target: >= 500 samples/s.
 
 For reference (a ratio within the same run) it then inserts fresh copies of the same samples as
 raw documents: ``Dataset._make_dict`` + ``insert_many``, i.e. what ``add_samples`` writes, without
@@ -29,18 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (repo root on sys.path, FIFTYONE_DO_NOT_TRACK)
 import numpy as np
 
-from _common import mark
+from _common import mark, private_database
 
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+private_database()
 
 import fiftyone as fo  # noqa: E402
 
 from bench_labels import make_heatmaps  # noqa: E402
-from diffugen import dataset as dsu  # noqa: E402
-from diffugen.labels.unsupervised import LabelParams, extract_labels  # noqa: E402
+from diffugen.labels.daam import LabelParams, extract_labels  # noqa: E402
+from diffugen.store.dataset import open_dataset  # noqa: E402
+from diffugen.store.files import write_png  # noqa: E402
+from diffugen.store.writer import SampleWriter  # noqa: E402
 
 TARGET = 500.0
 DATASET = "diffugen-bench-ingest"
@@ -52,9 +53,9 @@ def write_files(folder: Path, size: int, k: int = 4) -> dict[str, list[str]]:
     rng = np.random.default_rng(0)
     files: dict[str, list[str]] = {"image": [], "heatmap": [], "mask": []}
     for i in range(k):
-        files["image"].append(str(dsu.write_png(folder / "images" / f"{i}.png", rng.integers(0, 255, (size, size, 3), np.uint8))))
-        files["heatmap"].append(str(dsu.write_png(folder / "heatmaps" / f"{i}.png", rng.integers(0, 255, (size, size), np.uint8))))
-        files["mask"].append(str(dsu.write_png(folder / "masks" / f"{i}.png", rng.integers(0, 3, (size, size), np.uint8))))
+        files["image"].append(str(write_png(folder / "images" / f"{i}.png", rng.integers(0, 255, (size, size, 3), np.uint8))))
+        files["heatmap"].append(str(write_png(folder / "heatmaps" / f"{i}.png", rng.integers(0, 255, (size, size), np.uint8))))
+        files["mask"].append(str(write_png(folder / "masks" / f"{i}.png", rng.integers(0, 3, (size, size), np.uint8))))
     return files
 
 
@@ -65,7 +66,7 @@ def label_pool(size: int, k: int = 16):
 
 
 def make_sample(i: int, files, pool, max_instances: int, size: int) -> fo.Sample:
-    """One sample with the fields and label types of ``Generator.build_sample``."""
+    """One sample with the fields and label types of ``Runner.build_sample``."""
     j = i % len(files["image"])
     word_heatmaps = [
         fo.Heatmap(map_path=files["heatmap"][(j + w) % len(files["heatmap"])], range=[0, 255], word=word, label=word)
@@ -132,11 +133,11 @@ def main() -> None:
         mask_px = sum(d.mask.size for s in samples for d in s.daam_detections.detections) / a.n
 
         t0 = time.perf_counter()
-        ds = dsu.open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
+        ds = open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
         t_open = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        with dsu.SampleWriter(ds, batch_size=a.batch_size) as writer:
+        with SampleWriter(ds, batch_size=a.batch_size) as writer:
             for s in samples:
                 writer.add(s)
         dt = time.perf_counter() - t0
@@ -150,7 +151,7 @@ def main() -> None:
             # FiftyOne API), with pymongo insert_many, no backing-document reload. Fresh samples.
             fo.delete_dataset(DATASET)
             samples = [make_sample(i, files, pool, a.instances, a.size) for i in range(a.n)]
-            ds = dsu.open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
+            ds = open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
             t0 = time.perf_counter()
             for k in range(0, a.n, a.batch_size):
                 now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)

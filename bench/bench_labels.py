@@ -12,16 +12,12 @@ default :class:`LabelParams`. Target: >= 200 images/s at 512x512 on one core.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffugen.labels.unsupervised import LabelParams, extract_labels  # noqa: E402
+from diffugen.labels.daam import LabelParams, extract_labels
 
 TARGET = 200.0
 

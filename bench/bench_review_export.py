@@ -5,9 +5,9 @@ Usage::
     python bench/bench_review_export.py [--n 10000] [--formats yolo,coco,masks] [--keep]
 
 Builds ``n`` samples (a 64x96 PNG each, ``metadata`` set, 1-3 ``daam_detections`` with instance
-masks and scores, some labels tagged ``approved``/``rejected``), in a private database under a
-temporary folder, then times :func:`diffugen.review.build_review_queue`,
-:func:`diffugen.review.apply_review` and :func:`diffugen.export.export_dataset` (one run each,
+masks and scores, some labels tagged ``approved``/``rejected``), in a private database, media in a
+temporary folder, then times :func:`diffugen.curation.review.build_review_queue`,
+:func:`diffugen.curation.review.apply_review` and :func:`diffugen.curation.export.export_dataset` (one run each,
 the dataset being warm). Target: >= 500 samples/s for apply_review and for each export format.
 """
 
@@ -15,26 +15,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-_TMP = tempfile.mkdtemp(prefix="diffugen-bench-review-")
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_TMP, "db"))
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+import cv2
+import numpy as np
+
+from _common import private_database
+
+private_database()
 os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 import fiftyone as fo  # noqa: E402
 
-from diffugen.export import export_dataset  # noqa: E402
-from diffugen.review import APPROVED, REJECTED, apply_review, build_review_queue  # noqa: E402
+from diffugen.curation.export import export_dataset  # noqa: E402
+from diffugen.curation.review import APPROVED, REJECTED, apply_review, build_review_queue  # noqa: E402
 
 TARGET = 500.0
 W, H = 96, 64
@@ -83,7 +81,7 @@ def main() -> int:
     ap.add_argument("--formats", default="yolo,coco,masks")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
-    root = Path(_TMP)
+    root = Path(tempfile.mkdtemp(prefix="diffugen-bench-review-"))
     t0 = time.perf_counter()
     ds = build(args.n, root / "media")
     print(f"built {args.n} samples ({ds.count('daam_detections.detections')} labels) in {time.perf_counter() - t0:.1f} s")
@@ -104,12 +102,10 @@ def main() -> int:
         ok &= args.n / dt >= TARGET
         print(f"export {fmt:5s}:       {out.labels} labels, {out.splits}  {rate(args.n, dt)}")
     fo.delete_dataset(ds.name)
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(root / "media", ignore_errors=True)
-        for fmt in args.formats.split(","):
-            shutil.rmtree(root / f"export-{fmt}", ignore_errors=True)
+    if args.keep:
+        print(f"kept the media and exports in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1
 
 

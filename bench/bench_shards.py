@@ -1,11 +1,12 @@
 """Scale-out: two `fiftyone delegated launch` workers vs one on the same sharded config.
 
-    FIFTYONE_DATABASE_DIR=/tmp/fodb-bench python bench/bench_shards.py [--images 64] [--shards 4]
+    python bench/bench_shards.py [--images 64] [--shards 4] [--steps 20] [--size 64]
 
 Each worker is limited to one torch thread (OMP_NUM_THREADS=1). Workers are started and warmed
 up (their first shard imports diffusers and loads the model) before the clock starts; the clock
 runs from queueing until every shard is completed. Also measures the per-shard overhead (queue +
-claim + setup) with shards of one image each.
+claim + setup) with shards of one image each. The workers share this process's private database
+(they inherit ``FIFTYONE_DATABASE_URI``).
 """
 
 import argparse
@@ -17,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+from _common import private_database
 
 
 SIZE = 64
@@ -47,7 +47,7 @@ def start_workers(n: int, plugins: Path) -> list[subprocess.Popen]:
 def _queue_and_wait(name: str, path: Path, shards: int) -> float:
     import fiftyone as fo
 
-    from diffugen.shards import queue_shards, shard_status
+    from diffugen.generation.shards import queue_shards, shard_status
 
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
@@ -94,9 +94,10 @@ def main() -> None:
     global SIZE
     SIZE = args.size
 
+    private_database()
     import fiftyone as fo
 
-    from diffugen.plugin import install_plugin
+    from diffugen.plugin.install import install_plugin
 
     tmp = Path(tempfile.mkdtemp())
     install_plugin(tmp / "plugins")

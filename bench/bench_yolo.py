@@ -3,18 +3,18 @@
     python bench/bench_yolo.py [--n 32] [--size 256] [--batch 16] [--imgsz 256]
 
 Uses an untrained YOLOv8n-seg built from its yaml (no download), saved as a local .pt, through
-DiffuGen's own labeler (predict + FiftyOne conversion + semantic mask), as generation uses it.
+DiffuGen's own labeler (:class:`diffugen.labels.yolo.YoloLabeler`: predict + FiftyOne conversion +
+semantic mask), as generation uses it.
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import private_database
 
 
 def main() -> None:
@@ -26,9 +26,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
+    private_database()  # the labeler makes FiftyOne labels (it needs no database, but never the user's)
     from ultralytics import YOLO
 
-    from diffugen.labels.supervised import YoloLabeler
+    from diffugen.labels.yolo import YoloLabeler
 
     tmp = Path(tempfile.mkdtemp())
     weights = tmp / "yolov8n-seg-untrained.pt"

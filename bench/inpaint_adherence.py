@@ -9,7 +9,7 @@ Runs ``examples/quickstart.json`` (txt2img → img2img → inpaint on ``builtin:
 replacement descriptions ("yellow circle", "white square", "purple triangle") inside the DAAM mask of
 its parent's object. Each one is judged from its image by colour, like ``bench/label_accuracy.py``
 does: is a blob of the requested colour there, and is the largest one the requested shape
-(:func:`~diffugen.toyworld.scene.classify_shape`)? ``--strength`` and ``--mask-dilation`` override the
+(:func:`~diffugen.toyworld.truth.classify_shape`)? ``--strength`` and ``--mask-dilation`` override the
 config's inpaint settings.
 """
 
@@ -22,15 +22,12 @@ import shutil
 import sys
 import tempfile
 
-import _common  # noqa: F401  (repo root on sys.path, FIFTYONE_DO_NOT_TRACK)
+import numpy as np
+from PIL import Image
 
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+from _common import ROOT, colour_blobs, machine_line, private_database
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from _common import ROOT, colour_blobs, machine_line  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,12 +38,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
 
+    private_database()
     import fiftyone as fo
     import torch
 
     from diffugen.config import parse_config
-    from diffugen.generate import generate
-    from diffugen.toyworld.scene import classify_shape
+    from diffugen.generation.runner import generate
+    from diffugen.toyworld.truth import classify_shape
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,12 +8,12 @@ Usage::
 Held-out prompts are captions of toy-world scenes with seeds from ``HELD_OUT_SEED`` on (training
 used seeds below it); duplicates are skipped. They are generated with the trained model through
 DiffuGen's own code path: a config (template ``{caption}``, class words ``circle``, ``square``,
-``triangle``, one seed per prompt from the prompt's hash) run by ``diffugen.generate.generate`` into
-a FiftyOne dataset: ``Generator.run_batch`` (cross-attention capture, per-word DAAM heatmaps) and
+``triangle``, one seed per prompt from the prompt's hash) run by ``diffugen.generation.runner.generate``
+into a FiftyOne dataset: ``Runner.run_batch`` (cross-attention capture, per-word DAAM heatmaps) and
 ``build_sample`` (``extract_labels`` with the paper's Otsu threshold → ``daam_detections``).
 
 The truth is read back from each generated image by colour
-(:func:`diffugen.toyworld.scene.recover_instances`): palette pixels → connected components. A
+(:func:`diffugen.toyworld.truth.recover_instances`): palette pixels → connected components. A
 requested ``<colour> <shape>`` is **present** when a component of that colour (≥ ``--min-area``
 pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's ideal mask). Reported:
 
@@ -27,7 +27,7 @@ pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's
   ``ground_truth`` field of the recovered blobs (label: the shape requested for that colour).
 * **YOLO bootstrapped from the DAAM labels** (``--yolo-train N`` prompts, 0 to skip): DiffuGen
   generates N more images from *training* captions (seeds below the held-out ones) into a second
-  dataset, ``diffugen.train.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
+  dataset, ``diffugen.curation.bootstrap.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
   ``label_yolo`` labels the held-out images, and both ``daam_detections`` and ``yolo_detections`` are
   evaluated against the truth with instance masks (``use_masks=True``): **mask mAP50** per class.
 
@@ -37,7 +37,6 @@ Numbers go to stdout and ``bench/out/label_accuracy.json``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -47,17 +46,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (repo root on sys.path, FIFTYONE_DO_NOT_TRACK)
+import numpy as np
+from PIL import Image
 
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", "/tmp/fodb-bench")
+from _common import ROOT, iou, machine_line, mark, private_database
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from _common import ROOT, iou, machine_line, mark  # noqa: E402
-
-DATASET = f"diffugen-bench-label-accuracy-{os.getpid()}"  # per run: runs may overlap
+DATASET = "diffugen-bench-label-accuracy"
 SHAPES = ("circle", "square", "triangle")
 TARGET_ADHERENCE = 0.90
 TARGET_IOU = 0.60
@@ -117,21 +113,24 @@ def main(argv=None) -> int:
     ap.add_argument("--yolo-train", type=int, default=320, help="prompts generated to train YOLO on (0: skip YOLO)")
     ap.add_argument("--yolo-epochs", type=int, default=60)
     ap.add_argument("--yolo-imgsz", type=int, default=64, help="YOLO input size")
-    ap.add_argument("--keep", action="store_true", help="keep the FiftyOne dataset and images (default: delete)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the images (default: delete); the dataset is in this run's private database and goes with it")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "label_accuracy.json"))
     args = ap.parse_args(argv)
     n = 8 if args.quick else args.n
     if args.quick:
         args.yolo_train, args.yolo_epochs = min(args.yolo_train, 16), min(args.yolo_epochs, 1)
 
+    private_database()
     import fiftyone as fo
 
     from diffugen.config import DiffuGenConfig
-    from diffugen.labels.unsupervised import extract_labels
+    from diffugen.generation.runner import generate
+    from diffugen.labels.daam import extract_labels
     from diffugen.toyworld import MODEL_DIR, model_available
-    from diffugen.toyworld.scene import ALL_LABELS, classify_shape, recover_instances
+    from diffugen.toyworld.scene import ALL_LABELS
+    from diffugen.toyworld.truth import classify_shape, recover_instances
 
-    generate_module = importlib.import_module("diffugen.generate")  # (the package re-exports a function of that name)
     model = Path(args.model) if args.model else MODEL_DIR
     if not model_available(model):
         print(f"no toy-world model at {model}: train it with python -m diffugen.toyworld.train --out {model}")
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)
     t0 = time.time()
-    summary = generate_module.generate(cfg)
+    summary = generate(cfg)
     gen_s = time.time() - t0
     ds = fo.load_dataset(DATASET)
     params = cfg.labels
@@ -263,7 +262,7 @@ def main(argv=None) -> int:
             fo.delete_dataset(DATASET + "-train")
         shutil.rmtree(work, ignore_errors=True)
     else:
-        print(f"kept dataset {DATASET!r} and media in {work}")
+        print(f"kept the media in {work}")
     return 0
 
 
@@ -271,9 +270,9 @@ def yolo_bootstrap(ds, cfg, held_out: list[str], args, work: Path) -> dict:
     """Generate training images, train YOLO-seg on their DAAM labels, label ``ds``, compare mask mAP50."""
     import fiftyone as fo
 
-    from diffugen.generate import generate
-    from diffugen.labels.supervised import label_yolo
-    from diffugen.train import train_yolo
+    from diffugen.curation.bootstrap import train_yolo
+    from diffugen.generation.runner import generate
+    from diffugen.labels.yolo import label_yolo
 
     name = DATASET + "-train"
     if fo.dataset_exists(name):

@@ -1,4 +1,8 @@
-"""Exceptions that DiffuGen raises for problems a user can fix."""
+"""Exceptions that DiffuGen raises for problems a user can fix.
+
+Every one is a :class:`DiffuGenError`: the CLI prints its message as one line and exits with 2, the
+operators show it on the form.
+"""
 
 
 class DiffuGenError(Exception):
@@ -11,3 +15,11 @@ class ConfigError(DiffuGenError):
 
 class ModelNotFoundError(DiffuGenError):
     """A diffusion model, checkpoint or embedding could not be found; the message says where we looked."""
+
+
+class DatasetError(DiffuGenError):
+    """A dataset, view or field is missing, empty or of the wrong kind for what was asked."""
+
+
+class OutputPathError(DiffuGenError):
+    """A path to write to is outside the output root, or cannot be used."""

@@ -1,14 +1,12 @@
 """Test setup: a private FiftyOne database (a real mongod), shared tiny models, small configs."""
 
 import os
-import tempfile
 
-# Before fiftyone is imported anywhere: a database of our own, started by FiftyOne itself.
-_DB_DIR = tempfile.mkdtemp(prefix="diffugen-test-db-")
-os.environ["FIFTYONE_DATABASE_DIR"] = _DB_DIR
-os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+from diffugen.testing import start_private_mongod
+
+# Before fiftyone is imported anywhere: a mongod of our own, never a database the user has running.
+start_private_mongod("diffugen-test-db-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import json  # noqa: E402
 import uuid  # noqa: E402
@@ -19,7 +17,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from diffugen.builtin import build_tiny_pipeline
+    from diffugen.generation.builtin import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -71,7 +69,7 @@ def plugins_dir(tmp_path_factory):
     """A plugins folder holding this checkout, the way `diffugen plugin install` makes it."""
     import fiftyone as fo
 
-    from diffugen.plugin import install_plugin
+    from diffugen.plugin.install import install_plugin
 
     folder = tmp_path_factory.mktemp("plugins")
     install_plugin(folder)
@@ -87,7 +85,7 @@ def base(tmp_path_factory):
     import fiftyone as fo
 
     from diffugen.config import parse_config
-    from diffugen.generate import generate
+    from diffugen.generation.runner import generate
 
     name = f"base-{uuid.uuid4().hex[:8]}"
     generate(parse_config(small_config(name, tmp_path_factory.mktemp("out"))))

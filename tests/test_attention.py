@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from diffugen.attention import HeatmapCollector, capture_heatmaps, find_word_tokens
-from diffugen.builtin import build_tiny_pipeline
-from diffugen.encoding import embed, tokenize, word_positions
 from diffugen.errors import ModelNotFoundError
-from diffugen.labels.unsupervised import extract_labels
-from diffugen.models import load_textual_inversions, read_embedding
+from diffugen.generation.attention import HeatmapCollector, capture_heatmaps
+from diffugen.generation.builtin import build_tiny_pipeline
+from diffugen.generation.embeddings import load_textual_inversions, read_embedding
+from diffugen.generation.sd import embed, tokenize, word_positions
+from diffugen.generation.tokens import find_word_tokens
+from diffugen.labels.daam import extract_labels
 
 
 def _run(pipe, collector, prompt, words, height, width, seed=0, steps=3):

@@ -27,9 +27,12 @@ except ImportError:
 
 import fiftyone as fo  # noqa: E402
 from conftest import small_config  # noqa: E402
+
 from diffugen.config import parse_config  # noqa: E402
-from diffugen.generate import generate  # noqa: E402
-from diffugen.plugin import install_plugin  # noqa: E402
+from diffugen.generation.runner import generate  # noqa: E402
+from diffugen.plugin.install import install_plugin  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a real browser and the App server
 
 
 def _free_port() -> int:

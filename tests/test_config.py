@@ -7,7 +7,7 @@ import pytest
 
 from diffugen.config import load_config, parse_config
 from diffugen.errors import ConfigError
-from diffugen.generate import plan
+from diffugen.generation.planner import plan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -14,9 +14,9 @@ pytest.importorskip("daam", reason="daam 0.2.0 is the test oracle; install with:
 
 from daam import trace  # noqa: E402
 
-from diffugen.attention import capture_heatmaps  # noqa: E402
-from diffugen.builtin import TINY_WORDS, build_tiny_pipeline  # noqa: E402
-from diffugen.encoding import embed, tokenize, word_positions  # noqa: E402
+from diffugen.generation.attention import capture_heatmaps  # noqa: E402
+from diffugen.generation.builtin import TINY_WORDS, build_tiny_pipeline  # noqa: E402
+from diffugen.generation.sd import embed, tokenize, word_positions  # noqa: E402
 
 PROMPT = "a red car and a yellow bus with big tires near a scooter on a road"
 # "scooter" is not in the tiny vocabulary, so it is split (s, coo, t, e, r</w>) whatever becomes of

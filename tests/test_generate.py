@@ -3,14 +3,15 @@
 import os
 from pathlib import Path
 
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
 from conftest import small_config
+
 from diffugen.cli import main as cli
 from diffugen.config import parse_config
-from diffugen.generate import Generator, generate, plan
+from diffugen.generation.planner import plan
+from diffugen.generation.runner import Runner, generate
 
 
 def _all_files_exist(ds: fo.Dataset) -> None:
@@ -152,9 +153,9 @@ def test_batch_size_does_not_change_images_or_labels(tmp_path):
     many = parse_config(small_config("b4", tmp_path / "b4", batch_size=4))
     items = plan(one, "txt2img")
     assert [i.key for i in items] == [i.key for i in plan(many, "txt2img")]
-    g1, g4 = Generator(one), Generator(many)
+    g1, g4 = Runner(one), Runner(many)
     pipe = g1.pipeline("txt2img")
-    from diffugen.attention import capture_heatmaps
+    from diffugen.generation.attention import capture_heatmaps
 
     with capture_heatmaps(pipe.unet) as col:
         singles = [g1.run_batch(pipe, col, "txt2img", [it]) for it in items[:4]]

@@ -1,4 +1,4 @@
-"""Tests of diffugen.labels.unsupervised on synthetic heatmaps with known blobs."""
+"""Tests of diffugen.labels.daam on synthetic heatmaps with known blobs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from diffugen.labels.unsupervised import (
+from diffugen.labels.daam import (
     Instance,
     LabelParams,
     WordLabels,

@@ -1,13 +1,14 @@
 """Model loading: builtin, a local diffusers folder (saved from the tiny model), schedulers, errors."""
 
-import pytest
 import fiftyone as fo
-
+import pytest
 from conftest import small_config
+
 from diffugen.config import parse_config
 from diffugen.errors import ModelNotFoundError
-from diffugen.generate import generate
-from diffugen.models import load_pipeline, pipeline_for_task
+from diffugen.generation.family import family_of
+from diffugen.generation.models import load_pipeline
+from diffugen.generation.runner import generate
 
 
 def test_local_diffusers_folder_and_scheduler(tmp_path, tiny_pipe, dataset_name):
@@ -23,7 +24,7 @@ def test_local_diffusers_folder_and_scheduler(tmp_path, tiny_pipe, dataset_name)
 
 def test_task_pipelines_share_weights(tiny_pipe):
     for task in ("img2img", "inpaint"):
-        derived = pipeline_for_task(tiny_pipe, task)
+        derived = family_of(tiny_pipe).task_pipeline(tiny_pipe, task)
         assert derived.unet is tiny_pipe.unet and derived.vae is tiny_pipe.vae
         assert type(derived).__name__ == {"img2img": "StableDiffusionImg2ImgPipeline",
                                           "inpaint": "StableDiffusionInpaintPipeline"}[task]
@@ -39,10 +40,19 @@ def test_unknown_builtin_and_bad_paths(tmp_path):
 
 
 def test_one_loaded_model_serves_configs_without_leaking_schedulers(tmp_path):
-    from diffugen.generate import Generator
+    from diffugen.generation.runner import Runner
 
-    a = Generator(parse_config(small_config("a", tmp_path, scheduler="euler"))).pipeline("txt2img")
-    b = Generator(parse_config(small_config("b", tmp_path))).pipeline("txt2img")
+    a = Runner(parse_config(small_config("a", tmp_path, scheduler="euler"))).pipeline("txt2img")
+    b = Runner(parse_config(small_config("b", tmp_path))).pipeline("txt2img")
     assert type(a.scheduler).__name__ == "EulerDiscreteScheduler"
     assert type(b.scheduler).__name__ == "DDIMScheduler"
     assert a.unet is b.unet  # loaded once per process (a worker runs many shards)
+
+
+def test_a_pipeline_of_no_known_family_is_named_in_the_error(tiny_pipe):
+    class FancyPipeline:
+        pass
+
+    with pytest.raises(ModelNotFoundError, match=r"FancyPipeline.*families it serves are \['sd'\]"):
+        family_of(FancyPipeline())
+    assert family_of(tiny_pipe).name == "sd"

@@ -8,14 +8,14 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
+import pytest
+from conftest import small_config
 from fiftyone import ViewField as F
 from fiftyone.operators.executor import ExecutionError, ExecutionRunState
-from conftest import small_config
-from diffugen.plugin import install_plugin
+
+from diffugen.plugin.install import install_plugin
 
 PLUGIN = "@diffugen/diffugen"
 MINE = ["generate", "label_daam", "review", "apply_review", "export"]
@@ -172,6 +172,7 @@ def test_bad_input_is_reported_on_the_field_and_changes_nothing(plugins_dir, ds,
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "root").exists()
 
 
+@pytest.mark.slow
 def test_delegated_label_daam_runs_in_a_worker(plugins_dir, ds):
     from fiftyone.operators.delegated import DelegatedOperationService
 

@@ -4,7 +4,13 @@ import pytest
 
 from diffugen.config import SeedRange
 from diffugen.prompts import (
-    attribute_combinations, clean_prompt, parse_emphasis, plan_txt2img, sample_subset, seeds_for, template_fields,
+    attribute_combinations,
+    clean_prompt,
+    parse_emphasis,
+    plan_txt2img,
+    sample_subset,
+    seeds_for,
+    template_fields,
     words_in,
 )
 

@@ -3,14 +3,15 @@
 import argparse
 from pathlib import Path
 
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
 from fiftyone import ViewField as F
+
+from diffugen.cli.curation import add_parsers
+from diffugen.curation.export import export_dataset, parse_split
+from diffugen.curation.review import apply_review, build_review_queue, take_labels
 from diffugen.errors import DiffuGenError
-from diffugen.export import add_parser, export_dataset, parse_split
-from diffugen.review import apply_review, build_review_queue, take_labels
 
 
 def test_review_queue_decisions_and_curated_labels(ds):
@@ -65,6 +66,7 @@ def _load_yolo(out, split):
                                label_type="polylines", label_field="gt")
 
 
+@pytest.mark.slow
 def test_yolo_export_loads_back_and_trains(ds, tmp_path):
     apply_review(ds, min_score=0.0)
     out = tmp_path / "yolo"
@@ -144,7 +146,7 @@ def test_export_refusals_write_nothing(ds, tmp_path):
 
 def test_export_command_line(ds, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="diffugen")
-    add_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", ds.name, "--format", "coco", "--out", str(tmp_path / "c"),
                               "--field", "daam_polygons", "--split", "train=0.5,val=0.5", "--seed", "3"])
     assert args.func(args) == 0

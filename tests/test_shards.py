@@ -9,15 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import fiftyone as fo
+import pytest
 from conftest import small_config
+
 from diffugen.cli import main as cli
 from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError
-from diffugen.generate import generate
-from diffugen.shards import queue_shards, resume_shards, shard_status
+from diffugen.generation.runner import generate
+from diffugen.generation.shards import queue_shards, resume_shards, shard_status
+
+pytestmark = pytest.mark.slow  # delegated workers in other processes
 
 
 def _worker(plugins_dir):
@@ -140,7 +142,7 @@ def test_bad_shard_requests(plugins_dir, tmp_path):
         config.write_text(json.dumps({**raw, "steps": 4}))
         with pytest.raises(DiffuGenError, match="changed since its shards were queued"):
             resume_shards(config)
-        from diffugen.shards import run_shard
+        from diffugen.generation.shards import run_shard
 
         params = {"config_path": str(config), "dataset_name": name, "task": "txt2img", "shard_index": 0,
                   "num_shards": 2, "config_fingerprint": "0" * 16}

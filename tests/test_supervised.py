@@ -1,16 +1,18 @@
 """Supervised labels with real ultralytics: bootstrap-train from DAAM labels, label, compare."""
 
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
 from conftest import small_config
+
 from diffugen.cli import main as cli
-from diffugen.compare import DISAGREEMENT_VIEW, LOW_SCORE_VIEW, Match, match_labels
 from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError, ModelNotFoundError
-from diffugen.generate import generate
-from diffugen.labels.supervised import label_yolo, load_yolo, resolve_class_map
+from diffugen.generation.runner import generate
+from diffugen.labels.compare import DISAGREEMENT_VIEW, LOW_SCORE_VIEW, Match, match_labels
+from diffugen.labels.yolo import label_yolo, load_yolo, resolve_class_map
+
+pytestmark = pytest.mark.slow  # trains ultralytics
 
 
 @pytest.fixture(scope="module")

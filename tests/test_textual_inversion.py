@@ -3,19 +3,19 @@
 import json
 from pathlib import Path
 
+import fiftyone as fo
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 from PIL import Image
 
-import fiftyone as fo
-from conftest import small_config
-from diffugen.builtin import build_tiny_pipeline
 from diffugen.cli import main as cli
 from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError
-from diffugen.generate import generate
-from diffugen.models import read_embedding
+from diffugen.generation.builtin import build_tiny_pipeline
+from diffugen.generation.embeddings import read_embedding
+from diffugen.generation.runner import generate
 from diffugen.textual_inversion import checkpoint_path, train_textual_inversion
 
 FAST = dict(steps=4, batch_size=2, size=64, progress=False)
@@ -119,7 +119,7 @@ def test_max_norm_caps_the_new_rows(images, tmp_path, caplog):
 
 
 def test_one_init_word_per_vector():
-    from diffugen.textual_inversion import add_token, init_token_ids
+    from diffugen.textual_inversion.training import add_token, init_token_ids
 
     pipe = build_tiny_pipeline()
     tok, emb = pipe.tokenizer, pipe.text_encoder.get_input_embeddings().weight

@@ -1,1 +1,1 @@
-"""Turning per-word cross-attention heatmaps into labels (masks, polygons, boxes, scores)."""
+"""The labels stage: DAAM labels from heatmaps, relabeling, YOLO labels, and comparing the two."""

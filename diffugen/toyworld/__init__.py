@@ -6,7 +6,7 @@ from scratch on the CPU with :mod:`diffugen.toyworld.train`, then fine-tuned wit
 triangle; red, yellow, white, black, purple) on road, grass, sand or water, by day, at dusk or at
 night, from prompts such as "a red circle on the road" or "photo of grass with a yellow triangle and
 a white hollow square". Its cross-attention labels can be
-checked against the truth read back from the pixels (:func:`diffugen.toyworld.scene.recover_instances`);
+checked against the truth read back from the pixels (:func:`diffugen.toyworld.truth.recover_instances`);
 ``bench/label_accuracy.py`` does that.
 """
 

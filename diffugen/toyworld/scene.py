@@ -13,10 +13,7 @@ Time of day dims **only the background** (by :data:`TIME_BRIGHTNESS`), so object
 and recoverable: every background colour, at every brightness and with its texture, stays more than
 :data:`MIN_BACKGROUND_DISTANCE` (sRGB Euclidean) from every palette colour.
 
-:func:`recover_instances` reads the truth back from any image (a rendered scene, or an image generated
-by a model trained on this world) by colour: each pixel goes to its nearest reference colour (palette
-colours and every background colour at every brightness); pixels whose nearest reference is a palette
-colour within ``tolerance`` are that colour; connected components of each colour are the instances.
+:mod:`diffugen.toyworld.truth` reads the truth back from any image by colour.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 SHAPES = ("circle", "square", "triangle")
 # Squares and triangles are sometimes drawn hollow ("a red hollow square": the shape minus the same
@@ -36,19 +32,18 @@ HOLLOW_RATE = 0.3
 HOLE = 0.5
 # Squares and triangles can be stretched ("a red wide square": twice as wide as tall, the area of
 # the unstretched one; "tall": turned upright), circles never: a stretched circle is an oval. Off by
-# default (the shipped model's world); ``stretch_rate`` / ``train --stretch-rate`` turn it on. A
-# fine-tune with 0.3 learned the stretch only partly and no oval (BENCHMARKS.md, textual inversion).
+# default (the shipped model's world); ``stretch_rate`` / ``train --stretch-rate`` turn it on.
 STRETCHES = ("wide", "tall")
 STRETCH_SHAPES = ("square", "triangle")
 STRETCH_RATE = 0.0
 ASPECT = 2.0  # width / height of a wide object
 # Shapes a world may add (``make_scene(shapes=...)``; not in the shipped model's world or vocabulary):
 # more shapes to carry the hollow modifier, so that a ring is a combination of parts the model knows
-# (``bench/textual_inversion_proof.py``, BENCHMARKS.md "Held-out combinations").
+# (the textual-inversion study, ``studies/``).
 EXTRA_SHAPES = ("diamond", "house")
 ROOF = 0.4  # the share of a house's box its roof takes
 # Shapes the model never saw (never in a training scene, their words not in its vocabulary): the
-# subjects of the textual-inversion proof (``bench/textual_inversion_proof.py``). A ring is a hollow
+# subjects of the textual-inversion study (``studies/``). A ring is a hollow
 # circle and an oval a wide circle, combinations the training never shows.
 NOVEL_SHAPES = ("star", "ring", "oval")
 # Every kind of object a mask can be judged as (:func:`classify_shape`).
@@ -314,156 +309,3 @@ def scenes(start_seed: int = 0, count: int | None = None, size: int = 64):
     while count is None or seed < start_seed + count:
         yield make_scene(seed, size)
         seed += 1
-
-
-# ---- truth from pixels ---------------------------------------------------------------------------
-def _references() -> tuple[np.ndarray, list[str | None]]:
-    refs, names = [], []
-    for name, rgb in COLORS.items():
-        refs.append(rgb)
-        names.append(name)
-    for rgb in BACKGROUNDS.values():
-        for b in TIME_BRIGHTNESS.values():
-            refs.append(tuple(round(v * b) for v in rgb))
-            names.append(None)
-    return np.array(refs, np.float32), names
-
-
-def color_masks(image: np.ndarray, tolerance: float = 60.0) -> dict[str, np.ndarray]:
-    """Per palette colour, the bool mask of pixels whose nearest reference colour is it, within ``tolerance``."""
-    refs, names = _references()
-    px = np.asarray(image, np.float32).reshape(-1, 1, 3)
-    d = np.sqrt(((px - refs[None]) ** 2).sum(-1))  # (N, refs)
-    nearest = d.argmin(1)
-    close = d[np.arange(len(nearest)), nearest] <= tolerance
-    h, w = image.shape[:2]
-    out = {}
-    for i, name in enumerate(names):
-        if name is not None:
-            out[name] = ((nearest == i) & close).reshape(h, w)
-    return out
-
-
-@dataclass
-class RecoveredInstance:
-    color: str
-    mask: np.ndarray  # bool (H, W)
-    box: tuple[int, int, int, int]  # x, y, w, h pixels
-    area: int
-
-
-def recover_instances(image: np.ndarray, tolerance: float = 60.0, min_area: int = 6,
-                      open_noise: bool = False) -> list[RecoveredInstance]:
-    """The objects of an image by colour: palette pixels → connected components (8-connected) → instances.
-
-    Args:
-        tolerance: max sRGB distance from the palette colour (and the palette colour must be the nearest
-            reference); rendered scenes need ~0 (objects are exact), generated images ~60.
-        min_area: components with fewer pixels are noise and dropped.
-        open_noise: apply a 3×3 morphological opening per colour first (for generated images, whose
-            edges can carry stray pixels of another colour).
-    """
-    out = []
-    for color, m in color_masks(image, tolerance).items():
-        u8 = m.astype(np.uint8)
-        if open_noise:
-            u8 = cv2.morphologyEx(u8, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(u8, connectivity=8)
-        for k in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[k])
-            if area >= min_area:
-                out.append(RecoveredInstance(color, lab == k, (x, y, w, h), area))
-    return out
-
-
-def _base_kind(kind: str) -> str:
-    """The kind without its stretch (``"wide square"`` → ``"square"``, ``"oval"`` → ``"circle"``)."""
-    return "circle" if kind == "oval" else kind.removeprefix("wide ").removeprefix("tall ")
-
-
-def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES, round_holes: bool = False) -> str:
-    """Guess the kind of a blob: the one of ``shapes`` whose ideal mask, drawn in the blob's box, overlaps it best (IoU).
-
-    Robust to the soft, slightly rounded edges of decoded images (a fill-ratio rule is not: blurred
-    triangles fill their box like circles do). ``shapes`` may hold ``"hollow square"``-style kinds;
-    pass :data:`ALL_LABELS` to consider every kind, stars, rings and ovals included. The stretch
-    comes from the box: wider than ``sqrt(ASPECT)`` to one is ``"wide"`` (a wide or tall circle is
-    an ``"oval"``); without the stretched kind in ``shapes`` the unstretched one is returned.
-    ``round_holes``: hollow kinds have round holes (a world drawn with ``make_scene(round_holes=True)``).
-    """
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return "unknown"
-    x0, y0 = xs.min(), ys.min()
-    w, h = int(xs.max() - x0 + 1), int(ys.max() - y0 + 1)
-    crop = mask[y0 : y0 + h, x0 : x0 + w]
-    best, best_iou = "unknown", -1.0
-    for base in dict.fromkeys(_base_kind(k) for k in shapes):
-        hollow = base.startswith("hollow ")
-        ideal = _shape_mask(base.removeprefix("hollow "), 0, 0, w, h, max(w, h), hollow, round_holes)[:h, :w]
-        iou = (ideal & crop).sum() / float((ideal | crop).sum())
-        if iou > best_iou:
-            best, best_iou = base, iou
-    stretch = "wide" if w >= h * ASPECT**0.5 else "tall" if h >= w * ASPECT**0.5 else ""
-    if stretch and best in SHAPES:
-        stretched = "oval" if best == "circle" else f"{stretch} {best}"
-        return stretched if stretched in shapes else best
-    return best
-
-
-def stands_out(image: np.ndarray, distance: float = MIN_BACKGROUND_DISTANCE) -> np.ndarray:
-    """``(H, W)`` bool: the pixels farther than ``distance`` (sRGB) from the background, taken to be the
-    median colour of the image border; for generated images, whose colours drift off the references."""
-    px = np.asarray(image, np.float32)
-    border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
-    return np.linalg.norm(px - np.median(border, axis=0), axis=-1) > distance
-
-
-def object_by_contrast(image: np.ndarray, seed: np.ndarray, distance: float = MIN_BACKGROUND_DISTANCE,
-                       body_tolerance: float = 80.0) -> np.ndarray | None:
-    """The object that ``seed`` (a bool mask, e.g. a colour blob of :func:`recover_instances`) belongs to, by
-    contrast rather than by palette: for generated objects whose colour drifts off the palette.
-
-    The object is the region of pixels that stand out from the background (:func:`stands_out`) that
-    overlaps ``seed`` most, with its holes filled; its **body** is the largest
-    part of it within ``body_tolerance`` of the colour of its middle band (distance from the edge 15–45%
-    of the deepest: the body of a ring, not its hole; the inside of a solid shape) that stands out from the
-    background. A hole whose pixels are tinted, not background, is thus still a hole, and a body that
-    shades from yellow into orange stays one blob. ``None`` when nothing overlapping ``seed`` stands out
-    from the background.
-    """
-    px = np.asarray(image, np.float32)
-    far = stands_out(px, distance)
-    n, labels, _, _ = cv2.connectedComponentsWithStats(far.astype(np.uint8), connectivity=8)
-    overlap = np.bincount(labels[seed], minlength=n)
-    overlap[0] = 0
-    if overlap.max() == 0:
-        return None
-    filled = ndimage.binary_fill_holes(labels == int(overlap.argmax()))
-    depth = cv2.distanceTransform(np.pad(filled.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    band = (depth >= 0.15 * depth.max()) & (depth <= 0.45 * depth.max())
-    if band.sum() < 5:
-        return filled
-    body = far & filled & (np.linalg.norm(px - np.median(px[band], axis=0), axis=-1) <= body_tolerance)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(body.astype(np.uint8), connectivity=8)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if n > 1 else filled
-
-
-def classify_with_holes(mask: np.ndarray, shapes: tuple[str, ...], round_holes: bool = False,
-                        min_hole: float = 0.05) -> str:
-    """:func:`classify_shape`, but a blob whose outline is a solid kind and that encloses holes of at least
-    ``min_hole`` of its filled area is that kind's hollow one (a circle: a ``"ring"``), if in ``shapes``.
-
-    The template match alone wants a hole near the world's size (:data:`HOLE`); generated rings often
-    have smaller ones. The outline is the filled blob classified among the solid kinds of ``shapes``.
-    """
-    kind = classify_shape(mask, shapes, round_holes)
-    filled = ndimage.binary_fill_holes(mask)
-    if kind.startswith("hollow ") or kind == "ring" or not filled.any():
-        return kind
-    if (filled.sum() - mask.sum()) / filled.sum() < min_hole:
-        return kind
-    solid = tuple(k for k in shapes if not k.startswith("hollow ") and k != "ring")
-    outline = classify_shape(filled, solid, round_holes)
-    hollow = "ring" if _base_kind(outline) == "circle" else f"hollow {_base_kind(outline)}"
-    return hollow if hollow in shapes else kind

@@ -20,35 +20,19 @@ a resumed run continues exactly. A checkpoint (models, EMA, optimizer, step) is 
 ``StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32)``. The tokenizer is kept in the
 state folder too, so a resumed run keeps its token ids even if the vocabulary code changes.
 
-Design (picked with ``--measure`` on a 2-core CPU): UNet 5.9 M parameters (blocks 64/128/128, one
-ResNet each, cross-attention at 16×16 and 8×8 latents, none at 4×4 except the mid block), text
-encoder 0.7 M (3 layers, width 128, 32-token context), VAE 0.7 M (16/32/64). About 1 s per step at
-batch 32 with one thread. On a CPU shared with other work, ``--threads 1`` is several times faster
-than two threads (a two-thread op waits for its slower thread).
-
-How the base model was made (one machine, ~75 min of training wall time): the VAE for 1500 steps
-(run as 400 steps, then resumed from its checkpoints twice with a larger total, the schedule
-following the new total), then ``--steps 3000``, then resumed with ``--steps 4200`` (a warm restart
-of the cosine schedule at lr 1.9e-4 decaying to 4e-5).
+Design: UNet 5.9 M parameters (blocks 64/128/128, one ResNet each, cross-attention at 16×16 and
+8×8 latents, none at 4×4 except the mid block), text encoder 0.7 M (3 layers, width 128, 32-token
+context), VAE 0.7 M (16/32/64); about 1 s per step at batch 32 on one CPU thread (``--measure``
+times the designs). ``--threads 1`` is the fast choice on a CPU shared with other work.
 
 **Fine-tuning** (``--init-from FOLDER``): the UNet and text encoder of a trained model continue on
-today's world (e.g. after hollow shapes were added), the VAE is kept, words the tokenizer lacks
-become added tokens. The state, checkpoints and ``--resume`` work as for a run from scratch. The
-shipped model is the 4,200-step model above (``BASE``: its folder) fine-tuned with hollow shapes
-(~53 min on one core)::
-
-    python -m diffugen.toyworld.train --init-from BASE --out /tmp/tw-ft/model \
-        --state /tmp/tw-ft/state --steps 1800 --pool 8192 --lr 3e-4 --threads 1 --save-every 600
-    python -m diffugen.toyworld.train --init-from BASE --out /tmp/tw-ft/model \
-        --state /tmp/tw-ft/state --steps 3800 --pool 8192 --lr 3e-4 --threads 1 --save-every 500 --resume
-
-(the second run resumes the first with a larger total: a warm restart of the cosine schedule).
-``--hollow-rate`` and ``--stretch-rate`` change how often the world draws hollow and stretched shapes
-(the training data only; the default is the world's own rates). ``--extra-shapes`` adds diamonds and
-houses (both can be hollow) and ``--round-holes`` gives every hollow shape a round hole, so that a
-ring is a hollow circle: a combination of parts the world shows on four other shapes, never on a
-circle (the textual-inversion proof's world, BENCHMARKS.md). A model trained on a world other than
-the default records it in ``world.json`` in its folder (:func:`diffugen.toyworld.load_world`).
+the current world, the VAE is kept, words the tokenizer lacks become added tokens; the state,
+checkpoints and ``--resume`` work as for a run from scratch. The shipped model is a 4,200-step base
+model fine-tuned with hollow shapes for 3,800 steps (``--pool 8192 --lr 3e-4``); the exact commands
+are in BENCHMARKS.md. ``--hollow-rate`` and ``--stretch-rate`` change how often the world draws
+hollow and stretched shapes; ``--extra-shapes`` adds diamonds and houses and ``--round-holes`` gives
+every hollow shape a round hole. A model trained on a world other than the default records it in
+``world.json`` in its folder (:func:`diffugen.toyworld.load_world`).
 """
 
 from __future__ import annotations
@@ -67,7 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..builtin import write_tiny_tokenizer
+from ..errors import DiffuGenError
+from ..generation.builtin import write_tiny_tokenizer
 from . import WORLD_FILE
 from .scene import EXTRA_SHAPES, HOLLOW_SHAPES, SHAPES, VOCABULARY, make_caption, make_scene
 
@@ -433,8 +418,11 @@ def world_settings(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    return run(args)
+    try:
+        return run(parse_args(argv))
+    except DiffuGenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def run(args) -> int:
@@ -457,8 +445,7 @@ def run(args) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     vae_state, diff_state = state_dir / "vae.pt", state_dir / "diffusion.pt"
     if not args.resume and (vae_state.exists() or diff_state.exists()):
-        log(f"{state_dir} holds a previous run: pass --resume to continue it, or remove it to start over")
-        return 2
+        raise DiffuGenError(f"{state_dir} holds a previous run: pass --resume to continue it, or remove it to start over")
     # (`diffugen toyworld train` adds its handler function to the arguments: not a setting)
     (state_dir / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, indent=1))
     t_start = time.time()
@@ -522,7 +509,7 @@ def finetune_components(folder: Path, tok_dir: Path, world: dict | None = None):
     Words the tokenizer does not keep whole (e.g. ``hollow``, added to the world after the model was
     trained) become added tokens; their embedding rows start at the mean of the existing rows.
     """
-    from ..textual_inversion import add_token
+    from ..textual_inversion.training import add_token
     from . import load_toyworld_pipeline
 
     pipe = load_toyworld_pipeline(folder)

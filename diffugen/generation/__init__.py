@@ -1,0 +1,1 @@
+"""The generation stage: models and their families, attention capture, planning, the run loop, shards."""

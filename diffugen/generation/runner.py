@@ -1,0 +1,404 @@
+"""The generation loop: one code path for txt2img, img2img and inpainting and for every model family.
+
+For each task: plan the deterministic work list (:mod:`.planner`) → drop what the dataset already
+holds (resume) → in batches:
+
+1. encode the prompts (the model's :class:`~diffugen.generation.family.ModelFamily`);
+2. run the task's diffusers pipeline with attention capture;
+3. per-word heatmaps;
+4. DAAM labels (and YOLO labels when the config has a label model);
+5. files under the output root, then complete samples into FiftyOne.
+
+Only the planner and :func:`task_inputs` know how the three tasks differ; only the family knows
+how model families differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+import cv2
+import fiftyone as fo
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..common import ProgressFn, report
+from ..config import DiffuGenConfig
+from ..errors import DiffuGenError
+from ..labels.daam import label_heatmaps, to_fiftyone
+from ..prompts import WorkItem
+from ..store.dataset import class_ids as dataset_class_ids
+from ..store.dataset import existing_keys, open_dataset
+from ..store.files import safe_child, write_atomic, write_png
+from ..store.repair import drop_incomplete
+from ..store.writer import SampleWriter
+from .attention import HeatmapCollector
+from .embeddings import load_textual_inversions
+from .family import family_of
+from .models import cached_pipeline, resolve_device, set_scheduler
+from .planner import inpaint_mask, plan
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskSummary:
+    task: str
+    planned: int = 0
+    skipped: int = 0  # already in the dataset
+    made: int = 0
+    unlabeled_words: int = 0  # class words truncated out of the prompt or never attended
+
+
+@dataclass
+class GenerateSummary:
+    dataset: str
+    tasks: list[TaskSummary] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [f"{t.task}: {t.made} made, {t.skipped} already there, {t.planned} planned" for t in self.tasks]
+        return f"dataset {self.dataset!r}: " + "; ".join(rows)
+
+
+def keep_outside_mask(images: np.ndarray, parents: Sequence[Image.Image], masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Inpainting: the parent's pixels outside the mask, the generated ones inside.
+
+    The pipeline keeps the parent's *latents* outside the mask, but the VAE decoder (convolutions and a
+    global attention block) spreads a badly generated region over the whole image; pasting the parent
+    back makes "only the masked object changes" hold exactly.
+
+    Args:
+        images: uint8 ``(batch, H, W, 3)`` generated images.
+        parents: the parent images (``H × W``).
+        masks: uint8 ``(H, W)``, non-zero where the image may change.
+    """
+    out = images.copy()
+    for i, (parent, mask) in enumerate(zip(parents, masks)):
+        keep = mask == 0
+        out[i][keep] = np.asarray(parent.convert("RGB"))[keep]
+    return out
+
+
+def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks: Sequence[np.ndarray] | None) -> dict:
+    """The pipeline arguments that differ between tasks (everything else is shared)."""
+    if task == "txt2img":
+        return {"height": cfg.task_value(task, "height"), "width": cfg.task_value(task, "width")}
+    images = [Image.open(it.parent.filepath).convert("RGB") for it in items]
+    section = getattr(cfg, task)
+    kwargs = {"image": images, "strength": section.strength}
+    if task == "inpaint":
+        kwargs["mask_image"] = [Image.fromarray(m) for m in masks]
+        kwargs["height"], kwargs["width"] = images[0].height, images[0].width
+    return kwargs
+
+
+def _batches(items: Sequence[WorkItem], size: int) -> Iterable[list[WorkItem]]:
+    # Consecutive items of the same image size (img2img/inpaint parents can differ) up to `size`.
+    batch: list[WorkItem] = []
+    for it in items:
+        if batch and (len(batch) == size or _size_of(it) != _size_of(batch[0])):
+            yield batch
+            batch = []
+        batch.append(it)
+    if batch:
+        yield batch
+
+
+def _size_of(item: WorkItem) -> tuple[int, int] | None:
+    if item.parent is None:
+        return None
+    md = item.parent["metadata"]
+    return (md.width, md.height) if md is not None else None
+
+
+class Runner:
+    """Runs a config's tasks into its dataset; holds the loaded models between tasks and calls.
+
+    ``timings``: set it to a dict and each phase of the loop adds its seconds there (``pipeline``,
+    ``heatmaps``, ``labels``, ``files``, ``insert``, ``open_dataset``; device-synchronised), for the benchmarks.
+    """
+
+    def __init__(self, cfg: DiffuGenConfig, output_root: str | Path | None = None):
+        self.cfg = cfg
+        self.root = Path(output_root or cfg.output_root).resolve()
+        self.media_root = safe_child(self.root, cfg.dataset_name)
+        self.timings: dict[str, float] | None = None
+        self._models: dict[str, object] = {}
+        self._yolo = None
+        self._yolo_skipped = False
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def yolo(self):
+        """The supervised labeler of ``label_model`` (loaded once), or ``None`` when there is none to use.
+
+        With ``unsupervised: true`` absent weights are skipped with a warning (DAAM labels suffice, as
+        in the original DiffuGen); otherwise absent weights are an error before anything is written.
+        """
+        lm = self.cfg.label_model
+        if lm is None or not lm.weights or self._yolo_skipped:
+            return None
+        if self._yolo is None:
+            from ..labels.yolo import YoloLabeler
+
+            if self.cfg.unsupervised and not Path(lm.weights).expanduser().is_file():
+                logger.warning("label_model.weights %s not found: unsupervised is true, so only DAAM labels are made",
+                               Path(lm.weights).expanduser().resolve())
+                self._yolo_skipped = True
+                return None
+            device = lm.device or self.cfg.device
+            if device == "auto":
+                device = "0" if resolve_device("auto").type == "cuda" else "cpu"
+            self._yolo = YoloLabeler(lm.weights, self.cfg.dataset_classes(), lm.class_map or None, lm.conf, lm.imgsz,
+                                     device, lm.batch_size, class_names=lm.classes)
+        return self._yolo
+
+    def pipeline(self, task: str):
+        """The pipeline of ``task``: the task's model (loaded once), embeddings and scheduler applied."""
+        model = self.cfg.task_value(task, "model")
+        if model not in self._models:
+            logger.info("loading model %s", model)
+            base = cached_pipeline(model, self.cfg.device, self.cfg.dtype, self.cfg.checkpoint_config)
+            load_textual_inversions(base, self.cfg.textual_inversion)
+            base.set_progress_bar_config(disable=True)
+            self._models[model] = base
+        base = self._models[model]
+        pipe = family_of(base).task_pipeline(base, task)
+        set_scheduler(pipe, self.cfg.task_value(task, "scheduler"))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def run_batch(self, pipe: DiffusionPipeline, collector: HeatmapCollector, task: str, items: Sequence[WorkItem],
+                  masks: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, list[list[np.ndarray]], list[list[int]]]:
+        """Generate one batch.
+
+        Returns:
+            images: uint8 ``(batch, height, width, 3)``.
+            word_maps: ``word_maps[i][j]`` uint8 ``(height, width)``, heatmap of the j-th found class word of item i.
+            found: ``found[i]``: indices into ``items[i].class_words`` of the words that had tokens.
+        """
+        cfg = self.cfg
+        family = family_of(pipe)
+        with self._phase("pipeline"):
+            encoded = family.encode(pipe, [it.prompt for it in items], cfg.task_value(task, "negative_prompt"))
+            for it, e in zip(items, encoded.prompts):
+                if e.truncated:
+                    logger.warning("prompt longer than the model's %d tokens, truncated: %r", encoded.context_length,
+                                   it.prompt[:80])
+            positions = [[family.word_positions(pipe, e, w) for w, _ in it.class_words]
+                         for it, e in zip(items, encoded.prompts)]
+            found = [[j for j, p in enumerate(per) if p] for per in positions]
+            kwargs = task_inputs(cfg, task, items, masks)
+            height = kwargs.get("height") or kwargs["image"][0].height
+            width = kwargs.get("width") or kwargs["image"][0].width
+            collector.reset(len(items), sorted({t for per in positions for p in per for t in p}),
+                            family.latent_size(pipe, height, width))
+            out = pipe(
+                **encoded.pipeline_kwargs,
+                num_inference_steps=cfg.task_value(task, "steps"),
+                guidance_scale=cfg.task_value(task, "guidance_scale"),
+                # CPU generators: the same latents, hence images, on every device and batch size.
+                generator=[torch.Generator("cpu").manual_seed(it.seed) for it in items],
+                output_type="np",
+                **kwargs,
+            )
+            images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+            if masks is not None:
+                images = keep_outside_mask(images, kwargs["image"], masks)
+        word_maps: list[list[np.ndarray]] = [[] for _ in items]
+        if collector.active:
+            with self._phase("heatmaps"):
+                maps = collector.word_heatmaps([[positions[i][j] for j in found[i]] for i in range(len(items))],
+                                               (height, width))
+                word_maps = [[(m.numpy() * 255).round().astype(np.uint8) for m in row] for row in maps]
+        return images, word_maps, found
+
+    def media_folder(self, task: str, index: int) -> Path:
+        """Where item ``index`` of ``task``'s work list keeps its files: ``<dataset>/<task>/``, or with
+        ``images_per_shard`` its numbered shard folder ``<dataset>/<task>/<shard>/``."""
+        per = self.cfg.images_per_shard
+        parts = (task,) if per is None else (task, f"{index // per:05d}")
+        return safe_child(self.media_root, *parts)
+
+    def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
+                     class_ids: dict[str, int], extra: dict | None = None, folder: Path | None = None) -> fo.Sample:
+        """Write the item's files (under ``folder``) and return its complete sample (image, heatmaps,
+        labels, provenance)."""
+        cfg = self.cfg
+        folder = folder or safe_child(self.media_root, task)
+        ext = cfg.image_format
+        with self._phase("files"):
+            image_path = folder / "images" / f"{item.key}.{ext}"
+            if ext == "png":
+                write_png(image_path, image)
+            else:
+                write_atomic(image_path, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                                                 [cv2.IMWRITE_JPEG_QUALITY, 95]))
+            words = [item.class_words[j][0] for j in found]
+            classes = [item.class_words[j][1] for j in found]
+            word_heatmaps = []
+            for j, (word, cls, m) in enumerate(zip(words, classes, maps)):
+                path = write_png(folder / "heatmaps" / f"{item.key}_{j}.png", m)
+                word_heatmaps.append(fo.Heatmap(map_path=str(path), range=[0, 255], word=word, label=cls))
+            fields: dict = {}
+            if maps:
+                combined = write_png(folder / "heatmaps" / f"{item.key}.png", np.max(np.stack(maps), axis=0))
+                fields["heatmap"] = fo.Heatmap(map_path=str(combined), range=[0, 255])
+        with self._phase("labels"):
+            labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels)
+            if maps:
+                fields.update(to_fiftyone(labels, folder / "masks" / f"{item.key}.png"))
+        sample = fo.Sample(
+            filepath=str(image_path),
+            key=item.key,
+            task=task,
+            prompt=item.prompt,
+            negative_prompt=cfg.task_value(task, "negative_prompt"),
+            prompt_template=item.template,
+            attributes=fo.DynamicEmbeddedDocument(**item.attribute_dict),
+            seed=item.seed,
+            model=cfg.task_value(task, "model"),
+            steps=cfg.task_value(task, "steps"),
+            guidance_scale=float(cfg.task_value(task, "guidance_scale")),
+            parent_id=item.parent.id if item.parent is not None else None,
+            class_words=words,
+            word_heatmaps=word_heatmaps,
+            metadata=fo.ImageMetadata(width=image.shape[1], height=image.shape[0], num_channels=3,
+                                      mime_type=f"image/{'png' if ext == 'png' else 'jpeg'}"),
+            **fields,
+            **(extra or {}),
+        )
+        if task != "txt2img":
+            sample["strength"] = float(getattr(cfg, task).strength)
+        if item.replace is not None:
+            sample["inpaint_replaced"] = item.replace[0]
+        return sample
+
+    def supervised_labels(self, task: str, items: Sequence[WorkItem], images: np.ndarray,
+                          class_ids: dict[str, int], folders: Sequence[Path]) -> list[dict]:
+        """YOLO fields for a generated batch (one batched predict), or empty dicts without a label model."""
+        yolo = self.yolo()
+        if yolo is None:
+            return [{} for _ in items]
+        with self._phase("labels"):
+            return yolo.label([np.ascontiguousarray(im[..., ::-1]) for im in images],
+                              [[c for _, c in it.class_words] for it in items], class_ids,
+                              [folder / "masks_yolo" / f"{it.key}.png" for it, folder in zip(items, folders)])
+
+    def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None,
+                 shard: tuple[int, int] | None = None) -> TaskSummary:
+        """Make the missing samples of ``task`` (only those of shard ``(index, count)``, if given).
+
+        The work list is cut into batches once, from the full plan, so an image never depends on
+        what already exists or on the shard that makes it: a batch with any missing sample is
+        generated whole and only its missing samples are written. (Kernels may round differently
+        for another batch composition; with a fixed plan and batch size, images are bit-identical.)
+        """
+        cfg = self.cfg
+        items = list({it.key: it for it in plan(cfg, task, ds)}.values())
+        ids = dataset_class_ids(ds)
+        masks_by_key: dict[str, np.ndarray] = {}
+        if task == "inpaint":
+            kept = []
+            for it in items:
+                m = inpaint_mask(it, ids, cfg.inpaint.mask_dilation)
+                if m is None:
+                    logger.warning("inpaint: parent %s has no %r mask, skipped", it.parent_key, it.replace[0])
+                else:
+                    masks_by_key[it.key] = m
+                    kept.append(it)
+            items = kept
+        index = {it.key: i for i, it in enumerate(items)}
+        batches = list(_batches(items, cfg.task_value(task, "batch_size")))
+        if shard is not None:
+            batches = shard_items(batches, *shard)
+        have = existing_keys(ds)
+        planned = sum(len(b) for b in batches)
+        missing = sum(it.key not in have for b in batches for it in b)
+        summary = TaskSummary(task, planned=planned, skipped=planned - missing)
+        todo = [b for b in batches if any(it.key not in have for it in b)]
+        if not todo:
+            return summary
+        pipe = self.pipeline(task)
+        bar = tqdm(total=missing, desc=f"{cfg.dataset_name} {task}", unit="img")
+        with family_of(pipe).capture(pipe, cfg.heatmap_layers, cfg.self_attention_power,
+                            cfg.self_attention_layers) as collector, SampleWriter(ds) as writer:
+            for batch in todo:
+                masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
+                folders = [self.media_folder(task, index[it.key]) for it in batch]
+                images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)
+                supervised = self.supervised_labels(task, batch, images, ids, folders)
+                for it, image, maps, f, extra, folder in zip(batch, images, word_maps, found, supervised, folders):
+                    if it.key in have:
+                        continue
+                    summary.unlabeled_words += len(it.class_words) - len(f)
+                    writer.add(self.build_sample(task, it, image, maps, f, ids, extra, folder))
+                    summary.made += 1
+                bar.update(summary.made - bar.n)
+                report(progress, summary.made, missing, f"{task}: {summary.made}/{missing}")
+        bar.close()
+        if self.timings is not None:
+            self.timings["insert"] = self.timings.get("insert", 0.0) + writer.flush_seconds
+        return summary
+
+
+def shard_items(items: Sequence, index: int, count: int) -> list:
+    """Shard ``index`` of ``count`` of a work list (of items or batches): every ``count``-th one (disjoint, union = all)."""
+    if count < 1 or not 0 <= index < count:
+        raise DiffuGenError(f"shard {index} of {count}: need count >= 1 and 0 <= index < count")
+    return [it for k, it in enumerate(items) if k % count == index]
+
+
+def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_root: str | Path | None = None,
+             progress: ProgressFn | None = None, runner: Runner | None = None,
+             shard: tuple[int, int] | None = None) -> GenerateSummary:
+    """Run the config's tasks (all of them, in order txt2img → img2img → inpaint, or only ``tasks``).
+
+    Re-running resumes: samples whose key is already in the dataset are skipped; samples whose files
+    have gone since are deleted first and made again (:func:`diffugen.store.repair.drop_incomplete`;
+    for shards, when they are queued). ``shard=(i, n)`` makes only the i-th of n disjoint parts
+    (every n-th batch) of each task's work list.
+    """
+    chosen = list(tasks) if tasks else cfg.tasks()
+    for t in chosen:
+        if t not in cfg.tasks():
+            raise DiffuGenError(f"--task {t}: the config has no {t!r} section (it has {cfg.tasks()})")
+    run = runner or Runner(cfg, output_root)
+    for t in chosen:  # load every model (and embedding) first: a missing one fails before anything is written
+        run.pipeline(t)
+    run.yolo()
+    with run._phase("open_dataset"):
+        ds = open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
+    if shard is None:
+        # Sharded runs repair once, when queued (shards.queue_shards / resume_shards), not in every
+        # worker: a worker deleting a parent while another makes its children would orphan them.
+        drop_incomplete(ds)
+    summary = GenerateSummary(cfg.dataset_name)
+    for task in chosen:
+        summary.tasks.append(run.run_task(task, ds, progress, shard))
+    return summary

@@ -1,0 +1,388 @@
+"""DAAM labels: cross-attention heatmap → semantic mask, instance polygons, boxes, scores → FiftyOne.
+
+This implements the unsupervised labeling of DiffuGen (sections 3.5.1 and 3.5.2). For one word of
+the prompt, its cross-attention heatmap of shape ``(H, W)`` is turned into labels as follows:
+
+1. **Normalise** the map to ``[0, 1]`` by min-max (:func:`normalize_heatmap`; a constant map
+   becomes all zeros).
+2. **Threshold** it: a pixel is foreground when its normalised value is strictly greater than
+   the threshold. The threshold is either fixed (a float in ``(0, 1)``) or found with Otsu's
+   method on the map quantised to ``uint8`` (``round(255 * x)``); Otsu's ``uint8`` threshold
+   ``t`` is reported back as ``t / 255``.
+3. **Erode, then dilate** the binary mask (a morphological opening when both kernels are equal;
+   by default the dilation kernel is larger, which also closes small gaps and slightly grows the
+   blobs back after the erosion). Kernels are elliptical (isotropic for blob-shaped objects); the
+   side of each is ``max(1, round(frac * min(H, W)))``, bumped up to the next odd number so that
+   the kernel is centred (no half-pixel shift). ``frac = 0`` disables the operation. Pixels
+   outside the image never erode the mask (OpenCV's default border), so blobs touching the image
+   edge are kept.
+4. **External contours** (``cv2.RETR_EXTERNAL``, ``cv2.CHAIN_APPROX_SIMPLE``): one instance per
+   connected blob; holes are filled in the polygon but stay background in the masks.
+   Instances whose pixel area is below ``min_area * H * W`` are dropped, from both the instance
+   list and the semantic mask.
+5. Per instance: the **polygon** (the contour, simplified with ``cv2.approxPolyDP`` at
+   ``epsilon = polygon_epsilon * perimeter`` when ``polygon_epsilon > 0``), the **box**
+   (``cv2.boundingRect`` of the contour), the **mask** cropped to that box, the **area** and the
+   **label score**.
+
+Label score
+    The paper's score "takes into account both the size of the object ... and its intensity level
+    within the cross attention heatmap". Here::
+
+        score = intensity * size
+        intensity = mean of the normalised heatmap over the instance's pixels   (in [0, 1])
+        size = min(1, area / full_score_area)                                   (in [0, 1])
+
+    where ``area`` is the instance's pixel count divided by ``H * W`` (``size = 1`` when
+    ``full_score_area == 0``). Instances are returned by descending score.
+
+Coordinates
+    Polygons and boxes are normalised: ``x`` is divided by the image width ``W`` and ``y`` by the
+    height ``H``. Polygon vertices are the contour's pixel indices divided by ``(W, H)``, so
+    ``cv2.fillPoly`` of ``round(polygon * (W, H))`` redraws the blob; boxes follow FiftyOne's
+    ``[x, y, w, h]`` convention (top-left corner and size, pixel edges), so a box covers pixels
+    ``x*W <= col < (x+w)*W`` and its instance mask has shape ``(h*H, w*W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import cv2
+import fiftyone as fo
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..store.files import write_png
+
+DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")
+
+__all__ = [
+    "DAAM_FIELDS",
+    "DaamLabels",
+    "Instance",
+    "LabelParams",
+    "WordLabels",
+    "extract_labels",
+    "kernel_side",
+    "label_heatmaps",
+    "normalize_heatmap",
+    "semantic_mask",
+    "to_fiftyone",
+]
+
+_Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class LabelParams(BaseModel):
+    """Parameters of heatmap → labels; lives in the user's JSON config under ``"labels"``.
+
+    Args:
+        threshold: ``"otsu"`` for Otsu's automatic threshold, or a fixed threshold in ``(0, 1)``
+            applied to the min-max normalised heatmap (foreground is ``value > threshold``).
+        erode: Side of the (elliptical) erosion kernel as a fraction of ``min(H, W)``, in
+            ``[0, 1)``; ``0`` disables the erosion. See :func:`kernel_side`.
+        dilate: Side of the dilation kernel, same convention; applied after the erosion.
+        min_area: Instances whose pixel area is below ``min_area * H * W`` are dropped.
+        polygon_epsilon: ``cv2.approxPolyDP`` tolerance as a fraction of the contour's perimeter;
+            ``0`` keeps the raw ``CHAIN_APPROX_SIMPLE`` contour.
+        full_score_area: Area fraction of the image at which the size term of the label score
+            saturates to 1.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Literal["otsu"] | Annotated[float, Field(gt=0.0, lt=1.0)] = "otsu"
+    erode: _Fraction = 0.01
+    dilate: _Fraction = 0.02
+    min_area: _Fraction = 0.001
+    polygon_epsilon: _Fraction = 0.002
+    full_score_area: _Fraction = 0.01
+
+
+@dataclass
+class Instance:
+    """One labeled object instance (one external contour of a word's mask).
+
+    Attributes:
+        polygon: ``(N, 2)`` float64 array of ``(x, y)`` vertices normalised to ``[0, 1]`` by the
+            image width and height, ``N >= 3``; closed implicitly (first point not repeated).
+        box: ``(x, y, w, h)`` normalised box (top-left corner and size, FiftyOne convention),
+            from ``cv2.boundingRect`` of the contour.
+        mask: ``bool`` array of shape ``(h_px, w_px)``: the instance's pixels cropped to its
+            pixel box (what ``fiftyone.Detection.mask`` expects).
+        score: Label score in ``[0, 1]`` (see the module docstring).
+        area: Instance pixel count divided by ``H * W``.
+    """
+
+    polygon: np.ndarray
+    box: tuple[float, float, float, float]
+    mask: np.ndarray
+    score: float
+    area: float
+
+
+@dataclass
+class WordLabels:
+    """Labels extracted from one word's heatmap.
+
+    Attributes:
+        mask: ``bool`` array of shape ``(H, W)``: the word's semantic mask after thresholding,
+            morphology and ``min_area`` filtering (the union of the instances' masks).
+        instances: The instances, by descending score.
+        threshold: The threshold actually used, on the ``[0, 1]`` normalised scale.
+    """
+
+    mask: np.ndarray
+    instances: list[Instance] = field(default_factory=list)
+    threshold: float = 0.0
+
+
+def normalize_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """Min-max normalise a heatmap to ``[0, 1]``.
+
+    Args:
+        heatmap: ``(H, W)`` array of any real dtype (not necessarily normalised).
+
+    Returns:
+        ``(H, W)`` float32 array in ``[0, 1]`` (a new array). A constant map gives all zeros.
+        Non-finite values (NaN, ±inf), if any, are ignored for the min/max and mapped to 0.
+
+    Raises:
+        ValueError: If ``heatmap`` is not two-dimensional.
+    """
+    a = np.asarray(heatmap)
+    if a.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D (H, W), got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(a.shape, np.float32)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    lo, hi = a.min(), a.max()
+    finite = None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = np.isfinite(a)
+        if not finite.any():
+            return np.zeros(a.shape, np.float32)
+        lo, hi = a[finite].min(), a[finite].max()
+    if not hi > lo:
+        return np.zeros(a.shape, np.float32)
+    # Work in float32 when the input is float32 and the range does not overflow; exact enough,
+    # and (x - lo) <= (hi - lo) stays true after rounding, so the result is within [0, 1].
+    work = np.float32 if a.dtype == np.float32 else np.float64
+    lo, hi = work(lo), work(hi)
+    span = hi - lo
+    if not np.isfinite(span):
+        work = np.float64
+        lo, hi = np.float64(lo), np.float64(hi)
+        span = hi - lo
+    out = np.subtract(a, lo, dtype=work)
+    np.divide(out, span, out=out)
+    if finite is not None:
+        out[~finite] = 0.0
+    return out if out.dtype == np.float32 else out.astype(np.float32)
+
+
+def kernel_side(frac: float, height: int, width: int) -> int:
+    """Morphology kernel side in pixels for a fraction of the image size.
+
+    Args:
+        frac: Kernel side as a fraction of ``min(height, width)``; ``0`` means no operation.
+        height: Image height ``H``.
+        width: Image width ``W``.
+
+    Returns:
+        ``0`` when ``frac == 0``, else ``max(1, round(frac * min(H, W)))`` bumped up to the next
+        odd integer (a centred kernel). A side of 1 is a no-op.
+    """
+    if frac <= 0:
+        return 0
+    side = max(1, int(round(frac * min(height, width))))
+    return side if side % 2 else side + 1
+
+
+def _morph(mask: np.ndarray, side: int, op: int) -> np.ndarray:
+    if side <= 1:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    return cv2.morphologyEx(mask, op, kernel)
+
+
+def extract_labels(heatmap: np.ndarray, params: LabelParams | None = None) -> WordLabels:
+    """Extract the semantic mask and the instances of one word from its heatmap.
+
+    Args:
+        heatmap: ``(H, W)`` real-valued cross-attention heatmap (not necessarily normalised).
+        params: Labeling parameters; defaults to ``LabelParams()``.
+
+    Returns:
+        :class:`WordLabels` with a ``bool (H, W)`` mask and the instances by descending score.
+        A map without any blob (empty, flat, or all below the threshold) gives an all-False mask
+        and no instances; this never raises for 2-D input.
+
+    Raises:
+        ValueError: If ``heatmap`` is not two-dimensional.
+    """
+    p = params if params is not None else LabelParams()
+    norm = normalize_heatmap(heatmap)
+    height, width = norm.shape
+    if norm.size == 0:
+        thr = p.threshold if isinstance(p.threshold, float) else 0.0
+        return WordLabels(mask=np.zeros((height, width), bool), instances=[], threshold=thr)
+
+    # 1. Threshold → uint8 {0, 1} mask.
+    if p.threshold == "otsu":
+        u8 = cv2.convertScaleAbs(norm, alpha=255.0)  # saturating round(255 * x)
+        t, binary = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        thr = float(t) / 255.0
+    else:
+        thr = float(p.threshold)
+        _, binary = cv2.threshold(norm, thr, 1.0, cv2.THRESH_BINARY)
+        binary = binary.astype(np.uint8)
+
+    # 2. Erosion, then dilation.
+    binary = _morph(binary, kernel_side(p.erode, height, width), cv2.MORPH_ERODE)
+    binary = _morph(binary, kernel_side(p.dilate, height, width), cv2.MORPH_DILATE)
+
+    # 3. External contours → instances.
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    total = float(height * width)
+    min_px = p.min_area * total
+    scale = np.array([width, height], np.float64)
+    out_mask = np.zeros((height, width), bool)
+    instances: list[Instance] = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        if w * h < min_px:  # the pixel area can't exceed the box area
+            continue
+        fill = np.zeros((h, w), np.uint8)
+        cv2.drawContours(fill, [contour], -1, 1, thickness=cv2.FILLED, offset=(-x, -y))
+        crop = cv2.bitwise_and(fill, binary[y : y + h, x : x + w])
+        n_px = cv2.countNonZero(crop)
+        if n_px == 0 or n_px < min_px:
+            continue
+        intensity = cv2.mean(norm[y : y + h, x : x + w], mask=crop)[0]
+        area = n_px / total
+        size = 1.0 if p.full_score_area <= 0 else min(1.0, area / p.full_score_area)
+        score = min(1.0, max(0.0, float(intensity) * size))
+
+        pts = contour
+        if p.polygon_epsilon > 0:
+            approx = cv2.approxPolyDP(contour, p.polygon_epsilon * cv2.arcLength(contour, True), True)
+            if len(approx) >= 3:
+                pts = approx
+        pts = pts.reshape(-1, 2)
+        if len(pts) < 3:  # a 1-pixel-wide blob: fall back to its pixel box
+            pts = np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]])
+        polygon = pts.astype(np.float64) / scale
+
+        mask_crop = crop.astype(bool)
+        out_mask[y : y + h, x : x + w] |= mask_crop
+        instances.append(
+            Instance(
+                polygon=polygon,
+                box=(x / width, y / height, w / width, h / height),
+                mask=mask_crop,
+                score=score,
+                area=area,
+            )
+        )
+
+    instances.sort(key=lambda inst: inst.score, reverse=True)
+    return WordLabels(mask=out_mask, instances=instances, threshold=thr)
+
+
+def semantic_mask(
+    word_labels: Sequence[WordLabels],
+    class_ids: Sequence[int],
+    shape: tuple[int, int],
+    heatmaps: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Combine several words' masks into one class-index mask.
+
+    Overlaps: without ``heatmaps``, later entries win. With ``heatmaps`` (one ``(H, W)`` map per
+    word, in the same order), an overlapping pixel goes to the word with the larger *normalised*
+    heat (:func:`normalize_heatmap`) at that pixel; ties go to the later entry.
+
+    Args:
+        word_labels: One :class:`WordLabels` per word, each with a ``bool (H, W)`` mask.
+        class_ids: Class index of each word, in ``[1, 255]`` (0 is background).
+        shape: ``(H, W)`` of the output.
+        heatmaps: Optional raw heatmaps, ``(H, W)`` each, to resolve overlaps.
+
+    Returns:
+        ``uint8`` array of shape ``(H, W)`` with the class index per pixel, 0 for background.
+
+    Raises:
+        ValueError: On mismatched lengths or shapes, or a class id outside ``[1, 255]``.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    if len(word_labels) != len(class_ids):
+        raise ValueError(f"{len(word_labels)} word labels but {len(class_ids)} class ids")
+    if heatmaps is not None and len(heatmaps) != len(word_labels):
+        raise ValueError(f"{len(word_labels)} word labels but {len(heatmaps)} heatmaps")
+    out = np.zeros(shape, np.uint8)
+    best = np.full(shape, -1.0, np.float32) if heatmaps is not None else None
+    for i, (wl, cid) in enumerate(zip(word_labels, class_ids)):
+        cid = int(cid)
+        if not 1 <= cid <= 255:
+            raise ValueError(f"class id must be in [1, 255], got {cid}")
+        mask = np.asarray(wl.mask, bool)
+        if mask.shape != shape:
+            raise ValueError(f"word {i}: mask shape {mask.shape} != {shape}")
+        if best is None:
+            out[mask] = cid
+            continue
+        heat = normalize_heatmap(heatmaps[i])  # type: ignore[index]
+        if heat.shape != shape:
+            raise ValueError(f"word {i}: heatmap shape {heat.shape} != {shape}")
+        sel = mask & (heat >= best)
+        out[sel] = cid
+        best[sel] = heat[sel]
+    return out
+
+
+# ---- as FiftyOne labels --------------------------------------------------------------------------
+@dataclass
+class DaamLabels:
+    """Unsupervised labels of one image, before they become FiftyOne labels."""
+
+    words: list[str]
+    classes: list[str]
+    word_labels: list[WordLabels]
+    mask: np.ndarray  # uint8 (H, W), class id per pixel (index in the dataset's classes + 1)
+
+
+def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classes: Sequence[str],
+                   class_ids: dict[str, int], params: LabelParams) -> DaamLabels:
+    """Per-word uint8 heatmaps ``(H, W)`` → :class:`DaamLabels` (the one labeling path: generate and relabel)."""
+    word_labels = [extract_labels(m.astype(np.float32) / 255.0, params) for m in word_maps]
+    if word_maps:
+        mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
+    else:
+        mask = np.zeros((1, 1), np.uint8)
+    return DaamLabels(list(words), list(classes), word_labels, mask)
+
+
+def to_fiftyone(labels: DaamLabels, mask_path: Path) -> dict[str, fo.Label]:
+    """FiftyOne labels of :class:`DaamLabels`; writes the semantic mask to ``mask_path``."""
+    polylines, detections = [], []
+    for word, cls, wl in zip(labels.words, labels.classes, labels.word_labels):
+        for inst in wl.instances:
+            score = float(inst.score)
+            polylines.append(
+                fo.Polyline(label=cls, points=[inst.polygon.tolist()], closed=True, filled=True, confidence=score, word=word)
+            )
+            detections.append(
+                fo.Detection(label=cls, bounding_box=list(map(float, inst.box)), mask=inst.mask, confidence=score,
+                             word=word, area=float(inst.area))
+            )
+    write_png(mask_path, labels.mask)
+    return {
+        "daam_segmentation": fo.Segmentation(mask_path=str(mask_path)),
+        "daam_polygons": fo.Polylines(polylines=polylines),
+        "daam_detections": fo.Detections(detections=detections),
+    }

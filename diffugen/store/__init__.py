@@ -1,0 +1,1 @@
+"""The store stage: the FiftyOne dataset, files under the output root, batched writes, repair."""

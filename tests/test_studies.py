@@ -1,0 +1,40 @@
+"""The textual-inversion study's shape judges (``studies/judges.py``): they must see what the eye sees."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffugen.toyworld.scene import ALL_LABELS, SHAPES, make_scene
+from diffugen.toyworld.truth import classify_shape, recover_instances
+from studies.judges import classify_with_holes, object_by_contrast
+
+
+def test_contrast_judge_sees_a_ring_through_colour_drift_a_tinted_hole_and_a_small_hole():
+    """What generated rings do to the colour judge: the body shades from yellow into orange, the hole is
+    small and tinted. The colour blob is then an arc; the object by contrast is still a ring. A solid circle
+    that drifts the same way stays a circle, and exact renders of every kind are judged as drawn."""
+    from diffugen.toyworld.scene import EXTRA_SHAPES, HOLLOW_SHAPES
+
+    kinds = ALL_LABELS + EXTRA_SHAPES + tuple(f"hollow {s}" for s in EXTRA_SHAPES)
+    for seed in range(6):
+        sc = make_scene(seed, objects=[("yellow", "circle")], min_size=24, max_size=24, background="water", time="day")
+        disc = sc.objects[0].mask
+        ys, xs = np.nonzero(disc)
+        cy, cx = ys.mean(), xs.mean()
+        yy, xx = np.mgrid[: disc.shape[0], : disc.shape[1]]
+        hole = (yy - cy) ** 2 + (xx - cx) ** 2 <= (0.3 * 12) ** 2  # 0.3 of the radius: the world's is 0.5
+        for holed in (True, False):
+            image = sc.image.copy()
+            shade = np.clip((xx - xs.min()) / np.ptp(xs), 0, 1)  # yellow on the left shading into orange
+            image[disc, 1] = (220 - 100 * shade[disc]).astype(np.uint8)  # the right edge: 100 from yellow
+            if holed:
+                image[hole] = (60, 80, 50)  # tinted, not the water behind it
+            (blob, *_) = [r for r in recover_instances(image, 80.0, 12, open_noise=True) if r.color == "yellow"]
+            body = object_by_contrast(image, blob.mask)
+            assert classify_shape(blob.mask, kinds, True) != "ring"  # the colour judge sees an arc
+            assert classify_with_holes(body, kinds, True) == ("ring" if holed else "circle")
+    world = dict(shapes=SHAPES + EXTRA_SHAPES, hollow_shapes=HOLLOW_SHAPES + EXTRA_SHAPES, round_holes=True, hollow_rate=0.5)
+    for seed in range(60):
+        sc = make_scene(seed, **world)
+        for o in sc.objects:
+            assert classify_with_holes(object_by_contrast(sc.image, o.mask), kinds, True) == o.kind, (seed, o.kind)
