@@ -36,3 +36,16 @@ def dataset_name_problem(name: object) -> str | None:
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
         return f"must be 1-100 letters, digits, '.', '_' or '-' (it names a folder under output_root); got {name!r}"
     return None
+
+
+MAX_SEED = 2**63 - 1  # seeds are stored as MongoDB 64-bit integers
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|\d+(,\d+)*)$")
+
+
+def device_problem(device: object) -> str | None:
+    """What is wrong with a device name (``None`` when nothing is): ``auto``, ``cpu``, ``mps``, ``cuda``,
+    ``cuda:N``, or GPU indices ``0`` / ``0,1`` (ultralytics' form)."""
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        return "expected auto, cpu, mps, cuda, cuda:N or a GPU index like 0"
+    return None

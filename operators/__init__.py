@@ -156,6 +156,8 @@ class LabelYolo(forms.CallableOperator):
             forms.number(inputs, ctx, "imgsz", 640, "Image size", lo=32, hi=4096, integer=True)
             forms.number(inputs, ctx, "batch_size", 8, "Batch size", lo=1, hi=1024, integer=True)
             inputs.str("device", default="cpu", label="Device", description="cpu, cuda:0, ...")
+            inputs.bool("trust_weights", default=False, label="Trust the weights file",
+                        description="load it even if ultralytics' safe load refuses it (a .pt is a pickle: it can run code)")
         return types.Property(inputs, view=types.View(label="Label with YOLO"))
 
     def execute(self, ctx):
@@ -164,7 +166,8 @@ class LabelYolo(forms.CallableOperator):
         p = ctx.params
         result = label_yolo(forms.target(ctx), weights=p["weights"], class_map=json.loads(p.get("class_map") or "{}"),
                             conf=p.get("conf", 0.25), imgsz=p.get("imgsz", 640), batch_size=p.get("batch_size", 8),
-                            device=p.get("device", "cpu"), progress=forms.progress_reporter(ctx))
+                            device=p.get("device", "cpu"), progress=forms.progress_reporter(ctx),
+                            trust_weights=p.get("trust_weights", False))
         forms.reload(ctx)
         return {"result": _jsonable(result)}
 
@@ -215,9 +218,9 @@ class TrainYolo(forms.CallableOperator):
 
 
 def _default_train_field(dataset) -> str:
-    from diffugen.curation.review import CURATED
+    from diffugen.curation.export import default_label_field
 
-    return CURATED if CURATED in dataset.get_field_schema() else "daam_polygons"
+    return default_label_field(dataset, fallback="daam_polygons")
 
 
 def _train_inputs(ctx, inputs) -> None:
@@ -318,7 +321,9 @@ class ApplyReview(forms.CallableOperator):
 
 # ---- export --------------------------------------------------------------------------------------
 def _export_inputs(ctx, inputs) -> None:
-    from diffugen.curation.export import FIELD_TYPES, FORMATS, check_out_dir, default_export_root, parse_split
+    from diffugen.curation.export import (
+        FIELD_TYPES, FORMATS, check_out_dir, default_export_root, default_label_field, parse_split,
+    )
     from diffugen.errors import DiffuGenError
 
     if not forms.target_input(ctx, inputs):
@@ -328,7 +333,8 @@ def _export_inputs(ctx, inputs) -> None:
         fmt.add_choice(f, label={"yolo": "YOLO (segmentation)", "coco": "COCO (polygons)", "masks": "mask images"}[f])
     inputs.enum("format", fmt.values(), default="yolo", label="Format", view=fmt)
     kinds = FIELD_TYPES.get(ctx.params.get("format", "yolo"), LABEL_LISTS)
-    forms.field_input(ctx, inputs, "field", kinds, "curated", "Label field")
+    forms.field_input(ctx, inputs, "field", kinds, default_label_field(ctx.dataset), "Label field",
+                      description="default: curated once the review was applied, else the DAAM labels")
     root = default_export_root(ctx.dataset)
     out = inputs.str("out_dir", required=True, label="Export folder",
                      description=f"inside the export root {root} (a relative path is taken relative to it)")
@@ -361,11 +367,11 @@ class Export(forms.CallableOperator):
         return types.Property(inputs, view=types.View(label="Export"))
 
     def execute(self, ctx):
-        from diffugen.curation.export import default_export_root, export_dataset
+        from diffugen.curation.export import default_export_root, default_label_field, export_dataset
 
         p = ctx.params
         summary = export_dataset(forms.target(ctx), p["out_dir"], format=p.get("format", "yolo"),
-                                 field=p.get("field", "curated"), split=p.get("split", DEFAULT_SPLIT),
+                                 field=p.get("field") or default_label_field(ctx.dataset), split=p.get("split", DEFAULT_SPLIT),
                                  seed=p.get("seed", 0), overwrite=p.get("overwrite", False),
                                  allowed_root=default_export_root(ctx.dataset), progress=forms.progress_reporter(ctx))
         forms.reload(ctx)  # the split tags

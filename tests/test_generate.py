@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import fiftyone as fo
+import cv2
 import numpy as np
 import pytest
 from conftest import small_config
@@ -211,3 +212,20 @@ def test_bad_input_writes_nothing(tmp_path, write_config, dataset_name, capsys):
     assert cli(["generate", str(write_config(small_config(dataset_name, out), "t.json")), "--task", "inpaint"]) == 2
     assert not fo.dataset_exists(dataset_name)
     assert not out.exists()
+
+
+def test_each_class_has_a_heatmap_field_the_app_draws(tmp_path, dataset_name):
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", templates=["a {object} and a sedan on a road"],
+                                    attributes={"object": ["car", "bus"]}, class_words=["car", "bus", "sedan"],
+                                    class_map={"sedan": "car"}, seeds=[3]))
+    generate(cfg)
+    ds = fo.load_dataset(dataset_name)
+    schema = ds.get_field_schema()
+    assert schema["heatmap_car"].document_type is fo.Heatmap and schema["heatmap_bus"].document_type is fo.Heatmap
+    for s in ds:
+        words = {h.word: h for h in s.word_heatmaps}
+        if "bus" in words:  # one word of the class: its own map
+            assert s.heatmap_bus.map_path == words["bus"].map_path
+        both = [cv2.imread(words[w].map_path, cv2.IMREAD_GRAYSCALE) for w in ("car", "sedan") if w in words]
+        car = cv2.imread(s.heatmap_car.map_path, cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(car, np.max(np.stack(both), axis=0))  # two words of one class: their max

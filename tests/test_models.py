@@ -53,6 +53,6 @@ def test_a_pipeline_of_no_known_family_is_named_in_the_error(tiny_pipe):
     class FancyPipeline:
         pass
 
-    with pytest.raises(ModelNotFoundError, match=r"FancyPipeline.*families it serves are \['sd'\]"):
+    with pytest.raises(ModelNotFoundError, match=r"FancyPipeline.*families it serves are \[.*'sd'"):
         family_of(FancyPipeline())
     assert family_of(tiny_pipe).name == "sd"

@@ -152,3 +152,14 @@ def test_export_command_line(ds, tmp_path, capsys):
     assert args.func(args) == 0
     assert "exported" in capsys.readouterr().out and (tmp_path / "c" / "val" / "labels.json").is_file()
     assert ds.count_sample_tags() == {"train": 4, "val": 4}
+
+
+def test_export_without_a_field_takes_curated_once_a_review_was_applied(ds, tmp_path, capsys):
+    from diffugen.cli import main as cli
+
+    assert cli(["export", ds.name, "--format", "coco", "--out", str(tmp_path / "a")]) == 0
+    assert "exporting daam_detections: no review applied yet" in capsys.readouterr().out
+    apply_review(ds, min_score=0.0)
+    assert cli(["export", ds.name, "--format", "coco", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "exporting curated: the review was applied" in out and "curated labels" in out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._shared import load_dataset
+from ._shared import load_dataset, port
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -36,6 +36,6 @@ def add_parsers(sub) -> None:
 
     a = sub.add_parser("app", help="open a dataset in the FiftyOne App")
     a.add_argument("dataset")
-    a.add_argument("--port", type=int, default=5151)
+    a.add_argument("--port", type=port, default=5151)
     a.add_argument("--remote", action="store_true", help="serve without opening a browser")
     a.set_defaults(func=cmd_app)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..common import DEFAULT_SPLIT, REVIEW_MIN_SCORE, YOLO_START_MODEL
-from ._shared import load_dataset
+from ._shared import device, load_dataset, positive_int
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -35,15 +35,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset)
     weights = train_yolo(ds, epochs=args.epochs, imgsz=args.imgsz, model=args.model, min_score=args.min_score,
                          only_approved=args.only_approved, field=args.field, device=args.device, batch=args.batch,
-                         val_fraction=args.val_fraction, seed=args.seed, out_dir=args.out)
+                         val_fraction=args.val_fraction, seed=args.seed, out_dir=args.out,
+                         trust_weights=args.trust_weights)
     print(weights)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..curation.export import export_dataset
+    from ..curation.export import default_label_field, export_dataset
 
-    summary = export_dataset(load_dataset(args.dataset), args.out, format=args.format, field=args.field,
+    ds = load_dataset(args.dataset)
+    field = args.field
+    if field is None:
+        field = default_label_field(ds)
+        why = "the review was applied" if field == "curated" else "no review applied yet (apply-review makes curated)"
+        print(f"exporting {field}: {why}")
+    summary = export_dataset(ds, args.out, format=args.format, field=field,
                              split=args.split, seed=args.seed, overwrite=args.overwrite)
     print(summary)
     if summary.data_yaml:
@@ -75,16 +82,18 @@ def add_parsers(sub) -> None:
     t.add_argument("--field", default="daam_polygons",
                    help="labels to train on: daam_polygons, daam_detections, curated (after apply_review) ... "
                         "(default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--imgsz", type=int, help="training image size (default: the images' size)")
+    t.add_argument("--epochs", type=positive_int, default=30)
+    t.add_argument("--imgsz", type=positive_int, help="training image size (default: the images' size)")
     t.add_argument("--model", default=YOLO_START_MODEL, help="a YOLO-seg yaml (from scratch) or local .pt (fine-tune)")
     t.add_argument("--min-score", type=float, help="use only labels with at least this score")
     t.add_argument("--only-approved", action="store_true", help="use only labels tagged 'approved' in review")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--device", type=device, default="cpu", help="cpu, 0, cuda:0 ...")
+    t.add_argument("--batch", type=positive_int, default=16)
     t.add_argument("--val-fraction", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="run folder (default: OUTPUT_ROOT/DATASET/yolo/<time>)")
+    t.add_argument("--trust-weights", action="store_true",
+                   help="load a --model .pt even if ultralytics' safe load refuses it (it is a pickle: it can run code)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="export labels for training: YOLO, COCO or mask images, split train/val")
@@ -92,7 +101,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--format", choices=FORMATS, required=True)
     e.add_argument("--out", required=True, help="export folder (refused if it exists, unless --overwrite)")
     e.add_argument("--split", default=DEFAULT_SPLIT, help="split fractions (default: %(default)s)")
-    e.add_argument("--field", default="curated", help="label field to export (default: %(default)s)")
+    e.add_argument("--field", help="label field to export (default: curated once a review was applied, "
+                                   "else daam_detections)")
     e.add_argument("--seed", type=int, default=0, help="seed of the random split (default: %(default)s)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     e.set_defaults(func=cmd_export)

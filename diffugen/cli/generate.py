@@ -6,7 +6,7 @@ import argparse
 
 from ..common import STALE_AFTER_S, TASKS, dataset_name_problem
 from ..errors import DiffuGenError
-from ._shared import load_dataset
+from ._shared import load_dataset, positive_int
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -62,7 +62,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = f"{s.state} (STALE: {s.why_stale}; `diffugen generate CONFIG --resume` requeues it)" if s.stale else s.state
         pct = f" {100 * s.progress:.0f}%" if s.progress is not None and s.state == "running" else ""
         print(f"{s.task} shard {s.index + 1}/{s.count}: {state}{pct} {s.label}".rstrip())
-    print(f"samples: {dict(ds.count_values('task'))}")
+    counts = dict(ds.count_values("task")) if "task" in ds.get_field_schema() else {}
+    print(f"samples: {counts or len(ds)}")
     return 0
 
 
@@ -72,7 +73,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--task", choices=TASKS, help="run only this task section (default: all, in order)")
     g.add_argument("--output-root", help="folder for images, heatmaps and masks (default: the config's output_root)")
     g.add_argument("--dataset", help="dataset name (default: the config's dataset_name)")
-    g.add_argument("--shards", type=int, help="queue N delegated shards per task for `fiftyone delegated launch` workers")
+    g.add_argument("--shards", type=positive_int, help="queue N delegated shards per task for `fiftyone delegated launch` workers")
     g.add_argument("--resume", action="store_true", help="requeue the shards that failed or whose worker died")
     g.add_argument("--stale-after", type=float, default=STALE_AFTER_S,
                    help="with --resume: a running shard without progress for this many seconds is dead (default %(default)s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DiffuGenError
-from ._shared import load_dataset
+from ._shared import device, load_dataset, positive_int
 
 
 def _label_params(args: argparse.Namespace):
@@ -57,7 +57,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         lm = ds.info.get("diffugen_config", {}).get("label_model") or {}
         class_map = lm.get("class_map") or None
     n = label_yolo(ds, args.yolo, class_map=class_map, conf=args.conf, imgsz=args.imgsz, device=args.device,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, trust_weights=args.trust_weights)
     print(f"labeled {n} samples of {args.dataset!r} with {args.yolo} (fields yolo_segmentation, yolo_polygons, yolo_detections)")
     return 0
 
@@ -88,9 +88,11 @@ def add_parsers(sub) -> None:
     lb.add_argument("--yolo", required=True, metavar="WEIGHTS", help="a local YOLO-seg .pt file (never downloaded)")
     lb.add_argument("--class-map", help="dataset_class=model_class,... (default: the config's, else same names)")
     lb.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
-    lb.add_argument("--imgsz", type=int, default=640)
-    lb.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ...")
-    lb.add_argument("--batch-size", type=int, default=8)
+    lb.add_argument("--imgsz", type=positive_int, default=640)
+    lb.add_argument("--device", type=device, default="cpu", help="cpu, 0, cuda:0 ...")
+    lb.add_argument("--batch-size", type=positive_int, default=8)
+    lb.add_argument("--trust-weights", action="store_true",
+                    help="load the .pt even if ultralytics' safe load refuses it (it is a pickle: it can run code)")
     lb.set_defaults(func=cmd_label)
 
     c = sub.add_parser("compare", help="match DAAM and YOLO labels, evaluate, save disagreement views")

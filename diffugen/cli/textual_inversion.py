@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._shared import device, positive_int
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..textual_inversion import train_textual_inversion
@@ -30,18 +32,18 @@ def add_parsers(sub) -> None:
     t.add_argument("--init-word", required=True, help="a one-token word close to the concept; the embedding starts there (with --num-vectors N: one word, or N words, one per vector)")
     t.add_argument("--model", required=True, help="builtin:toyworld, a diffusers folder, a checkpoint file or a hub id")
     t.add_argument("--out", required=True, metavar="FILE.safetensors", help="embedding file to write")
-    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--steps", type=positive_int, default=500)
     t.add_argument("--lr", type=float, default=5e-3)
-    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--batch-size", type=positive_int, default=4)
     t.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
     t.add_argument("--template", action="append",
                    help="caption with {} for the token (repeatable; default: object templates)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--dtype", default="auto", help="dtype of the UNet and VAE (auto: float16 on CUDA, else float32)")
+    t.add_argument("--device", type=device, default="auto")
+    t.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="dtype of the UNet and VAE (auto: float16 on CUDA, else float32)")
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: none)")
     t.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.safetensors")
-    t.add_argument("--num-vectors", type=int, default=1, help="embedding vectors the token gets")
+    t.add_argument("--num-vectors", type=positive_int, default=1, help="embedding vectors the token gets")
     t.add_argument("--max-norm", metavar="X|vocab",
                    help="keep each new vector's length at most X ('vocab': the longest word's); default: unconstrained")
     t.set_defaults(func=cmd_train)

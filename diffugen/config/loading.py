@@ -71,7 +71,11 @@ def load_config(path: str | Path) -> DiffuGenConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path.resolve()}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                          "save the config as UTF-8") from None
     try:
         raw = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:

@@ -7,15 +7,20 @@ any of them. Every key either acts or is rejected by name: nothing is accepted a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..common import MAX_SIDE, MAX_STEPS, MIN_SIDE, MIN_STEPS, SIDE_MULTIPLE, TASKS, dataset_name_problem
+from ..common import (
+    MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, MIN_STEPS, SIDE_MULTIPLE, TASKS, dataset_name_problem, device_problem,
+)
 from ..labels.daam import LabelParams
 from ..prompts import template_fields
 
 SCHEDULERS = ("ddim", "pndm", "euler", "euler_a", "dpm++", "lms", "unipc")
+# The model families of diffugen.generation.family's registry (tests check the two agree); "auto":
+# the one the model's files show.
+MODEL_FAMILIES = ("auto", "sd", "sdxl")
 
 
 def _side(default: int | None = None) -> Any:
@@ -26,6 +31,16 @@ def _steps(default: int | None = None) -> Any:
     return Field(default, ge=MIN_STEPS, le=MAX_STEPS)
 
 
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _check_device(v: str | None) -> str | None:
+    problem = None if v is None else device_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -34,7 +49,7 @@ class SeedRange(_Strict):
     """``count_per_prompt`` seeds drawn deterministically per prompt from ``[min, max]``."""
 
     min: int = Field(0, ge=0)
-    max: int = Field(2**31 - 1, le=2**63 - 1)
+    max: int = Field(2**31 - 1, le=MAX_SEED)
     count_per_prompt: int = Field(1, ge=1, le=10_000)
 
     @model_validator(mode="after")
@@ -78,7 +93,7 @@ class TaskConfig(_Strict):
     templates: list[str] | None = None
     attributes: dict[str, list[str]] | None = None
     negative_prompt: str | None = None
-    seeds: list[int] | SeedRange | None = None
+    seeds: list[Seed] | SeedRange | None = None
     image_count: int | None = Field(None, ge=1)
     width: int | None = _side()
     height: int | None = _side()
@@ -123,6 +138,10 @@ class LabelModelConfig(_Strict):
     imgsz: int = Field(640, ge=32, le=4096)
     device: str | None = None  # default: the config's device
     batch_size: int = Field(8, ge=1, le=256)
+    # A .pt file is a pickle that can run code: it is checked with ultralytics' safe load unless trusted.
+    trust_weights: bool = False
+
+    _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
 
 class DiffuGenConfig(_Strict):
@@ -132,6 +151,7 @@ class DiffuGenConfig(_Strict):
     output_root: str = "datasets_output"
     model: str = "builtin:tiny"
     checkpoint_config: str | None = None  # diffusers config folder/hub id for single-file checkpoints
+    model_family: Literal[MODEL_FAMILIES] = "auto"  # type: ignore[valid-type]  # "sd" (1.x/2.x) or "sdxl" to override
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     image_format: Literal["png", "jpg"] = "png"
@@ -139,7 +159,7 @@ class DiffuGenConfig(_Strict):
     templates: list[str] = Field(default_factory=list)
     attributes: dict[str, list[str]] = Field(default_factory=dict)
     negative_prompt: str = ""
-    seeds: list[int] | SeedRange = Field(default_factory=lambda: SeedRange(min=0, max=2**31 - 1))
+    seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(min=0, max=2**31 - 1))
     image_count: int | None = Field(None, ge=1)
     width: int = _side(512)
     height: int = _side(512)
@@ -171,6 +191,8 @@ class DiffuGenConfig(_Strict):
     txt2img: Txt2ImgConfig | None = None
     img2img: Img2ImgConfig | None = None
     inpaint: InpaintConfig | None = None
+
+    _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
     @field_validator("dataset_name")
     @classmethod

@@ -28,8 +28,9 @@ from .review import APPROVED
 logger = logging.getLogger(__name__)
 
 
-def check_start_model(model: str) -> None:
-    """A YOLO-seg ``.yaml`` (from scratch) or an existing local ``.pt`` (fine-tune), else a clear error."""
+def check_start_model(model: str, trust_weights: bool = False) -> None:
+    """A YOLO-seg ``.yaml`` (from scratch) or an existing local ``.pt`` (fine-tune) that loads safely
+    (:func:`diffugen.labels.yolo.check_pickle_safe`, unless ``trust_weights``), else a clear error."""
     if not model.endswith((".pt", ".yaml", ".yml")):
         raise DiffuGenError(f"--model must be a YOLO-seg .yaml (from scratch) or .pt (fine-tune), got {model!r}")
     if model.endswith(".pt") and not Path(model).expanduser().is_file():
@@ -37,6 +38,10 @@ def check_start_model(model: str) -> None:
             f"YOLO starting weights not found: {Path(model).resolve()} (DiffuGen never downloads weights); "
             f"use a model yaml such as {YOLO_START_MODEL} to train from scratch"
         )
+    if model.endswith(".pt") and not trust_weights:
+        from ..labels.yolo import check_pickle_safe
+
+        check_pickle_safe(model)
 
 
 def training_view(collection: SampleCollection, field: str, min_score: float | None = None, only_approved: bool = False):
@@ -52,7 +57,8 @@ def training_view(collection: SampleCollection, field: str, min_score: float | N
 def train_yolo(collection: SampleCollection, epochs: int = 30, imgsz: int | None = None, model: str = YOLO_START_MODEL,
                min_score: float | None = None, only_approved: bool = False, field: str = "daam_polygons",
                device: str = "cpu", batch: int = 16, val_fraction: float = 0.2, seed: int = 0,
-               out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> Path:
+               out_dir: str | Path | None = None, progress: ProgressFn | None = None,
+               trust_weights: bool = False) -> Path:
     """Train a YOLO-seg model on ``collection``'s ``field`` labels; returns the best weights' path.
 
     Everything is checked before anything is written: the starting model, the epochs, the field,
@@ -60,7 +66,7 @@ def train_yolo(collection: SampleCollection, epochs: int = 30, imgsz: int | None
     """
     from ultralytics import YOLO
 
-    check_start_model(model)
+    check_start_model(model, trust_weights)
     if epochs < 1:
         raise DiffuGenError(f"epochs must be >= 1, got {epochs}")
     if not 0.0 < val_fraction < 1.0:

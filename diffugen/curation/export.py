@@ -14,12 +14,14 @@ FiftyOne's own exporters:
 =========== ================================ =====================================================
 
 Nothing is written when an argument is wrong: an existing non-empty ``out_dir`` is refused unless
-``overwrite`` (and even then never one that holds the dataset's own media), and so is a path
-outside ``allowed_root`` when one is given.
+``overwrite``, and even then unless it is an earlier export (it holds the :data:`MANIFEST` every
+export writes first) that holds none of the dataset's own media; so is a path outside
+``allowed_root`` when one is given.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -38,9 +40,11 @@ from fiftyone.core.collections import SampleCollection
 
 from ..common import DEFAULT_SPLIT, ProgressFn
 from ..errors import DatasetError, DiffuGenError, OutputPathError
-from ..store.dataset import check_label_field
+from ..store.dataset import check_label_field, now_iso
+from ..store.repair import media_paths
 
 FORMATS = ("yolo", "coco", "masks")
+MANIFEST = ".diffugen-export.json"  # marks a folder as an export, the only kind --overwrite may delete
 _TOLERANCE_PX = 1.0  # polygon simplification of instance masks, in mask pixels
 FIELD_TYPES = {
     "yolo": (fo.Detections, fo.Polylines),
@@ -125,7 +129,16 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, allowed_root: st
         inside = next((m for m in media or () if path in Path(m).resolve().parents), None)
         if inside is not None:
             raise OutputPathError(f"refusing to overwrite {path}: it holds the dataset's media ({inside})")
+        if not (path / MANIFEST).is_file():
+            raise OutputPathError(f"refusing to overwrite {path}: it is not an earlier DiffuGen export (no {MANIFEST}); "
+                                  f"--overwrite only replaces those: choose another folder or empty it yourself")
     return path
+
+
+def default_label_field(collection: SampleCollection, fallback: str = "daam_detections") -> str:
+    """What to export or train on when no field is named: ``curated`` once a review was applied
+    (the field exists), else the DAAM labels (``fallback``)."""
+    return "curated" if "curated" in collection.get_field_schema() else fallback
 
 
 def classes_of(collection: SampleCollection, field: str) -> list[str]:
@@ -187,13 +200,15 @@ def export_dataset(collection: SampleCollection, out_dir: str | Path, format: st
     total = len(collection)
     if total == 0:
         raise DatasetError("nothing to export: the collection is empty")
-    media = collection._root_dataset.values("filepath") if overwrite else None
+    media = media_paths(collection._root_dataset) if overwrite else None
     out = check_out_dir(out_dir, overwrite, allowed_root, media)
     classes = classes_of(collection, field)
 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / MANIFEST).write_text(json.dumps({"dataset": collection._root_dataset.name, "format": format,
+                                            "field": field, "split": splits, "seed": seed, "at": now_iso()}))
     collection.untag_samples(list(splits))
     four.random_split(collection, splits, seed=seed)
 

@@ -15,7 +15,7 @@ import fiftyone as fo
 import numpy as np
 
 from ..config import DiffuGenConfig
-from ..prompts import WorkItem, fill_template, plan_txt2img, words_in
+from ..prompts import WorkItem, fill_template, plan_txt2img, template_fields, words_in
 
 
 def _source_samples(cfg: DiffuGenConfig, task: str, ds: fo.Dataset) -> list[fo.Sample]:
@@ -87,3 +87,31 @@ def inpaint_mask(item: WorkItem, class_ids: dict[str, int], dilation: float) -> 
     if dilation > 0:
         binary = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side | 1, side | 1)))
     return binary
+
+
+def plan_warnings(cfg: DiffuGenConfig) -> list[str]:
+    """What a config asks for that would silently make less than it seems to (one line each)."""
+    out = []
+    for task in cfg.tasks():
+        templates = cfg.task_value(task, "templates") or []
+        attributes = cfg.task_attributes(task)
+        if any(not t.strip() for t in templates):
+            out.append(f"{task}: an empty template: its images have an empty prompt")
+        used = {n for t in templates for n in template_fields(t)}
+        for name, values in attributes.items():
+            if not values and (name in used or task != "txt2img"):
+                out.append(f"{task}: attribute {name!r} has no values: its templates plan 0 images")
+            duplicates = sorted({v for v in values if values.count(v) > 1})
+            if duplicates:
+                out.append(f"{task}: attribute {name!r} lists {duplicates} more than once: each image is made once")
+    words = cfg.all_class_words()
+    if not words:
+        out.append("no class words: images are made, but nothing is labeled (give 'class_words')")
+    texts = [t for task in cfg.tasks() for t in cfg.task_value(task, "templates") or []]
+    texts += [v for task in cfg.tasks() for vs in cfg.task_attributes(task).values() for v in vs]
+    if cfg.inpaint is not None:
+        texts += [d for ds in cfg.inpaint.replacements.values() for d in ds]
+    for w in words:
+        if not any(words_in(t, [w]) for t in texts):
+            out.append(f"class word {w!r} occurs in no template or attribute value: it is never labeled")
+    return out

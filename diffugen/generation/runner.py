@@ -35,20 +35,22 @@ from ..errors import DiffuGenError
 from ..labels.daam import label_heatmaps, to_fiftyone
 from ..prompts import WorkItem
 from ..store.dataset import class_ids as dataset_class_ids
-from ..store.dataset import existing_keys, open_dataset
-from ..store.files import safe_child, write_atomic, write_png
+from ..store.dataset import class_heatmap_field, existing_keys, open_dataset
+from ..store.files import check_output_root, remove_stale_temporaries, safe_child, write_atomic, write_png
 from ..store.repair import drop_incomplete
 from ..store.writer import SampleWriter
 from .attention import HeatmapCollector
 from .embeddings import load_textual_inversions
 from .family import family_of
 from .models import cached_pipeline, resolve_device, set_scheduler
-from .planner import inpaint_mask, plan
+from .planner import inpaint_mask, plan, plan_warnings
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 logger = logging.getLogger(__name__)
+
+MEDIA_FOLDERS = ("images", "heatmaps", "masks", "masks_yolo")  # under <dataset>/<task>/[<shard>/]
 
 
 @dataclass
@@ -130,7 +132,7 @@ class Runner:
 
     def __init__(self, cfg: DiffuGenConfig, output_root: str | Path | None = None):
         self.cfg = cfg
-        self.root = Path(output_root or cfg.output_root).resolve()
+        self.root = check_output_root(Path(output_root or cfg.output_root))
         self.media_root = safe_child(self.root, cfg.dataset_name)
         self.timings: dict[str, float] | None = None
         self._models: dict[str, object] = {}
@@ -174,7 +176,7 @@ class Runner:
             if device == "auto":
                 device = "0" if resolve_device("auto").type == "cuda" else "cpu"
             self._yolo = YoloLabeler(lm.weights, self.cfg.dataset_classes(), lm.class_map or None, lm.conf, lm.imgsz,
-                                     device, lm.batch_size, class_names=lm.classes)
+                                     device, lm.batch_size, class_names=lm.classes, trust_weights=lm.trust_weights)
         return self._yolo
 
     def pipeline(self, task: str):
@@ -243,7 +245,10 @@ class Runner:
         ``images_per_shard`` its numbered shard folder ``<dataset>/<task>/<shard>/``."""
         per = self.cfg.images_per_shard
         parts = (task,) if per is None else (task, f"{index // per:05d}")
-        return safe_child(self.media_root, *parts)
+        folder = safe_child(self.media_root, *parts)
+        for sub in MEDIA_FOLDERS:  # before any work: a symbolic link out of the root is refused now
+            safe_child(folder, sub)
+        return folder
 
     def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
                      class_ids: dict[str, int], extra: dict | None = None, folder: Path | None = None) -> fo.Sample:
@@ -253,7 +258,7 @@ class Runner:
         folder = folder or safe_child(self.media_root, task)
         ext = cfg.image_format
         with self._phase("files"):
-            image_path = folder / "images" / f"{item.key}.{ext}"
+            image_path = safe_child(folder, "images", f"{item.key}.{ext}")
             if ext == "png":
                 write_png(image_path, image)
             else:
@@ -263,16 +268,22 @@ class Runner:
             classes = [item.class_words[j][1] for j in found]
             word_heatmaps = []
             for j, (word, cls, m) in enumerate(zip(words, classes, maps)):
-                path = write_png(folder / "heatmaps" / f"{item.key}_{j}.png", m)
+                path = write_png(safe_child(folder, "heatmaps", f"{item.key}_{j}.png"), m)
                 word_heatmaps.append(fo.Heatmap(map_path=str(path), range=[0, 255], word=word, label=cls))
             fields: dict = {}
             if maps:
-                combined = write_png(folder / "heatmaps" / f"{item.key}.png", np.max(np.stack(maps), axis=0))
+                combined = write_png(safe_child(folder, "heatmaps", f"{item.key}.png"), np.max(np.stack(maps), axis=0))
                 fields["heatmap"] = fo.Heatmap(map_path=str(combined), range=[0, 255])
+            for cls in dict.fromkeys(classes):  # one field per class, drawn by the App (the list above is not)
+                same = [j for j, c in enumerate(classes) if c == cls]
+                path = word_heatmaps[same[0]].map_path if len(same) == 1 else str(write_png(
+                    safe_child(folder, "heatmaps", f"{item.key}_{class_heatmap_field(cls)}.png"),
+                    np.max(np.stack([maps[j] for j in same]), axis=0)))
+                fields[class_heatmap_field(cls)] = fo.Heatmap(map_path=path, range=[0, 255])
         with self._phase("labels"):
             labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels)
             if maps:
-                fields.update(to_fiftyone(labels, folder / "masks" / f"{item.key}.png"))
+                fields.update(to_fiftyone(labels, safe_child(folder, "masks", f"{item.key}.png"), cfg.labels))
         sample = fo.Sample(
             filepath=str(image_path),
             key=item.key,
@@ -308,7 +319,7 @@ class Runner:
         with self._phase("labels"):
             return yolo.label([np.ascontiguousarray(im[..., ::-1]) for im in images],
                               [[c for _, c in it.class_words] for it in items], class_ids,
-                              [folder / "masks_yolo" / f"{it.key}.png" for it, folder in zip(items, folders)])
+                              [safe_child(folder, "masks_yolo", f"{it.key}.png") for it, folder in zip(items, folders)])
 
     def run_task(self, task: str, ds: fo.Dataset, progress: ProgressFn | None = None,
                  shard: tuple[int, int] | None = None) -> TaskSummary:
@@ -344,13 +355,14 @@ class Runner:
         todo = [b for b in batches if any(it.key not in have for it in b)]
         if not todo:
             return summary
+        folders_of = {it.key: self.media_folder(task, index[it.key]) for b in todo for it in b}
         pipe = self.pipeline(task)
         bar = tqdm(total=missing, desc=f"{cfg.dataset_name} {task}", unit="img")
         with family_of(pipe).capture(pipe, cfg.heatmap_layers, cfg.self_attention_power,
                             cfg.self_attention_layers) as collector, SampleWriter(ds) as writer:
             for batch in todo:
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
-                folders = [self.media_folder(task, index[it.key]) for it in batch]
+                folders = [folders_of[it.key] for it in batch]
                 images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)
                 supervised = self.supervised_labels(task, batch, images, ids, folders)
                 for it, image, maps, f, extra, folder in zip(batch, images, word_maps, found, supervised, folders):
@@ -358,9 +370,11 @@ class Runner:
                         continue
                     summary.unlabeled_words += len(it.class_words) - len(f)
                     writer.add(self.build_sample(task, it, image, maps, f, ids, extra, folder))
-                    summary.made += 1
-                bar.update(summary.made - bar.n)
-                report(progress, summary.made, missing, f"{task}: {summary.made}/{missing}")
+                writer.flush()  # each batch, so a killed run loses at most the batch in flight
+                summary.made = writer.written
+                bar.update(writer.written + writer.duplicates - bar.n)
+                report(progress, bar.n, missing, f"{task}: {bar.n}/{missing}")
+        summary.skipped += writer.duplicates  # made meanwhile by a concurrent run
         bar.close()
         if self.timings is not None:
             self.timings["insert"] = self.timings.get("insert", 0.0) + writer.flush_seconds
@@ -388,17 +402,26 @@ def generate(cfg: DiffuGenConfig, tasks: Sequence[str] | None = None, output_roo
     for t in chosen:
         if t not in cfg.tasks():
             raise DiffuGenError(f"--task {t}: the config has no {t!r} section (it has {cfg.tasks()})")
+    for warning in plan_warnings(cfg):
+        logger.warning("%s", warning)
     run = runner or Runner(cfg, output_root)
     for t in chosen:  # load every model (and embedding) first: a missing one fails before anything is written
         run.pipeline(t)
     run.yolo()
+    created = not fo.dataset_exists(cfg.dataset_name)
     with run._phase("open_dataset"):
         ds = open_dataset(cfg.dataset_name, cfg.dataset_classes(), cfg.model_dump(mode="json", by_alias=False))
-    if shard is None:
-        # Sharded runs repair once, when queued (shards.queue_shards / resume_shards), not in every
-        # worker: a worker deleting a parent while another makes its children would orphan them.
-        drop_incomplete(ds)
-    summary = GenerateSummary(cfg.dataset_name)
-    for task in chosen:
-        summary.tasks.append(run.run_task(task, ds, progress, shard))
+    try:
+        remove_stale_temporaries(run.media_root)
+        if shard is None:
+            # Sharded runs repair once, when queued (shards.queue_shards / resume_shards), not in every
+            # worker: a worker deleting a parent while another makes its children would orphan them.
+            drop_incomplete(ds)
+        summary = GenerateSummary(cfg.dataset_name)
+        for task in chosen:
+            summary.tasks.append(run.run_task(task, ds, progress, shard))
+    except BaseException:
+        if created and len(ds) == 0:  # failed before its first sample: leave no empty dataset behind
+            ds.delete()
+        raise
     return summary

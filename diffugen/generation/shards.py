@@ -34,6 +34,7 @@ from ..config import DiffuGenConfig, load_config
 from ..errors import DiffuGenError
 from ..prompts import stable_hash
 from ..store.dataset import open_dataset
+from ..store.files import pid_alive
 from ..store.repair import drop_incomplete
 
 SHARD_OPERATOR = "@diffugen/diffugen/generate_shard"  # unlisted: workers run it, users queue with --shards
@@ -126,20 +127,10 @@ class ShardStatus:
     why_stale: str = ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(op, label: str, stale_after: float) -> str:
     """Why a RUNNING operation is stale ('' if it is not)."""
     m = _WORKER.match(label or "")
-    if m and m["host"] == socket.gethostname() and not _pid_alive(int(m["pid"])):
+    if m and m["host"] == socket.gethostname() and not pid_alive(int(m["pid"])):
         return f"its worker process {m['pid']} is gone"
     updated = op.updated_at or op.started_at
     if updated is not None:

@@ -46,6 +46,7 @@ Coordinates
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..store.files import write_png
 
-DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")
+DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")  # the labels (daam_params: how)
 
 __all__ = [
     "DAAM_FIELDS",
@@ -71,6 +72,8 @@ __all__ = [
     "label_heatmaps",
     "normalize_heatmap",
     "semantic_mask",
+    "mask_name",
+    "params_record",
     "to_fiftyone",
 ]
 
@@ -367,8 +370,13 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     return DaamLabels(list(words), list(classes), word_labels, mask)
 
 
-def to_fiftyone(labels: DaamLabels, mask_path: Path) -> dict[str, fo.Label]:
-    """FiftyOne labels of :class:`DaamLabels`; writes the semantic mask to ``mask_path``."""
+def to_fiftyone(labels: DaamLabels, mask_path: Path, params: LabelParams | None = None) -> dict[str, fo.Label]:
+    """FiftyOne labels of :class:`DaamLabels`; writes the semantic mask to ``mask_path``.
+
+    With ``params``, also ``daam_params``: the parameters these labels were made with, kept on each
+    sample (a relabel of some samples, or a run that starts during a relabel, never leaves the
+    dataset claiming parameters that some of its labels were not made with).
+    """
     polylines, detections = [], []
     for word, cls, wl in zip(labels.words, labels.classes, labels.word_labels):
         for inst in wl.instances:
@@ -381,8 +389,25 @@ def to_fiftyone(labels: DaamLabels, mask_path: Path) -> dict[str, fo.Label]:
                              word=word, area=float(inst.area))
             )
     write_png(mask_path, labels.mask)
-    return {
+    fields: dict[str, fo.Label] = {
         "daam_segmentation": fo.Segmentation(mask_path=str(mask_path)),
         "daam_polygons": fo.Polylines(polylines=polylines),
         "daam_detections": fo.Detections(detections=detections),
     }
+    if params is not None:
+        fields["daam_params"] = params_record(params)
+    return fields
+
+
+def params_record(params: LabelParams) -> fo.DynamicEmbeddedDocument:
+    """The sample field ``daam_params`` (``threshold`` as text, ``"otsu"`` or ``"0.5"``: one type per field)."""
+    values = params.model_dump(mode="json")
+    values["threshold"] = str(values["threshold"])
+    return fo.DynamicEmbeddedDocument(**values)
+
+
+def mask_name(stem: str, mask: np.ndarray) -> str:
+    """A content-addressed mask file name, ``<stem>.<digest>.png``: a relabeled mask never overwrites
+    a file that another sample (a clone's) may still point at."""
+    digest = hashlib.sha1(np.ascontiguousarray(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:12]
+    return f"{stem}.{digest}.png"

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from ..common import ProgressFn, report
 from ..errors import DatasetError
-from ..store.dataset import class_ids
-from .daam import DAAM_FIELDS, LabelParams, label_heatmaps, to_fiftyone
+from ..store.dataset import class_ids, declare_params_field
+from .daam import DAAM_FIELDS, LabelParams, label_heatmaps, mask_name, to_fiftyone
 
 
 def read_word_heatmaps(sample_id: str, word_heatmaps) -> tuple[list[np.ndarray], list[str], list[str]]:
@@ -44,7 +44,8 @@ def relabel(collection: fo.core.collections.SampleCollection, params: LabelParam
         raise DatasetError(f"{collection.name!r} has no 'word_heatmaps' field: it was not made by diffugen generate")
     ds = collection._dataset
     ids = class_ids(ds)
-    view = collection.exists("word_heatmaps").select_fields(["word_heatmaps", *DAAM_FIELDS])
+    declare_params_field(ds)
+    view = collection.exists("word_heatmaps").select_fields(["word_heatmaps", *DAAM_FIELDS, "daam_params"])
     total = len(view)
     done = 0
     for sample in tqdm(view.iter_samples(autosave=True, batch_size=batch_size), total=total, desc="relabel"):
@@ -52,11 +53,15 @@ def relabel(collection: fo.core.collections.SampleCollection, params: LabelParam
         if maps:
             labels = label_heatmaps(maps, words, classes, ids, params)
             old = sample["daam_segmentation"]
-            mask_path = Path(old.mask_path) if old is not None and old.mask_path else Path(sample["word_heatmaps"][0].map_path).parent.parent / "masks" / f"{sample.id}.png"
-            for name, label in to_fiftyone(labels, mask_path).items():
+            if old is not None and old.mask_path:
+                folder, stem = Path(old.mask_path).parent, Path(old.mask_path).name.split(".")[0]
+            else:
+                folder, stem = Path(sample["word_heatmaps"][0].map_path).parent.parent / "masks", sample.id
+            for name, label in to_fiftyone(labels, folder / mask_name(stem, labels.mask), params).items():
                 sample[name] = label
         done += 1
         report(progress, done, total, f"relabel {done}/{total}")
+    # The latest relabel run; what each sample's labels were made with is its own ``daam_params``.
     ds.info["diffugen_label_params"] = params.model_dump(mode="json")
     ds.save()
     return done

@@ -44,11 +44,39 @@ def check_weights(weights: str | Path) -> Path:
     return path
 
 
-def load_yolo(weights: str | Path):
-    """Load a YOLO segmentation model from a local ``.pt`` file (no download attempt)."""
+def check_pickle_safe(weights: str | Path) -> None:
+    """Refuse a ``.pt`` file whose pickle would run code: it must load with ultralytics' safe mode
+    (``torch.load(weights_only=True)`` against its allow-list of model classes).
+
+    A ``.pt`` file is a pickle, and unpickling can call anything (``os.system`` included); ultralytics
+    loads checkpoints with ``weights_only=False``. Every real ultralytics checkpoint passes; a file you
+    trust that does not (custom layers) can be loaded with ``trust_weights`` (``--trust-weights``).
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = Path(weights).expanduser()
+    try:
+        torch_safe_load(str(path), safe_only=True)
+    except Exception as err:  # noqa: BLE001 - ultralytics/torch raise several types for one condition
+        reason = " ".join(str(err).replace("ERROR ❌️", "").split())[:300]
+        raise ModelNotFoundError(
+            f"{path}: refused: not a checkpoint ultralytics loads safely ({type(err).__name__}: {reason}). A .pt "
+            f"file is a pickle that can run code; if you trust this one, pass --trust-weights "
+            f"(config: label_model.trust_weights: true)"
+        ) from None
+
+
+def load_yolo(weights: str | Path, trust_weights: bool = False):
+    """Load a YOLO segmentation model from a local ``.pt`` file (no download attempt).
+
+    Unless ``trust_weights``, the file is checked first with :func:`check_pickle_safe`.
+    """
     from ultralytics import YOLO
 
-    model = YOLO(str(check_weights(weights)))
+    path = check_weights(weights)
+    if not trust_weights:
+        check_pickle_safe(path)
+    model = YOLO(str(path))
     if model.task != "segment":
         raise ModelNotFoundError(f"{weights} is a YOLO {model.task!r} model; DiffuGen needs a segmentation ('-seg') model")
     return model
@@ -114,10 +142,10 @@ class YoloLabeler:
 
     def __init__(self, weights: str | Path, dataset_classes: Sequence[str], class_map: dict[str, str] | None = None,
                  conf: float = 0.25, imgsz: int = 640, device: str = "cpu", batch_size: int = 8,
-                 class_names: str | Path | Sequence[str] | None = None):
+                 class_names: str | Path | Sequence[str] | None = None, trust_weights: bool = False):
         if not 0 <= conf <= 1:
             raise DiffuGenError(f"YOLO confidence threshold must be in [0, 1], got {conf}")
-        self.model = load_yolo(weights)
+        self.model = load_yolo(weights, trust_weights)
         if class_names is not None:
             check_class_names(class_names, list(self.model.names.values()), weights)
         self.weights = str(weights)
@@ -172,7 +200,7 @@ def _sample_classes(word_heatmaps) -> list[str]:
 
 def label_yolo(collection: SampleCollection, weights: str | Path, class_map: dict[str, str] | None = None, conf: float = 0.25,
                imgsz: int = 640, device: str = "cpu", batch_size: int = 8,
-               progress: ProgressFn | None = None) -> int:
+               progress: ProgressFn | None = None, trust_weights: bool = False) -> int:
     """Label every sample of ``collection`` (a dataset or view) with a YOLO-seg model. Returns the count.
 
     Everything is checked before any label is written: the weights exist, the class map fits the
@@ -186,7 +214,7 @@ def label_yolo(collection: SampleCollection, weights: str | Path, class_map: dic
         raise DatasetError(f"nothing to label: the view of {ds.name!r} is empty")
     classes = list(ds.mask_targets.get("daam_segmentation", {}).values()) or list(
         (class_map or {}).keys())
-    labeler = YoloLabeler(weights, classes, class_map, conf, imgsz, device, batch_size)
+    labeler = YoloLabeler(weights, classes, class_map, conf, imgsz, device, batch_size, trust_weights=trust_weights)
     if "yolo_segmentation" not in ds.mask_targets and "daam_segmentation" in ds.mask_targets:
         ds.mask_targets = {**ds.mask_targets, "yolo_segmentation": ds.mask_targets["daam_segmentation"]}
         ds.save()

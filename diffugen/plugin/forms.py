@@ -13,7 +13,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ..common import MAX_SIDE, MAX_STEPS, MIN_SIDE, MIN_STEPS, ProgressFn
+from ..common import MAX_SIDE, MAX_STEPS, MIN_SIDE, MIN_STEPS, ProgressFn, dataset_name_problem
 from ..errors import DiffuGenError
 from ..store.dataset import label_fields
 
@@ -144,6 +144,9 @@ def generate_config(params: dict, dataset: fo.Dataset | None):
     from ..config import load_config, parse_config
 
     name = (params.get("dataset_name") or (dataset.name if dataset is not None else "")).strip()
+    problem = dataset_name_problem(name) if params.get("dataset_name") else None
+    if problem:
+        raise DiffuGenError(f"dataset_name: {problem}")
     if params.get("config_path"):
         cfg = load_config(params["config_path"])
         return cfg.model_copy(update={"dataset_name": name}) if params.get("dataset_name") else cfg

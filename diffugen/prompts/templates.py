@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 import string
@@ -109,12 +110,31 @@ def plan_txt2img(templates: Sequence[str], attributes: dict[str, list[str]], see
     """The txt2img work list: template × attribute product × seeds, then ``image_count`` of them.
 
     ``image_count`` picks a deterministic subset of all (prompt, seed) pairs: the number of images.
+    The pairs are numbered in the order template → attribute product → seed and only the chosen
+    numbers are decoded, so 10 attributes of 10 values cost nothing before the images themselves.
     """
-    items = []
-    for template, attrs in attribute_combinations(templates, attributes):
-        prompt = fill_template(template, attrs)
-        words = tuple((w, class_of(w)) for w in words_in(prompt, class_words))
-        for seed in seeds_for(seeds, template, attrs):
-            items.append(WorkItem("txt2img", template, tuple(sorted(attrs.items())), seed, prompt, words))
-    chosen = sample_subset(len(items), image_count, salt=stable_hash(list(templates), attributes))
-    return [items[i] for i in chosen]
+    per_prompt = len(seeds) if isinstance(seeds, (list, tuple)) else seeds.count_per_prompt
+    fields = [template_fields(t) for t in templates]
+    sizes = [math.prod(len(attributes[n]) for n in names) * per_prompt for names in fields]
+    chosen = sample_subset(sum(sizes), image_count, salt=stable_hash(list(templates), attributes))
+    items: list[WorkItem] = []
+    prompt_of: dict[tuple[int, int], tuple[dict[str, str], str, tuple, list[int]]] = {}
+    t, start = 0, 0
+    for index in chosen:  # ascending
+        while index >= start + sizes[t]:
+            start += sizes[t]
+            t += 1
+        combo, k = divmod(index - start, per_prompt)
+        if (t, combo) not in prompt_of:
+            prompt_of.clear()
+            attrs, rest = {}, combo
+            for name in reversed(fields[t]):  # itertools.product order: the last attribute varies fastest
+                rest, r = divmod(rest, len(attributes[name]))
+                attrs[name] = attributes[name][r]
+            attrs = {n: attrs[n] for n in fields[t]}
+            prompt = fill_template(templates[t], attrs)
+            words = tuple((w, class_of(w)) for w in words_in(prompt, class_words))
+            prompt_of[(t, combo)] = (attrs, prompt, words, seeds_for(seeds, templates[t], attrs))
+        attrs, prompt, words, prompt_seeds = prompt_of[(t, combo)]
+        items.append(WorkItem("txt2img", templates[t], tuple(sorted(attrs.items())), prompt_seeds[k], prompt, words))
+    return items

@@ -19,6 +19,8 @@ plus ``prompt``, ``negative_prompt``, ``prompt_template``, ``attributes`` (one e
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import re
 from typing import Sequence
 
 import fiftyone as fo
@@ -26,7 +28,10 @@ from fiftyone.core.collections import SampleCollection
 
 from ..errors import DatasetError
 
+logger = logging.getLogger(__name__)
+
 LABEL_LISTS = (fo.Detections, fo.Polylines)
+KEY_INDEX = "key"
 
 def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) -> fo.Dataset:
     """Load or create the persistent dataset ``name``; keep ``classes`` as the DAAM mask targets.
@@ -35,7 +40,7 @@ def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) 
     ran on the dataset is kept in ``dataset.info["diffugen_configs"]`` (the latest also as
     ``info["diffugen_config"]``).
     """
-    ds = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name, persistent=True)
+    ds = _load_or_create(name)
     if ds.media_type is None:
         ds.media_type = "image"  # set up front: concurrent writers (shards) must not race to set it
     targets = dict(ds.mask_targets.get("daam_segmentation", {}))
@@ -55,7 +60,24 @@ def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) 
         ds.info["diffugen_config"] = config
     ds.save()
     _declare_fields(ds)
+    for cls in targets.values():
+        if class_heatmap_field(cls) not in ds.get_field_schema():
+            ds.add_sample_field(class_heatmap_field(cls), fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
     return ds
+
+
+def class_heatmap_field(cls: str) -> str:
+    """The sample field holding one dataset class's heatmap, where the App draws it (``heatmap_car``)."""
+    return "heatmap_" + (re.sub(r"[^0-9a-z]+", "_", cls.lower()).strip("_") or "class")
+
+
+def _load_or_create(name: str) -> fo.Dataset:
+    if fo.dataset_exists(name):
+        return fo.load_dataset(name)
+    try:
+        return fo.Dataset(name, persistent=True)
+    except ValueError:  # another run created it between the two calls
+        return fo.load_dataset(name)
 
 
 def class_ids(ds: fo.Dataset) -> dict[str, int]:
@@ -80,8 +102,56 @@ def _declare_fields(ds: fo.Dataset) -> None:
     ):
         if name not in schema:
             ds.add_sample_field(name, ftype, **kwargs)
-    if "key" not in ds.list_indexes():
-        ds.create_index("key")
+    declare_params_field(ds)
+    ensure_unique_keys(ds)
+
+
+def declare_params_field(ds: fo.Dataset) -> None:
+    """``daam_params``: the label parameters each sample's DAAM labels were made with."""
+    flat = ds.get_field_schema(flat=True)
+    if "daam_params" not in flat:
+        ds.add_sample_field("daam_params", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument)
+    from ..labels.daam import LabelParams
+
+    for name in LabelParams.model_fields:  # threshold is kept as text ("otsu" or "0.5")
+        if f"daam_params.{name}" not in flat:
+            ds.add_sample_field(f"daam_params.{name}", fo.StringField if name == "threshold" else fo.FloatField)
+
+
+def ensure_unique_keys(ds: fo.Dataset) -> None:
+    """A unique index on ``key`` (DiffuGen's samples; samples without a key are not indexed), so any
+    number of concurrent runs, shards or operators insert each key once.
+
+    A dataset that already holds duplicate keys (made before the index existed) keeps the oldest
+    sample of each key; the others are identical copies (same key, same files) and are deleted.
+    """
+    info = ds.get_index_information().get(KEY_INDEX)
+    if info is not None and info.get("unique"):
+        return
+    if info is not None:
+        ds.drop_index(KEY_INDEX)
+    spec = dict(unique=True, partialFilterExpression={"key": {"$type": "string"}})
+    try:
+        ds.create_index(KEY_INDEX, **spec)
+    except Exception:  # noqa: BLE001 - pymongo's DuplicateKeyError/OperationFailure; checked below
+        extra = _duplicate_key_samples(ds)
+        if not extra:
+            raise
+        logger.warning("dataset %r: %d duplicate sample(s) of the same key (from concurrent runs before keys were "
+                       "unique) deleted; each key keeps its oldest sample", ds.name, len(extra))
+        ds.delete_samples(extra)
+        ds.create_index(KEY_INDEX, **spec)
+
+
+def _duplicate_key_samples(ds: fo.Dataset) -> list[str]:
+    ids, keys = ds.exists("key").sort_by("_id").values(["id", "key"])
+    seen: set[str] = set()
+    extra = []
+    for i, k in zip(ids, keys):
+        if k in seen:
+            extra.append(i)
+        seen.add(k)
+    return extra
 
 
 def existing_keys(ds: fo.Dataset) -> set[str]:

@@ -4,6 +4,7 @@ cannot leave the root."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -13,12 +14,18 @@ import numpy as np
 from ..errors import OutputPathError
 
 
+_TMP = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.\w+)?$")
+
+
 def write_atomic(path: Path, write: Callable[[str], object]) -> Path:
-    """Write a file through a temporary name and rename it, so a killed run leaves no partial file."""
+    """Write a file through a temporary name and rename it, so a killed run leaves no partial file.
+
+    The temporary name carries the process id: runs making the same file at once (concurrent runs
+    of one config) never write into each other's temporary file. A killed run's temporaries are
+    removed by :func:`remove_stale_temporaries` when the next run starts.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fixed temporary name per file: a write killed half-way is redone (and renamed away) by the
-    # run that makes the same sample again, so no stray file survives a resumed run.
-    tmp = str(path.with_name(f".{path.stem}.tmp{path.suffix}"))
+    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -39,9 +46,45 @@ def write_png(path: Path, array: np.ndarray) -> Path:
 
 
 def safe_child(root: Path, *parts: str) -> Path:
-    """``root/parts...``, refusing any result outside ``root`` (no ``..`` or absolute escapes)."""
+    """``root/parts...``, refusing any result outside ``root``: no ``..``, absolute parts, or symbolic
+    links (anywhere on the way) that lead out of it."""
     root = root.resolve()
     path = root.joinpath(*parts).resolve()
     if path != root and root not in path.parents:
-        raise OutputPathError(f"{path} is outside the output root {root}")
+        raise OutputPathError(f"{root.joinpath(*parts)} leads to {path}, outside the output root {root}: "
+                              f"DiffuGen writes only inside it (is a folder on the way a symbolic link?)")
     return path
+
+
+def check_output_root(root: Path) -> Path:
+    """The resolved output root, or an :class:`OutputPathError` when it exists and is not a folder."""
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise OutputPathError(f"output_root {root.resolve()} exists and is not a folder")
+    return root.resolve()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files of :func:`write_atomic` left under ``folder`` by processes that are
+    gone (a killed run); returns how many."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            m = _TMP.match(name)
+            if m and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
