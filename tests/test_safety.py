@@ -260,3 +260,14 @@ def test_three_concurrent_runs_of_one_config_make_each_key_once(tmp_path, write_
     assert _media_files(tmp_path / "out" / dataset_name) == _referenced(ds)
     masks = [np.asarray(fo.Segmentation(mask_path=p).get_mask()) for p in ds.values("daam_segmentation.mask_path")]
     assert all(m.size for m in masks)
+
+
+def test_an_embedding_that_holds_no_vectors_is_a_clear_error(tmp_path, write_config, dataset_name, capsys):
+    import torch
+
+    path = tmp_path / "words.pt"
+    torch.save({"<x>": "not a tensor"}, path)
+    raw = small_config(dataset_name, tmp_path / "out", textual_inversion=[{"path": str(path), "token": "<x>"}])
+    assert cli(["generate", str(write_config(raw))]) == 2
+    assert "not a textual-inversion embedding: it holds a str" in capsys.readouterr().err
+    assert not fo.dataset_exists(dataset_name)

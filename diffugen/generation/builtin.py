@@ -87,6 +87,48 @@ def write_tiny_tokenizer(folder: Path, words: list[str] = TINY_WORDS) -> Path:
     return folder
 
 
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+TINY_VAE = dict(norm_num_groups=4, layers_per_block=1, block_out_channels=(4, 8, 8, 8),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def tiny_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A ``CLIPTokenizer`` of the tiny vocabulary (:func:`write_tiny_tokenizer`), 77 tokens long.
+
+    SD 1.x and SDXL's first tokenizer pad with the end token; SDXL's second (OpenCLIP's) pads with ``"!"``.
+    """
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_tiny_tokenizer(Path(tmp))
+        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token,
+                             model_max_length=77)
+
+
+def _text_encoder(cls, tokenizer, seed: int, sizes: dict):
+    # A CLIP text encoder (cls: CLIPTextModel or CLIPTextModelWithProjection) of the tokenizer's vocabulary.
+    from transformers import CLIPTextConfig
+
+    torch.manual_seed(seed)
+    return cls(CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes,
+    ))
+
+
+def _vae(seed: int, sample_size: int, sizes: dict, **extra):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                         sample_size=sample_size * 2 ** (len(sizes["block_out_channels"]) - 1), **sizes, **extra)
+
+
+def _frozen(*modules) -> None:
+    for module in modules:
+        module.eval().requires_grad_(False)
+
+
 def build_random_pipeline(text: dict, unet: dict, vae: dict, sample_size: int = 64):
     """A StableDiffusionPipeline of the given component sizes with random weights from fixed seeds.
 
@@ -96,32 +138,21 @@ def build_random_pipeline(text: dict, unet: dict, vae: dict, sample_size: int = 
         vae: ``AutoencoderKL`` arguments besides the channel counts and ``sample_size``.
         sample_size: the UNet's nominal latent side (images are ``sample_size × vae scale`` by default).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_tiny_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer(
-            str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77
-        )
+    tokenizer = tiny_tokenizer()
     # Seeds per component, so each one is the same wherever it is built.
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text,
-    ))
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, 0, text)
     torch.manual_seed(1)
     unet = UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4,
                                 cross_attention_dim=text["hidden_size"], **unet)
-    torch.manual_seed(2)
-    vae_model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                              sample_size=sample_size * 2 ** (len(vae["block_out_channels"]) - 1), **vae)
+    vae_model = _vae(2, sample_size, vae)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
         steps_offset=1,
     )
-    for module in (text_encoder, unet, vae_model):
-        module.eval().requires_grad_(False)
+    _frozen(text_encoder, unet, vae_model)
     return StableDiffusionPipeline(
         vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -136,13 +167,55 @@ def build_tiny_pipeline(sample_size: int = 64):
             the daam oracle handles). Any multiple-of-8 size can be generated.
     """
     return build_random_pipeline(
-        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
+        text=TINY_TEXT,
         unet=dict(layers_per_block=1, block_out_channels=(32, 64), norm_num_groups=8,
                   down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4)),
-        vae=dict(norm_num_groups=4, layers_per_block=1, block_out_channels=(4, 8, 8, 8),
-                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
-        sample_size=sample_size,
+        vae=TINY_VAE, sample_size=sample_size,
+    )
+
+
+def build_tiny_sdxl_pipeline(sample_size: int = 64):
+    """Build ``builtin:tiny-sdxl``: a StableDiffusionXLPipeline with small random-weight components.
+
+    SDXL's layout in miniature: two CLIP text encoders (a ``CLIPTextModel`` and, wider, a
+    ``CLIPTextModelWithProjection`` whose projection is the pooled embedding) over the same vocabulary,
+    their penultimate hidden states concatenated as the UNet's context (32 + 48 = 80 wide); a UNet with
+    SDXL's ``"text_time"`` added conditioning (pooled text and six size/crop numbers), no attention at
+    full latent resolution and cross-attention at 1/2 and 1/4 of it (two transformer layers at 1/4);
+    an 8× VAE; SDXL's Euler scheduler. Random weights from fixed seeds, as ``builtin:tiny``.
+
+    Args:
+        sample_size: the UNet's nominal latent side; 64 means 512×512 images by default (what daam's
+            SDXL tracing assumes for a 512-px model). Any multiple-of-8 size can be generated.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(pad_token="!")
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, 0, TINY_TEXT)
+    text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, tokenizer_2, 3, dict(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, projection_dim=32))
+    time_dim = 8
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32, 64), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+        cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        # the pooled embedding and 6 numbers (original size, crop corner, target size), each embedded in time_dim
+        projection_class_embeddings_input_dim=text_encoder_2.config.projection_dim + 6 * time_dim,
+    )
+    vae_model = _vae(2, sample_size, TINY_VAE, scaling_factor=0.13025)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    _frozen(text_encoder, text_encoder_2, unet, vae_model)
+    return StableDiffusionXLPipeline(
+        vae=vae_model, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
     )
 
 
@@ -167,4 +240,4 @@ def load_toyworld():
     return load_toyworld_pipeline()
 
 
-BUILTINS = {"tiny": build_tiny_pipeline, "toyworld": load_toyworld}
+BUILTINS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl_pipeline, "toyworld": load_toyworld}

@@ -3,7 +3,9 @@
 A :class:`ModelFamily` says, for a loaded text-to-image pipeline, how to encode prompts (and where a
 word's tokens sit in what the denoiser attends to), which attention layers to capture with which
 processor, and how to build the img2img and inpainting pipelines. The runner only talks to this
-interface, so a new family (SDXL, SD3, FLUX) is one new module registered in :data:`FAMILIES`.
+interface, so a family is one module registered in :func:`_registry` (:mod:`.sd`: SD 1.x/2.x;
+:mod:`.sdxl`: SDXL; a new one, e.g. SD3 or FLUX, the same way). Loading (:mod:`.models`) asks the
+registry which family a model's files name and which diffusers class loads it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from ..errors import ModelNotFoundError
 from .attention import HeatmapCollector, LayerChoice, RefineLayers
@@ -37,9 +39,18 @@ class EncodedBatch:
 
 
 class ModelFamily(ABC):
-    """One kind of diffusion model (e.g. SD 1.x/2.x: a CLIP text encoder and a UNet)."""
+    """One kind of diffusion model (e.g. SD 1.x/2.x: a CLIP text encoder and a UNet).
 
-    name: str = ""
+    Loading (:mod:`.models`) reads three class attributes: ``pipeline_class``, the diffusers
+    text-to-image pipeline a model of the family is loaded with; ``class_names``, the
+    ``model_index.json`` ``_class_name`` values that mean this family; ``load_kwargs``, extra
+    arguments to ``from_pretrained``/``from_single_file``.
+    """
+
+    name: ClassVar[str] = ""
+    pipeline_class: ClassVar[str] = ""
+    class_names: ClassVar[tuple[str, ...]] = ()
+    load_kwargs: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def matches(self, pipe: DiffusionPipeline) -> bool:
@@ -62,6 +73,12 @@ class ModelFamily(ABC):
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
         """The ``task`` pipeline (txt2img, img2img, inpaint) sharing ``pipe``'s weights."""
 
+    def text_encoders(self, pipe: DiffusionPipeline) -> list[tuple[str | None, Any, Any]]:
+        """``(name, tokenizer, text_encoder)`` of each text encoder, in the order the denoiser's context
+        concatenates them; ``name`` is the key of the encoder's vectors in a textual-inversion file of
+        the family's format (``None``: the file holds one tensor)."""
+        return [(None, pipe.tokenizer, pipe.text_encoder)]
+
     def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` of the latent grid the heatmaps are aggregated on."""
         scale = getattr(pipe, "vae_scale_factor", 8)
@@ -70,21 +87,48 @@ class ModelFamily(ABC):
 
 def _registry() -> list[ModelFamily]:
     from .sd import StableDiffusionFamily
+    from .sdxl import StableDiffusionXLFamily
 
-    return [StableDiffusionFamily()]
+    return [StableDiffusionFamily(), StableDiffusionXLFamily()]
 
 
 FAMILIES: list[ModelFamily] = []
 
 
-def family_of(pipe: DiffusionPipeline) -> ModelFamily:
-    """The family of a loaded pipeline, or a :class:`ModelNotFoundError` naming what it saw."""
+def families() -> list[ModelFamily]:
+    """Every registered family (the registry is filled on first use: the family modules import diffusers)."""
     if not FAMILIES:
         FAMILIES.extend(_registry())
-    for fam in FAMILIES:
+    return FAMILIES
+
+
+def family_of(pipe: DiffusionPipeline) -> ModelFamily:
+    """The family of a loaded pipeline, or a :class:`ModelNotFoundError` naming what it saw."""
+    for fam in families():
         if fam.matches(pipe):
             return fam
     raise ModelNotFoundError(
         f"DiffuGen cannot generate with a {type(pipe).__name__}: the model families it serves are "
         f"{[f.name for f in FAMILIES]}"
+    )
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family called ``name`` (a config's ``model_family``)."""
+    for fam in families():
+        if fam.name == name:
+            return fam
+    raise ModelNotFoundError(f"model_family {name!r} is not one DiffuGen serves; families are {[f.name for f in FAMILIES]}")
+
+
+def family_of_class(class_name: str, model: str) -> ModelFamily:
+    """The family of a model whose ``model_index.json`` names the pipeline class ``class_name``."""
+    for fam in families():
+        if class_name in fam.class_names:
+            return fam
+    served = {f.name: f.pipeline_class for f in FAMILIES}
+    raise ModelNotFoundError(
+        f"DiffuGen cannot generate with {model}: its model_index.json names a {class_name}, and the model "
+        f"families DiffuGen serves are {served}. If it is one of these families under another class name, "
+        f"set 'model_family' in the config."
     )

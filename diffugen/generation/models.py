@@ -1,11 +1,15 @@
 """Loading diffusion models: ``builtin:<name>``, a hub id, a local diffusers folder or a single checkpoint.
 
 One loaded text-to-image pipeline serves the three tasks: its model family
-(:mod:`diffugen.generation.family`) derives the img2img and inpainting pipelines from it.
+(:mod:`diffugen.generation.family`) derives the img2img and inpainting pipelines from it. The family is
+known before loading, from ``model_index.json``'s ``_class_name`` (folders, hub ids), the checkpoint's
+keys or ``checkpoint_config`` (single files), or the config's ``model_family``; it picks the diffusers
+class that loads the model (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,6 +19,7 @@ import torch
 
 from ..errors import ModelNotFoundError
 from .builtin import BUILTINS
+from .family import ModelFamily, family_named, family_of, family_of_class
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -39,20 +44,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def cast_built_pipeline(pipe: DiffusionPipeline, dtype: torch.dtype):
-    """A pipeline built in code, cast to ``dtype``.
+class _EmptyFloat32ListFilter(logging.Filter):
+    # diffusers 0.42 warns on every `.to(dtype)` of a model that "should keep" modules in float32, even when
+    # the list is empty (AutoencoderKL, UNet2DConditionModel): from_pipe does it, and SDXL's img2img and
+    # inpainting pipelines on every call (the VAE's force_upcast). With an empty list nothing is kept apart.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []." not in record.getMessage()
 
-    diffusers warns on every ``.to(dtype)`` to load with ``torch_dtype`` instead, so that modules it
-    keeps in float32 stay so; a model built in code has no such modules (the list it names is empty).
-    """
-    from diffusers.utils import logging as diffusers_logging
 
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return pipe.to(dtype)
-    finally:
-        diffusers_logging.set_verbosity(level)
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyFloat32ListFilter())
 
 
 def _hub_cache() -> str:
@@ -61,62 +61,134 @@ def _hub_cache() -> str:
     return HF_HUB_CACHE
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpoint_config: str | None = None):
+def _class_name(model: str) -> str:
+    # model_index.json's pipeline class of a local diffusers folder or a hub id (from the cache offline).
+    from diffusers import DiffusionPipeline
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
+    return DiffusionPipeline.load_config(model).get("_class_name", "")
+
+
+def checkpoint_family(path: Path, checkpoint_config: str | None = None, model_family: str = "auto") -> ModelFamily:
+    """The family of a single-file checkpoint: ``model_family`` when set, else what ``checkpoint_config``'s
+    ``model_index.json`` names, else what the checkpoint's keys show (a ``.safetensors`` header is read
+    without loading the weights: SDXL's original layout keeps its text encoders under
+    ``conditioner.embedders.``, SD 1.x/2.x under ``cond_stage_model.``), else SD 1.x/2.x.
+
+    Raises:
+        ModelNotFoundError: ``checkpoint_config`` is a layout of another family than the checkpoint's keys.
+    """
+    if model_family != "auto":
+        return family_named(model_family)
+    from_keys = None
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                sdxl = any(k.startswith("conditioner.embedders.") for k in f.keys())
+            from_keys = family_named("sdxl" if sdxl else "sd")
+        except Exception:  # noqa: BLE001 - unreadable here: from_single_file reports it
+            from_keys = None
+    from_config = None
+    if checkpoint_config is not None:
+        try:
+            from_config = family_of_class(_class_name(checkpoint_config), f"checkpoint_config {checkpoint_config}")
+        except (OSError, ValueError):
+            from_config = None  # not readable here: from_single_file reports it
+    if from_keys is not None and from_config is not None and from_keys is not from_config:
+        raise ModelNotFoundError(
+            f"the checkpoint {path.resolve()} is a {from_keys.name!r} model (by its keys), but checkpoint_config "
+            f"{checkpoint_config} is the layout of a {from_config.name!r} model: point checkpoint_config at a "
+            f"folder of the checkpoint's base model"
+        )
+    return from_config or from_keys or family_named("sd")
+
+
+def _pipeline_class(family: ModelFamily):
+    import diffusers
+
+    return getattr(diffusers, family.pipeline_class)
+
+
+def _served(pipe: DiffusionPipeline, model: str, family: ModelFamily | None, dev: torch.device):
+    # The loaded pipeline, on its device, once it is known to be of a family we serve (and the one asked for).
+    found = family_of(pipe)
+    if family is not None and found is not family:
+        raise ModelNotFoundError(
+            f"{model} loaded as a {type(pipe).__name__} (model family {found.name!r}), not the {family.name!r} "
+            f"family that was asked for (model_family)"
+        )
+    return pipe.to(dev)
+
+
+def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpoint_config: str | None = None,
+                  model_family: str = "auto"):
     """Load a text-to-image pipeline.
 
     Args:
-        model: ``builtin:tiny``; a local folder in diffusers layout (``model_index.json``); a single
-            ``.safetensors``/``.ckpt`` checkpoint (SD 1.x/2.x, e.g. Realistic Vision); or a hub id
-            (``SG161222/Realistic_Vision_V4.0``), read from the local Hugging Face cache when offline.
+        model: ``builtin:tiny``/``builtin:tiny-sdxl``; a local folder in diffusers layout
+            (``model_index.json``); a single ``.safetensors``/``.ckpt`` checkpoint (SD 1.x/2.x, e.g.
+            Realistic Vision, or SDXL); or a hub id (``SG161222/Realistic_Vision_V4.0``), read from the
+            local Hugging Face cache when offline.
         checkpoint_config: for single-file checkpoints, a diffusers folder or hub id giving the model
             layout (offline, diffusers cannot fetch the default one).
+        model_family: ``"auto"`` (the family ``model_index.json``'s ``_class_name`` names, or for a
+            checkpoint :func:`checkpoint_family`), or a family name (``"sd"``, ``"sdxl"``) to load it as.
 
     Raises:
-        ModelNotFoundError: the model is not where we looked; the message lists the places.
+        ModelNotFoundError: the model is not where we looked (the message lists the places), or it is
+            of a family DiffuGen does not serve (the message names its class and the families served).
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    asked = None if model_family == "auto" else family_named(model_family)
     if model.startswith("builtin:"):
         name = model.split(":", 1)[1]
         if name not in BUILTINS:
             raise ModelNotFoundError(f"unknown built-in model {model!r}; built-in models are {sorted('builtin:' + n for n in BUILTINS)}")
         pipe = BUILTINS[name]()
         if pipe.dtype != torch_dtype:
-            pipe = cast_built_pipeline(pipe, torch_dtype)
-        return pipe.to(dev)
-
-    from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
+            pipe = pipe.to(torch_dtype)
+        return _served(pipe, model, asked, dev)
 
     path = Path(model).expanduser()
-    common = dict(torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         if not path.is_file():
             raise ModelNotFoundError(f"model checkpoint file not found: {path.resolve()}")
+        family = checkpoint_family(path, checkpoint_config, model_family)
         try:
-            pipe = StableDiffusionPipeline.from_single_file(str(path), config=checkpoint_config, **common)
+            pipe = _pipeline_class(family).from_single_file(str(path), config=checkpoint_config, dtype=torch_dtype,
+                                                            **family.load_kwargs)
         except (OSError, ValueError) as err:
             raise ModelNotFoundError(
-                f"could not load the checkpoint {path.resolve()}: {err}\n"
+                f"could not load the checkpoint {path.resolve()} (a {family.pipeline_class} checkpoint): {err}\n"
                 "Offline, a single-file checkpoint needs its model layout: set 'checkpoint_config' in the config "
                 "to a local diffusers folder (or a hub id already in the cache) of the same base model."
             ) from None
-        return pipe.to(dev)
+        return _served(pipe, model, family, dev)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"{path.resolve()} is a folder but not a diffusers model (no model_index.json); "
                 "give a diffusers folder, a .safetensors/.ckpt file, a hub id or builtin:tiny"
             )
-        pipe = AutoPipelineForText2Image.from_pretrained(str(path), **common)
-        return pipe.to(dev)
+        family = asked or family_of_class(_class_name(str(path)), str(path.resolve()))
+        pipe = _pipeline_class(family).from_pretrained(str(path), dtype=torch_dtype, **family.load_kwargs)
+        return _served(pipe, model, family, dev)
     if "/" not in model or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(
             f"model {model!r} not found: no such file or folder at {path.resolve()}, and it is not a hub id (owner/name)"
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(model, **common)
+        family = asked or family_of_class(_class_name(model), model)
+        pipe = _pipeline_class(family).from_pretrained(model, dtype=torch_dtype, **family.load_kwargs)
+    except ModelNotFoundError:
+        raise
     except Exception as err:  # noqa: BLE001 - hub errors come in many classes; all mean "not here"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         raise ModelNotFoundError(
             f"model {model!r} could not be loaded. Looked for: a local folder {path.resolve()} (absent); "
             f"the Hugging Face cache {_hub_cache()} (no complete snapshot); the hub "
@@ -124,21 +196,22 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
             f"Download it once where the hub is reachable, or point 'model' at a local folder or checkpoint. "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
         ) from None
-    return pipe.to(dev)
+    return _served(pipe, model, family, dev)
 
 
 _LOADED: dict[tuple, object] = {}
 
 
-def cached_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpoint_config: str | None = None):
+def cached_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpoint_config: str | None = None,
+                    model_family: str = "auto"):
     """:func:`load_pipeline`, kept for the life of the process (a worker runs many shards of one model).
 
     Only the most recent model stays loaded, so a long-lived worker does not pile up models.
     """
-    key = (model, device, dtype, checkpoint_config)
+    key = (model, device, dtype, checkpoint_config, model_family)
     if key not in _LOADED:
         _LOADED.clear()
-        _LOADED[key] = load_pipeline(model, device, dtype, checkpoint_config)
+        _LOADED[key] = load_pipeline(model, device, dtype, checkpoint_config, model_family)
     return _LOADED[key]
 
 

@@ -184,7 +184,8 @@ class Runner:
         model = self.cfg.task_value(task, "model")
         if model not in self._models:
             logger.info("loading model %s", model)
-            base = cached_pipeline(model, self.cfg.device, self.cfg.dtype, self.cfg.checkpoint_config)
+            base = cached_pipeline(model, self.cfg.device, self.cfg.dtype, self.cfg.checkpoint_config,
+                                   self.cfg.model_family)
             load_textual_inversions(base, self.cfg.textual_inversion)
             base.set_progress_bar_config(disable=True)
             self._models[model] = base
@@ -358,7 +359,8 @@ class Runner:
         folders_of = {it.key: self.media_folder(task, index[it.key]) for b in todo for it in b}
         pipe = self.pipeline(task)
         bar = tqdm(total=missing, desc=f"{cfg.dataset_name} {task}", unit="img")
-        with family_of(pipe).capture(pipe, cfg.heatmap_layers, cfg.self_attention_power,
+        family = family_of(pipe)
+        with family.capture(pipe, cfg.heatmap_layers, cfg.self_attention_power,
                             cfg.self_attention_layers) as collector, SampleWriter(ds) as writer:
             for batch in todo:
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None

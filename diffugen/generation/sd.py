@@ -25,19 +25,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _convert(pipe: DiffusionPipeline, text: str) -> str:
+def _convert(pipe: DiffusionPipeline, text: str, tokenizer) -> str:
     # Expands multi-vector textual-inversion tokens ("<tok>" → "<tok> <tok>_1 ...").
-    return pipe.maybe_convert_prompt(text, pipe.tokenizer) if hasattr(pipe, "maybe_convert_prompt") else text
+    return pipe.maybe_convert_prompt(text, tokenizer) if hasattr(pipe, "maybe_convert_prompt") else text
 
 
-def tokenize(pipe: DiffusionPipeline, prompt: str) -> EncodedPrompt:
-    """Tokenize a prompt (emphasis markers removed, weights kept) into the model's context length."""
-    tok = pipe.tokenizer
+def tokenize(pipe: DiffusionPipeline, prompt: str, tokenizer=None) -> EncodedPrompt:
+    """Tokenize a prompt (emphasis markers removed, weights kept) into the model's context length.
+
+    ``tokenizer``: which of the pipeline's tokenizers (default ``pipe.tokenizer``; SDXL has two).
+    """
+    tok = tokenizer or pipe.tokenizer
     length = tok.model_max_length
     ids: list[int] = []
     weights: list[float] = []
     for chunk in parse_emphasis(prompt):
-        chunk_ids = tok(_convert(pipe, chunk.text), add_special_tokens=False).input_ids
+        chunk_ids = tok(_convert(pipe, chunk.text, tok), add_special_tokens=False).input_ids
         ids += chunk_ids
         weights += [chunk.weight] * len(chunk_ids)
     truncated = len(ids) > length - 2
@@ -50,40 +53,51 @@ def tokenize(pipe: DiffusionPipeline, prompt: str) -> EncodedPrompt:
     )
 
 
-@torch.no_grad()
-def embed(pipe: DiffusionPipeline, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
-    """``(batch, 77, dim)`` text embeddings with emphasis applied.
+def apply_emphasis(hidden: torch.Tensor, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
+    """``hidden`` ``(batch, 77, dim)`` (one text encoder's output) with each token's emphasis weight applied.
 
     Each token's embedding is multiplied by its weight (as in A1111), then the prompt's overall
     scale is restored. A1111 restores the mean; we restore the standard deviation, because the
     mean of a layer-normalised output can be ~0 (it is for small or random text encoders) and
-    dividing by it then blows the embeddings up.
+    dividing by it then blows the embeddings up. Without emphasis ``hidden`` is returned as is.
     """
+    weights = torch.tensor([e.weights for e in encoded], device=hidden.device, dtype=hidden.dtype)
+    if bool((weights != 1).any()):
+        before = hidden.float().std(dim=(1, 2), keepdim=True)
+        hidden = hidden * weights.unsqueeze(-1)
+        hidden = hidden * (before / hidden.float().std(dim=(1, 2), keepdim=True).clamp_min(1e-6)).to(hidden.dtype)
+    return hidden
+
+
+@torch.no_grad()
+def embed(pipe: DiffusionPipeline, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
+    """``(batch, 77, dim)`` text embeddings with emphasis applied (:func:`apply_emphasis`)."""
     device = pipe.text_encoder.device
     ids = torch.tensor([e.ids for e in encoded], device=device)
     mask = None
     if getattr(pipe.text_encoder.config, "use_attention_mask", False):
         mask = (ids != pipe.tokenizer.pad_token_id).long()
     hidden = pipe.text_encoder(ids, attention_mask=mask)[0]
-    weights = torch.tensor([e.weights for e in encoded], device=device, dtype=hidden.dtype)
-    if bool((weights != 1).any()):
-        before = hidden.float().std(dim=(1, 2), keepdim=True)
-        hidden = hidden * weights.unsqueeze(-1)
-        hidden = hidden * (before / hidden.float().std(dim=(1, 2), keepdim=True).clamp_min(1e-6)).to(hidden.dtype)
-    return hidden.to(pipe.unet.dtype)
+    return apply_emphasis(hidden, encoded).to(pipe.unet.dtype)
 
 
-def word_positions(pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
-    """Token positions of every occurrence of ``word`` in the encoded prompt (empty if absent/truncated)."""
-    word_ids = pipe.tokenizer(_convert(pipe, word.lower()), add_special_tokens=False).input_ids
-    body = encoded.ids
-    return find_word_tokens(body, word_ids)
+def word_positions(pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str, tokenizer=None) -> list[int]:
+    """Token positions of every occurrence of ``word`` in the encoded prompt (empty if absent/truncated).
+
+    ``tokenizer``: the one ``encoded`` was made with (default ``pipe.tokenizer``).
+    """
+    tok = tokenizer or pipe.tokenizer
+    word_ids = tok(_convert(pipe, word.lower(), tok), add_special_tokens=False).input_ids
+    return find_word_tokens(encoded.ids, word_ids)
 
 
 class StableDiffusionFamily(ModelFamily):
-    """SD 1.x/2.x (``StableDiffusionPipeline`` and its img2img/inpaint siblings; ``builtin:*``)."""
+    """SD 1.x/2.x (``StableDiffusionPipeline`` and its img2img/inpaint siblings; ``builtin:tiny``, ``builtin:toyworld``)."""
 
     name = "sd"
+    pipeline_class = "StableDiffusionPipeline"
+    class_names = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+    load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import UNet2DConditionModel
