@@ -229,3 +229,20 @@ def test_each_class_has_a_heatmap_field_the_app_draws(tmp_path, dataset_name):
         both = [cv2.imread(words[w].map_path, cv2.IMREAD_GRAYSCALE) for w in ("car", "sedan") if w in words]
         car = cv2.imread(s.heatmap_car.map_path, cv2.IMREAD_GRAYSCALE)
         assert np.array_equal(car, np.max(np.stack(both), axis=0))  # two words of one class: their max
+
+
+def test_samples_record_the_class_words_no_confident_label_was_found_for(tmp_path, dataset_name):
+    from diffugen.common import REVIEW_MIN_SCORE
+
+    generate(parse_config(small_config(dataset_name, tmp_path / "out")))
+    ds = fo.load_dataset(dataset_name)
+    assert ds.get_field_schema()["missing_words"] is not None
+    for s in ds:
+        sure = {d.word for d in s.daam_detections.detections if d.confidence >= REVIEW_MIN_SCORE}
+        words = [w for w in ("car", "bus") if w in s.prompt]
+        assert s.missing_words == [w for w in words if w not in sure]
+    from diffugen.labels.relabel import relabel
+    from diffugen.labels.daam import LabelParams
+
+    relabel(ds, LabelParams(min_area=0.9))  # nothing is that big: every word goes missing
+    assert all(s.missing_words == [w for w in ("car", "bus") if w in s.prompt] for s in ds)

@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..common import ProgressFn, report
+from ..common import REVIEW_MIN_SCORE, ProgressFn, report
 from ..config import DiffuGenConfig
 from ..errors import DiffuGenError
-from ..labels.daam import label_heatmaps, to_fiftyone
+from ..labels.daam import label_heatmaps, missing_words, to_fiftyone
 from ..prompts import WorkItem
 from ..store.dataset import class_ids as dataset_class_ids
 from ..store.dataset import class_heatmap_field, existing_keys, open_dataset
@@ -283,6 +283,7 @@ class Runner:
                 fields[class_heatmap_field(cls)] = fo.Heatmap(map_path=path, range=[0, 255])
         with self._phase("labels"):
             labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels)
+            fields["missing_words"] = missing_words(labels, [w for w, _ in item.class_words], REVIEW_MIN_SCORE)
             if maps:
                 fields.update(to_fiftyone(labels, safe_child(folder, "masks", f"{item.key}.png"), cfg.labels))
         sample = fo.Sample(

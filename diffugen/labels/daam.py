@@ -73,6 +73,7 @@ __all__ = [
     "normalize_heatmap",
     "semantic_mask",
     "mask_name",
+    "missing_words",
     "params_record",
     "to_fiftyone",
 ]
@@ -397,6 +398,14 @@ def to_fiftyone(labels: DaamLabels, mask_path: Path, params: LabelParams | None 
     if params is not None:
         fields["daam_params"] = params_record(params)
     return fields
+
+
+def missing_words(labels: DaamLabels, words: Sequence[str], doubtful: float) -> list[str]:
+    """The class words of a prompt with no DAAM label scored at least ``doubtful``, in prompt order:
+    what a reviewer filters on ("the prompt asked for a triangle, none was labeled"). ``words``
+    are all the prompt's class words, those without a heatmap (cut from a long prompt) included."""
+    sure = {w for w, wl in zip(labels.words, labels.word_labels) if any(i.score >= doubtful for i in wl.instances)}
+    return [w for w in words if w not in sure]
 
 
 def params_record(params: LabelParams) -> fo.DynamicEmbeddedDocument:

@@ -14,10 +14,10 @@ import fiftyone as fo
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..common import ProgressFn, report
+from ..common import REVIEW_MIN_SCORE, ProgressFn, report
 from ..errors import DatasetError
 from ..store.dataset import class_ids, declare_params_field
-from .daam import DAAM_FIELDS, LabelParams, label_heatmaps, mask_name, to_fiftyone
+from .daam import DAAM_FIELDS, LabelParams, label_heatmaps, mask_name, missing_words, to_fiftyone
 
 
 def read_word_heatmaps(sample_id: str, word_heatmaps) -> tuple[list[np.ndarray], list[str], list[str]]:
@@ -45,7 +45,10 @@ def relabel(collection: fo.core.collections.SampleCollection, params: LabelParam
     ds = collection._dataset
     ids = class_ids(ds)
     declare_params_field(ds)
-    view = collection.exists("word_heatmaps").select_fields(["word_heatmaps", *DAAM_FIELDS, "daam_params"])
+    if "missing_words" not in collection.get_field_schema():
+        ds.add_sample_field("missing_words", fo.ListField, subfield=fo.StringField)
+    view = collection.exists("word_heatmaps").select_fields(["word_heatmaps", *DAAM_FIELDS, "daam_params",
+                                                            "missing_words"])
     total = len(view)
     done = 0
     for sample in tqdm(view.iter_samples(autosave=True, batch_size=batch_size), total=total, desc="relabel"):
@@ -59,6 +62,8 @@ def relabel(collection: fo.core.collections.SampleCollection, params: LabelParam
                 folder, stem = Path(sample["word_heatmaps"][0].map_path).parent.parent / "masks", sample.id
             for name, label in to_fiftyone(labels, folder / mask_name(stem, labels.mask), params).items():
                 sample[name] = label
+            unheard = [w for w in sample["missing_words"] or [] if w not in words]  # words that had no heatmap
+            sample["missing_words"] = missing_words(labels, [*words, *unheard], REVIEW_MIN_SCORE)
         done += 1
         report(progress, done, total, f"relabel {done}/{total}")
     # The latest relabel run; what each sample's labels were made with is its own ``daam_params``.

@@ -93,6 +93,7 @@ def _declare_fields(ds: fo.Dataset) -> None:
         ("seed", fo.IntField, {}), ("model", fo.StringField, {}), ("steps", fo.IntField, {}),
         ("guidance_scale", fo.FloatField, {}), ("strength", fo.FloatField, {}),
         ("parent_id", fo.StringField, {}), ("class_words", fo.ListField, {"subfield": fo.StringField}),
+        ("missing_words", fo.ListField, {"subfield": fo.StringField}),
         ("heatmap", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
         ("word_heatmaps", fo.ListField, {"subfield": fo.EmbeddedDocumentField, "embedded_doc_type": fo.Heatmap}),
         ("daam_segmentation", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Segmentation}),
