@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import fiftyone as fo
+from fiftyone.core.collections import SampleCollection
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -33,7 +34,7 @@ def read_word_heatmaps(sample_id: str, word_heatmaps) -> tuple[list[np.ndarray],
     return maps, words, classes
 
 
-def relabel(collection: fo.core.collections.SampleCollection, params: LabelParams,
+def relabel(collection: SampleCollection, params: LabelParams,
             progress: ProgressFn | None = None, batch_size: int = 64) -> int:
     """Rewrite ``daam_*`` fields of every sample of ``collection`` (a dataset or view) with ``params``.
 
