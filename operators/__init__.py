@@ -381,6 +381,22 @@ class Export(forms.CallableOperator):
 OPERATORS = (Generate, GenerateShard, LabelDaam, LabelYolo, CompareLabels, TrainYolo, Review, ApplyReview, Export)
 
 
+def _sibling(name: str):
+    # FiftyOne loads this file as a plain module (not a package): a relative import of operators/NAME.py
+    # would fail, so it is loaded by its path, as a submodule of this one.
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    module_name = f"{__name__}.{name}"
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def register(p):
     for op in OPERATORS:
         p.register(op)
+    p.register(_sibling("panel").ReviewPanel)  # the review queue, one label at a time

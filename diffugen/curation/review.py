@@ -7,6 +7,12 @@ The workflow (the FiftyOne operators ``review`` and ``apply_review`` call these 
     apply_review(ds)                  # write the ``curated`` field from the decisions
     take_labels(ds.select(ids), "yolo_detections")   # these samples: YOLO instead of DAAM
 
+One label at a time (the App's review panel, ``operators/panel.py``, calls these): ``review_queue``
+lists the queued labels with the reasons they are doubtful (``label_reasons``) and their decisions,
+``queue_counts`` says what is left, ``decide_label`` approves or rejects one label,
+``take_other_labels`` takes the other labeler's labels for some samples, ``relabel_for_review``
+re-thresholds samples and queues their new labels, ``score_histograms`` bins the scores per class.
+
 Rules of ``curated`` (an ``fo.Detections`` field, masks kept), per source label:
 
 - tagged ``rejected``: dropped;
@@ -25,11 +31,14 @@ All reads and writes are bulk (``values`` / ``set_values``), never per-sample sa
 from __future__ import annotations
 
 import getpass
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from dataclasses import field as dc_field
+from typing import TYPE_CHECKING
 
 import fiftyone as fo
+import numpy as np
 from bson import ObjectId
 from fiftyone import ViewField as F
 from fiftyone.core.collections import SampleCollection
@@ -37,6 +46,9 @@ from fiftyone.core.collections import SampleCollection
 from ..common import REVIEW_MIN_SCORE, ProgressFn, report
 from ..errors import DatasetError, DiffuGenError
 from ..store.dataset import check_label_field, now_iso
+
+if TYPE_CHECKING:
+    from ..labels.daam import LabelParams
 
 NEEDS_REVIEW = "needs_review"
 APPROVED = "approved"
@@ -81,16 +93,20 @@ def build_review_queue(collection: SampleCollection, field: str = "daam_detectio
     if not 0.0 <= min_score <= 1.0:
         raise DiffuGenError(f"min_score must be in [0, 1], got {min_score}")
     check_label_field(collection, field)
-    collection.untag_labels(NEEDS_REVIEW, label_fields=[field])
-    queue = collection.filter_labels(field, _review_filter(min_score, include_unmatched))
-    queue.tag_labels(NEEDS_REVIEW, label_fields=[field])
-    count = collection.count_label_tags(label_fields=[field]).get(NEEDS_REVIEW, 0)
+    count = _tag_queue(collection, field, min_score, include_unmatched)
     ds = collection._root_dataset
     ds.save_view(view_name, collection.select_labels(tags=NEEDS_REVIEW, fields=field), overwrite=True)
     ds.info["diffugen_review_queue"] = {"field": field, "min_score": min_score,
                                         "include_unmatched": include_unmatched, "labels": count, "at": now_iso()}
     ds.save()
     return count
+
+
+def _tag_queue(collection: SampleCollection, field: str, min_score: float, include_unmatched: bool) -> int:
+    collection.untag_labels(NEEDS_REVIEW, label_fields=[field])
+    queue = collection.filter_labels(field, _review_filter(min_score, include_unmatched))
+    queue.tag_labels(NEEDS_REVIEW, label_fields=[field])
+    return collection.count_label_tags(label_fields=[field]).get(NEEDS_REVIEW, 0)
 
 
 # ---- curation ------------------------------------------------------------------------------------
@@ -231,3 +247,236 @@ def _record(ds: fo.Dataset, action: str, reviewer: str | None, **details) -> Non
     history.append({"action": action, "reviewer": reviewer, "at": now_iso(), **details})
     ds.info["diffugen_reviews"] = history
     ds.save()
+
+
+# ---- one label at a time (the review panel) ------------------------------------------------------
+SMALL_AREA = 0.01  # a label covering less than this fraction of the image is called small
+OTHER_LABELER = "other labeler"  # a queue entry's decision when its sample takes the other labeler's labels
+_DECISIONS = (APPROVED, REJECTED)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """How the review queue of a dataset was built (the last :func:`build_review_queue`)."""
+
+    field: str = "daam_detections"
+    min_score: float = REVIEW_MIN_SCORE
+    include_unmatched: bool = True
+
+
+def queue_settings(collection: SampleCollection) -> QueueSettings:
+    """The settings of the last :func:`build_review_queue` on ``collection``'s dataset (defaults if none ran)."""
+    info = collection._root_dataset.info.get("diffugen_review_queue") or {}
+    default = QueueSettings()
+    return QueueSettings(field=info.get("field", default.field), min_score=info.get("min_score", default.min_score),
+                         include_unmatched=info.get("include_unmatched", default.include_unmatched))
+
+
+@dataclass
+class QueueEntry:
+    """One label of the review queue, with why it is there and what the reviewer decided."""
+
+    sample_id: str
+    label_id: str
+    label: str | None  # the class
+    confidence: float | None  # the label score
+    decision: str | None  # APPROVED, REJECTED, OTHER_LABELER (take_labels chose another field) or None
+    reasons: list[str]  # why it is doubtful, in words (:func:`label_reasons`)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """Labels in the queue: all of them, decided each way, and ``left`` (not decided yet)."""
+
+    total: int = 0
+    approved: int = 0
+    rejected: int = 0
+    other: int = 0  # in samples that take the other labeler's labels instead
+
+    @property
+    def left(self) -> int:
+        return self.total - self.approved - self.rejected - self.other
+
+    @classmethod
+    def of(cls, entries: list[QueueEntry]) -> QueueCounts:
+        return cls(len(entries), sum(e.decision == APPROVED for e in entries),
+                   sum(e.decision == REJECTED for e in entries), sum(e.decision == OTHER_LABELER for e in entries))
+
+
+def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA) -> list[str]:
+    """Why a label is doubtful, in words, from its attributes (a label document or ``Label.to_dict()``).
+
+    Reasons: no score, a score below ``min_score`` (the review threshold), ``matched == False``
+    (:func:`diffugen.labels.compare.compare_labels` found no label of the other labeler over its
+    IoU threshold; ``match_iou`` is the best IoU it had), and an area (the DAAM ``area``, else the
+    box) below ``small_area`` of the image. An empty list: nothing is wrong with it by these rules.
+    """
+    reasons = []
+    score = label.get("confidence")
+    if score is None:
+        reasons.append("no label score")
+    elif score < min_score:
+        reasons.append(f"score {score:.2f} is below the review threshold {min_score:.2f}")
+    if label.get("matched") is False:
+        iou = label.get("match_iou")
+        best = f", best IoU {iou:.2f}" if isinstance(iou, (int, float)) else ""
+        reasons.append(f"the other labeler has no matching label (compare_labels{best})")
+    area, what = label.get("area"), "its mask"
+    if area is None and label.get("bounding_box"):
+        box = label["bounding_box"]
+        area, what = box[2] * box[3], "its box"
+    if area is not None and area < small_area:
+        reasons.append(f"small: {what} covers {area:.1%} of the image")
+    return reasons
+
+
+# What the queue listing reads of each label (not its mask).
+_ENTRY_KEYS = ("_id", "label", "confidence", "tags", "matched", "match_iou", "area", "bounding_box")
+
+
+def review_queue(collection: SampleCollection, field: str | None = None, min_score: float | None = None) -> list[QueueEntry]:
+    """The labels of ``field`` tagged ``needs_review`` in ``collection``, in sample order then label order.
+
+    A label's decision is its ``approved``/``rejected`` tag, else :data:`OTHER_LABELER` when
+    :func:`take_labels` chose another field for its sample (its labels are not curated from ``field``).
+
+    Args:
+        field: default: the field of the last :func:`build_review_queue` (:func:`queue_settings`).
+        min_score: the review threshold the reasons refer to; default: the queue's.
+    """
+    settings = queue_settings(collection)
+    field = field or settings.field
+    min_score = settings.min_score if min_score is None else min_score
+    path = _list_path(collection, field)
+    queued = collection.filter_labels(field, F("tags").contains(NEEDS_REVIEW))
+    keys = {k: f"$$this.{k}" for k in _ENTRY_KEYS}
+    project = {"$map": {"input": {"$ifNull": [f"${path}", []]}, "as": "this", "in": keys}}
+    if CURATED_SOURCE in collection.get_field_schema():
+        ids, labels, chosen = queued.values(["id", project, CURATED_SOURCE])
+    else:
+        (ids, labels), chosen = queued.values(["id", project]), itertools.repeat(None)
+    entries = []
+    for sample_id, labs, source in zip(ids, labels, chosen):
+        for lab in labs or ():
+            tags = lab.get("tags") or ()
+            decision = next((d for d in _DECISIONS if d in tags), None)
+            if decision is None and source not in (None, field):
+                decision = OTHER_LABELER
+            entries.append(QueueEntry(sample_id, str(lab["_id"]), lab.get("label"), lab.get("confidence"), decision,
+                                      label_reasons(lab, min_score)))
+    return entries
+
+
+def queue_counts(collection: SampleCollection, field: str | None = None) -> QueueCounts:
+    """How many labels the review queue has, how many were approved or rejected, how many are left."""
+    return QueueCounts.of(review_queue(collection, field))
+
+
+def decide_label(collection: SampleCollection, label_id: str, decision: str | None, field: str | None = None) -> None:
+    """Tag one label of ``field`` ``approved`` or ``rejected`` (replacing an earlier decision), or, with
+    ``decision=None``, take its decision back. :func:`apply_review` reads these tags.
+
+    Raises:
+        DiffuGenError: an unknown decision, or no label ``label_id`` in ``field``.
+    """
+    if decision not in (*_DECISIONS, None):
+        raise DiffuGenError(f"decision must be {APPROVED!r}, {REJECTED!r} or None, got {decision!r}")
+    field = field or queue_settings(collection).field
+    path = _list_path(collection, field)
+    view = collection._root_dataset.select_labels(ids=[label_id], fields=field)
+    if view.count(path) != 1:
+        raise DiffuGenError(f"no label {label_id!r} in field {field!r}")
+    view.untag_labels(list(_DECISIONS), label_fields=[field])
+    if decision is not None:
+        view.tag_labels(decision, label_fields=[field])
+
+
+def other_labeler_field(collection: SampleCollection, field: str) -> str | None:
+    """The other labeler's counterpart of ``field`` (``daam_detections`` ↔ ``yolo_detections``), or
+    ``None`` when the dataset has no such ``Detections`` field (no YOLO labels yet)."""
+    prefix, _, rest = field.partition("_")
+    other = {"daam": "yolo", "yolo": "daam"}.get(prefix)
+    if other is None:
+        return None
+    name = f"{other}_{rest}"
+    schema = collection.get_field_schema()
+    doc_type = getattr(schema.get(name), "document_type", None)
+    return name if doc_type is not None and issubclass(doc_type, fo.Detections) else None
+
+
+def take_other_labels(collection: SampleCollection, field: str | None = None, reviewer: str | None = None) -> ReviewSummary:
+    """For the samples of ``collection`` (e.g. one: ``ds.select(sample_id)``): curate the other labeler's
+    labels instead of ``field``'s (:func:`take_labels` with :func:`other_labeler_field`), with the
+    queue's review threshold.
+
+    Raises:
+        DiffuGenError: the dataset has no other labeler's field.
+    """
+    settings = queue_settings(collection)
+    field = field or settings.field
+    other = other_labeler_field(collection, field)
+    if other is None:
+        raise DiffuGenError(f"no other labeler's field for {field!r}: label the dataset with YOLO first "
+                            f"(`diffugen label DATASET --yolo WEIGHTS`)")
+    return take_labels(collection, other, min_score=settings.min_score, reviewer=reviewer)
+
+
+def requeue_labels(collection: SampleCollection) -> int:
+    """Queue the labels of ``collection`` again by the dataset's queue settings (after a relabel gave
+    its samples new labels); the rest of the queue and its saved view are left as they are.
+
+    Returns:
+        The number of labels of ``collection`` now in the queue.
+    """
+    s = queue_settings(collection)
+    n = _tag_queue(collection, s.field, s.min_score, s.include_unmatched)
+    ds = collection._root_dataset
+    if "diffugen_review_queue" in ds.info:
+        ds.info["diffugen_review_queue"]["labels"] = ds.count_label_tags(label_fields=[s.field]).get(NEEDS_REVIEW, 0)
+        ds.save()
+    return n
+
+
+def relabel_for_review(collection: SampleCollection, params: LabelParams) -> int:
+    """Re-threshold the DAAM labels of ``collection`` (:func:`diffugen.labels.relabel.relabel` with
+    ``params``) and queue its new labels by the queue settings.
+
+    The new labels have new ids: the decisions taken on the old ones are gone with them.
+
+    Returns:
+        The number of the collection's labels in the queue afterwards.
+    """
+    from ..labels.relabel import relabel
+
+    relabel(collection, params)
+    return requeue_labels(collection)
+
+
+@dataclass
+class ScoreHistograms:
+    """Label scores per class, binned on ``[0, 1]``: ``counts[cls][i]`` labels in ``[edges[i], edges[i+1])``
+    (the last bin includes 1); ``unscored[cls]``: labels without a score."""
+
+    edges: list[float]
+    counts: dict[str, list[int]]
+    unscored: dict[str, int]
+
+
+def score_histograms(collection: SampleCollection, field: str | None = None, bins: int = 20) -> ScoreHistograms:
+    """The label scores (``confidence``) of ``field`` per class, as histograms to pick a review threshold by."""
+    if bins < 1:
+        raise DiffuGenError(f"bins must be at least 1, got {bins}")
+    field = field or queue_settings(collection).field
+    path = _list_path(collection, field)
+    classes, scores = collection.values([f"{path}.label", f"{path}.confidence"], unwind=True)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    per_class: dict[str, list[float]] = {}
+    unscored: dict[str, int] = defaultdict(int)
+    for cls, score in zip(classes, scores):
+        scored = per_class.setdefault(cls or "(no class)", [])
+        if score is None:
+            unscored[cls or "(no class)"] += 1
+        else:
+            scored.append(score)
+    counts = {c: np.histogram(np.clip(v, 0.0, 1.0), bins=edges)[0].astype(int).tolist() for c, v in sorted(per_class.items())}
+    return ScoreHistograms([round(float(e), 6) for e in edges], counts, dict(unscored))
