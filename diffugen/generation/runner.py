@@ -138,6 +138,7 @@ class Runner:
         self._models: dict[str, object] = {}
         self._yolo = None
         self._yolo_skipped = False
+        self._folders: dict[tuple[str, ...], Path] = {}
 
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
@@ -246,10 +247,12 @@ class Runner:
         ``images_per_shard`` its numbered shard folder ``<dataset>/<task>/<shard>/``."""
         per = self.cfg.images_per_shard
         parts = (task,) if per is None else (task, f"{index // per:05d}")
-        folder = safe_child(self.media_root, *parts)
-        for sub in MEDIA_FOLDERS:  # before any work: a symbolic link out of the root is refused now
-            safe_child(folder, sub)
-        return folder
+        if parts not in self._folders:  # checked once per folder, before any work: a link out of the root is refused
+            folder = safe_child(self.media_root, *parts)
+            for sub in MEDIA_FOLDERS:
+                safe_child(folder, sub)
+            self._folders[parts] = folder
+        return self._folders[parts]
 
     def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
                      class_ids: dict[str, int], extra: dict | None = None, folder: Path | None = None) -> fo.Sample:

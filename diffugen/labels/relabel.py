@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import fiftyone as fo
 from fiftyone.core.collections import SampleCollection
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..common import REVIEW_MIN_SCORE, ProgressFn, report
 from ..errors import DatasetError
-from ..store.dataset import class_ids, declare_params_field
+from ..store.dataset import class_ids, declare_label_fields
 from .daam import DAAM_FIELDS, LabelParams, label_heatmaps, mask_name, missing_words, to_fiftyone
 
 
@@ -45,9 +44,7 @@ def relabel(collection: SampleCollection, params: LabelParams,
         raise DatasetError(f"{collection.name!r} has no 'word_heatmaps' field: it was not made by diffugen generate")
     ds = collection._dataset
     ids = class_ids(ds)
-    declare_params_field(ds)
-    if "missing_words" not in collection.get_field_schema():
-        ds.add_sample_field("missing_words", fo.ListField, subfield=fo.StringField)
+    declare_label_fields(ds)
     view = collection.exists("word_heatmaps").select_fields(["word_heatmaps", *DAAM_FIELDS, "daam_params",
                                                             "missing_words"])
     total = len(view)

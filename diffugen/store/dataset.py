@@ -59,10 +59,7 @@ def open_dataset(name: str, classes: Sequence[str], config: dict | None = None) 
         ds.info["diffugen_configs"] = history
         ds.info["diffugen_config"] = config
     ds.save()
-    _declare_fields(ds)
-    for cls in targets.values():
-        if class_heatmap_field(cls) not in ds.get_field_schema():
-            ds.add_sample_field(class_heatmap_field(cls), fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
+    _declare_fields(ds, list(targets.values()))
     return ds
 
 
@@ -84,7 +81,7 @@ def class_ids(ds: fo.Dataset) -> dict[str, int]:
     return {cls: int(i) for i, cls in ds.mask_targets.get("daam_segmentation", {}).items()}
 
 
-def _declare_fields(ds: fo.Dataset) -> None:
+def _declare_fields(ds: fo.Dataset, classes: Sequence[str]) -> None:
     # Declared once up front, so batched inserts need no schema expansion and the App knows the types.
     schema = ds.get_field_schema()
     for name, ftype, kwargs in (
@@ -93,23 +90,26 @@ def _declare_fields(ds: fo.Dataset) -> None:
         ("seed", fo.IntField, {}), ("model", fo.StringField, {}), ("steps", fo.IntField, {}),
         ("guidance_scale", fo.FloatField, {}), ("strength", fo.FloatField, {}),
         ("parent_id", fo.StringField, {}), ("class_words", fo.ListField, {"subfield": fo.StringField}),
-        ("missing_words", fo.ListField, {"subfield": fo.StringField}),
         ("heatmap", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}),
         ("word_heatmaps", fo.ListField, {"subfield": fo.EmbeddedDocumentField, "embedded_doc_type": fo.Heatmap}),
         ("daam_segmentation", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Segmentation}),
         ("daam_polygons", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Polylines}),
         ("daam_detections", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Detections}),
         ("attributes", fo.EmbeddedDocumentField, {"embedded_doc_type": fo.DynamicEmbeddedDocument}),
+        *((class_heatmap_field(c), fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Heatmap}) for c in classes),
     ):
         if name not in schema:
             ds.add_sample_field(name, ftype, **kwargs)
-    declare_params_field(ds)
+    declare_label_fields(ds)
     ensure_unique_keys(ds)
 
 
-def declare_params_field(ds: fo.Dataset) -> None:
-    """``daam_params``: the label parameters each sample's DAAM labels were made with."""
+def declare_label_fields(ds: fo.Dataset) -> None:
+    """The fields written with the DAAM labels, by generate and by relabel: ``missing_words`` and
+    ``daam_params`` (the label parameters each sample's DAAM labels were made with)."""
     flat = ds.get_field_schema(flat=True)
+    if "missing_words" not in flat:
+        ds.add_sample_field("missing_words", fo.ListField, subfield=fo.StringField)
     if "daam_params" not in flat:
         ds.add_sample_field("daam_params", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument)
     from ..labels.daam import LabelParams
