@@ -110,13 +110,21 @@ def declare_label_fields(ds: fo.Dataset) -> None:
     flat = ds.get_field_schema(flat=True)
     if "missing_words" not in flat:
         ds.add_sample_field("missing_words", fo.ListField, subfield=fo.StringField)
-    if "daam_params" not in flat:
-        ds.add_sample_field("daam_params", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument)
     from ..labels.daam import LabelParams
 
-    for name in LabelParams.model_fields:  # threshold is kept as text ("otsu" or "0.5")
-        if f"daam_params.{name}" not in flat:
-            ds.add_sample_field(f"daam_params.{name}", fo.StringField if name == "threshold" else fo.FloatField)
+    # threshold is kept as text ("otsu" or "0.5"); one call with its subfields (each call reloads the schema)
+    subfields = []
+    for n in LabelParams.model_fields:
+        f = fo.StringField() if n == "threshold" else fo.FloatField()
+        f.name = n
+        subfields.append(f)
+    if "daam_params" not in flat:
+        ds.add_sample_field("daam_params", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument,
+                            fields=subfields)
+        flat = ds.get_field_schema(flat=True)
+    for f in subfields:  # a dataset whose daam_params predates one of them
+        if f"daam_params.{f.name}" not in flat:
+            ds.add_sample_field(f"daam_params.{f.name}", type(f))
 
 
 def ensure_unique_keys(ds: fo.Dataset) -> None:
