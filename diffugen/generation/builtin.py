@@ -241,3 +241,118 @@ def load_toyworld():
 
 
 BUILTINS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl_pipeline, "toyworld": load_toyworld}
+
+
+# ---- MMDiT families: SD3/3.5 and FLUX.1 ------------------------------------------------------------
+TINY_T5 = dict(d_model=96, d_ff=128, d_kv=16, num_layers=2, num_heads=4)
+# Characters every text tokenizes into (with and without a word start) when no whole-word piece fits.
+_T5_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.;:!?'\"-+()<>_/&"
+
+
+def tiny_t5_tokenizer(words: list[str] = TINY_WORDS, model_max_length: int = 512):
+    """A ``T5TokenizerFast`` over the tiny vocabulary: a SentencePiece-style Unigram model with ``▁`` pieces.
+
+    ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2 as T5's; each of ``words`` is one ``▁word`` piece and any other
+    text falls back to single characters (so a word outside the list is several tokens). Built with
+    ``tokenizers`` (a Unigram model saves and reloads offline; a WordLevel one does not reload as T5's).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0, "▁": -2.0}
+    for w in dict.fromkeys(w.lower() for w in words):
+        pieces.setdefault("▁" + w, -1.0)  # a whole word scores above any split into characters
+    for c in _T5_CHARS:
+        pieces.setdefault("▁" + c, -5.0)
+        pieces.setdefault(c, -5.0)
+    tok = Tokenizer(models.Unigram(list(pieces.items()), unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=model_max_length)
+
+
+def _t5_encoder(tokenizer, seed: int, sizes: dict = TINY_T5):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
+                                   feed_forward_proj="gated-gelu", **sizes))
+
+
+def build_tiny_sd3_pipeline(with_t5: bool = True):
+    """Build ``builtin:tiny-sd3``: a StableDiffusion3Pipeline with small random-weight components.
+
+    SD3/3.5's layout in miniature: CLIP-L and CLIP-G text encoders (``CLIPTextModelWithProjection``
+    both, 32 and 48 wide, the tiny CLIP vocabulary), a T5 encoder (96 wide, :func:`tiny_t5_tokenizer`;
+    ``with_t5=False`` leaves ``text_encoder_3`` out, as SD3 without T5); an MMDiT
+    (``SD3Transformer2DModel``, patch 2, two joint blocks, the first with SD3.5's extra image
+    self-attention, RMS q/k norm) whose context is the 77 CLIP tokens (their hidden states
+    concatenated, 80 wide, zero-padded to 96) followed by the T5 tokens; an 8× VAE with SD3's scaling
+    and shift; SD3's flow-matching Euler scheduler. Random weights from fixed seeds. Heatmaps are on
+    the transformer's token grid, 1/16 of the image.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(pad_token="!")
+    text_encoder = _text_encoder(CLIPTextModelWithProjection, tokenizer, 0, TINY_TEXT)
+    text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, tokenizer_2, 3, dict(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, projection_dim=32))
+    tokenizer_3 = tiny_t5_tokenizer() if with_t5 else None
+    text_encoder_3 = _t5_encoder(tokenizer_3, 4) if with_t5 else None
+    torch.manual_seed(1)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=TINY_T5["d_model"], caption_projection_dim=32,
+        pooled_projection_dim=text_encoder.config.projection_dim + text_encoder_2.config.projection_dim,
+        pos_embed_max_size=96, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    vae_model = _vae(2, 8, TINY_VAE, scaling_factor=1.5305, shift_factor=0.0609)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    modules = [m for m in (text_encoder, text_encoder_2, text_encoder_3, transformer, vae_model) if m is not None]
+    _frozen(*modules)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae_model, text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+    )
+
+
+def build_tiny_flux_pipeline():
+    """Build ``builtin:tiny-flux``: a FluxPipeline (FLUX.1-dev's layout) with small random-weight components.
+
+    A CLIP-L text encoder (``CLIPTextModel``, its pooled output conditions the transformer), a T5
+    encoder (:func:`tiny_t5_tokenizer`) whose sequence is the text the transformer attends to; a
+    ``FluxTransformer2DModel`` with one double-stream (joint) block and one single-stream block,
+    guidance embedding (guidance-distilled, no classifier-free guidance) and 3-axis RoPE; an 8× VAE
+    with FLUX's scaling and shift, whose 4-channel latents are packed 2×2 into 16-channel tokens (so
+    the token grid is 1/16 of the image); FLUX-dev's flow-matching scheduler with resolution-dependent
+    shift. Random weights from fixed seeds.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = _text_encoder(CLIPTextModel, tokenizer, 0, TINY_TEXT)
+    tokenizer_2 = tiny_t5_tokenizer()
+    text_encoder_2 = _t5_encoder(tokenizer_2, 4)
+    torch.manual_seed(1)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TINY_T5["d_model"],
+        pooled_projection_dim=text_encoder.config.hidden_size, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )
+    vae_model = _vae(2, 8, TINY_VAE, scaling_factor=0.3611, shift_factor=0.1159)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    _frozen(text_encoder, text_encoder_2, transformer, vae_model)
+    return FluxPipeline(scheduler=scheduler, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+BUILTINS.update({"tiny-sd3": build_tiny_sd3_pipeline, "tiny-flux": build_tiny_flux_pipeline})

@@ -86,10 +86,12 @@ class ModelFamily(ABC):
 
 
 def _registry() -> list[ModelFamily]:
+    from .flux import FluxFamily
     from .sd import StableDiffusionFamily
+    from .sd3 import StableDiffusion3Family
     from .sdxl import StableDiffusionXLFamily
 
-    return [StableDiffusionFamily(), StableDiffusionXLFamily()]
+    return [StableDiffusionFamily(), StableDiffusionXLFamily(), StableDiffusion3Family(), FluxFamily()]
 
 
 FAMILIES: list[ModelFamily] = []

@@ -1,0 +1,86 @@
+"""The FLUX.1 family: a CLIP-L pooled embedding and a T5 sequence, a double- then single-stream transformer.
+
+FLUX's transformer attends over the T5 sequence (``max_sequence_length``, the pipeline's default 512;
+T5's last hidden states, emphasis applied there); CLIP-L contributes only its pooled output, one
+vector per prompt (so emphasis does not act on it). A word's positions are those of its T5 tokens.
+Without emphasis the embeddings are exactly the pipeline's own ``encode_prompt``.
+
+FLUX.1 dev/schnell are guidance-distilled: ``guidance_scale`` is an input of the transformer, not
+classifier-free guidance, so the whole batch is conditional and the negative prompt is not used (it
+is not passed, so the pipeline's ``true_cfg_scale`` path never runs). Heatmaps come from the joint
+attention of every block (:mod:`.joint_attention`) on the token grid: FLUX packs 2×2 latents into one
+token, so the grid is 1/16 of the image for its 8× VAE.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .attention import LayerChoice, RefineLayers
+from .family import EncodedBatch, ModelFamily
+from .joint_attention import FluxHeatmapProcessor, capture_joint_heatmaps
+from .sd import tokenize
+from .sd3 import max_sequence_length, t5_embed, t5_tokenize, t5_word_positions
+from .tokens import EncodedPrompt
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
+    """Tokenize and encode prompts as FLUX does, emphasis applied to the T5 sequence.
+
+    Returns:
+        encoded: the T5 ids of each prompt (what word positions index).
+        prompt_embeds: ``(batch, t5_length, joint_attention_dim)``.
+        pooled: ``(batch, clip_hidden)``: CLIP-L's pooled output.
+    """
+    clip = [tokenize(pipe, p) for p in prompts]
+    ids = torch.tensor([e.ids for e in clip], device=pipe.text_encoder.device)
+    pooled = pipe.text_encoder(ids, output_hidden_states=False).pooler_output.to(pipe.text_encoder.dtype)
+    encoded = [t5_tokenize(pipe.tokenizer_2, p, max_sequence_length(pipe)) for p in prompts]
+    return encoded, t5_embed(pipe.text_encoder_2, encoded), pooled
+
+
+class FluxFamily(ModelFamily):
+    """FLUX.1 (``FluxPipeline`` and ``FluxImg2ImgPipeline``/``FluxInpaintPipeline``; ``builtin:tiny-flux``)."""
+
+    name = "flux"
+    pipeline_class = "FluxPipeline"
+    class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+
+    def matches(self, pipe: DiffusionPipeline) -> bool:
+        from diffusers import FluxTransformer2DModel
+
+        return isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel)
+
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
+        if negative_prompt:
+            logger.info("FLUX is guidance-distilled: the negative prompt %r is not used", negative_prompt)
+        encoded, embeds, pooled = encode_prompts(pipe, prompts)
+        return EncodedBatch(pipeline_kwargs={"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+                            prompts=encoded, context_length=max_sequence_length(pipe))
+
+    def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
+        return t5_word_positions(pipe.tokenizer_2, encoded.ids, word)
+
+    def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
+                refine_layers: RefineLayers = "down"):
+        return capture_joint_heatmaps(pipe.transformer, FluxHeatmapProcessor, refine_power)
+
+    def task_pipeline(self, pipe: DiffusionPipeline, task: str):
+        from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+
+        cls = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}[task]
+        return cls.from_pipe(pipe)  # a new object sharing the weights: a scheduler set on it leaves pipe's alone
+
+    def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
+        """The token grid: the latent grid packed 2×2."""
+        scale = pipe.vae_scale_factor * 2
+        return height // scale, width // scale

@@ -1,0 +1,160 @@
+"""The Stable Diffusion 3/3.5 family: CLIP-L, CLIP-G and (optionally) T5 text encoders, an MMDiT transformer.
+
+SD3's text sequence is 77 CLIP positions followed by the T5 tokens (``max_sequence_length``, the
+pipeline's default 256): at each CLIP position the penultimate hidden states of CLIP-L and CLIP-G
+concatenated (as SDXL's context) and zero-padded to T5's width; then T5's last hidden states (all
+zeros when the model has no T5, ``text_encoder_3=None``). The pooled embedding is both CLIP
+encoders' projected end-token embeddings, concatenated. We tokenize with each tokenizer ourselves
+(:func:`~.sd.tokenize`, :func:`t5_tokenize`, emphasis included), so a word's positions are known in
+both parts of the sequence: the word's heatmap reads its CLIP tokens and its T5 tokens. Without
+emphasis the embeddings are exactly the pipeline's own ``encode_prompt`` (an empty negative prompt is
+encoded as ``""``, as SD3 does).
+
+Heatmaps come from the transformer's joint attention (:mod:`.joint_attention`), on its token grid:
+the latent grid divided by the patch size (1/16 of the image for SD3's 8× VAE and 2×2 patches).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DiffuGenError
+from ..prompts import parse_emphasis
+from .attention import LayerChoice, RefineLayers
+from .family import EncodedBatch, ModelFamily
+from .joint_attention import JointHeatmapProcessor, capture_joint_heatmaps
+from .sd import apply_emphasis, tokenize, word_positions
+from .sdxl import _content_tokens, text_encoders
+from .tokens import EncodedPrompt, find_word_tokens
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+CLIP_LENGTH = 77
+
+
+def max_sequence_length(pipe: DiffusionPipeline) -> int:
+    """The T5 length the pipeline uses by default (its ``__call__``'s ``max_sequence_length``: SD3 256, FLUX 512)."""
+    return inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+
+
+def t5_tokenize(tokenizer, prompt: str, length: int) -> EncodedPrompt:
+    """Tokenize a prompt for T5 (emphasis markers removed, weights kept): tokens, ``</s>``, padding to ``length``.
+
+    Without emphasis the ids are the pipeline's own (``padding="max_length"``, ``truncation=True``).
+    """
+    ids: list[int] = []
+    weights: list[float] = []
+    for chunk in parse_emphasis(prompt):
+        chunk_ids = tokenizer(chunk.text, add_special_tokens=False).input_ids
+        ids += chunk_ids
+        weights += [chunk.weight] * len(chunk_ids)
+    truncated = len(ids) > length - 1
+    ids, weights = ids[: length - 1], weights[: length - 1]
+    pad = length - 1 - len(ids)
+    return EncodedPrompt(ids=[*ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
+                         weights=[*weights, 1.0] + [1.0] * pad, truncated=truncated)
+
+
+@torch.no_grad()
+def t5_embed(encoder, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
+    """``(batch, length, d_model)``: T5's last hidden states with emphasis applied (:func:`~.sd.apply_emphasis`)."""
+    ids = torch.tensor([e.ids for e in encoded], device=encoder.device)
+    return apply_emphasis(encoder(ids)[0], encoded).to(encoder.dtype)
+
+
+def t5_word_positions(tokenizer, ids: Sequence[int], word: str) -> list[int]:
+    """Positions in T5 ``ids`` of every occurrence of ``word``'s T5 tokens (``▁word`` pieces)."""
+    return find_word_tokens(ids, tokenizer(word, add_special_tokens=False).input_ids)
+
+
+@torch.no_grad()
+def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
+    """Tokenize and encode prompts as SD3 does, emphasis applied.
+
+    Returns:
+        encoded: per prompt, the CLIP ids (77, as the first CLIP tokenizer split them) followed by the
+            T5 ids (none without T5): the positions of the transformer's text sequence.
+        prompt_embeds: ``(batch, 77 + t5_length, joint_attention_dim)``.
+        pooled: ``(batch, projection_1 + projection_2)``.
+
+    Raises:
+        DiffuGenError: the two CLIP tokenizers split a prompt differently.
+    """
+    first: list[EncodedPrompt] | None = None
+    hidden, pooled = [], []
+    for _, tok, encoder in text_encoders(pipe):
+        encoded = [tokenize(pipe, p, tok) for p in prompts]
+        if first is None:
+            first, first_tok = encoded, tok
+        elif any(_content_tokens(first_tok, a) != _content_tokens(tok, b) for a, b in zip(first, encoded)):
+            raise DiffuGenError(f"the SD3 model's two CLIP tokenizers split {list(prompts)!r} differently: a word's "
+                                "heatmap needs its tokens at the same positions in both text encoders")
+        out = encoder(torch.tensor([e.ids for e in encoded], device=encoder.device), output_hidden_states=True)
+        pooled.append(out[0])
+        hidden.append(apply_emphasis(out.hidden_states[-2], encoded).to(pipe.text_encoder.dtype))
+    length = max_sequence_length(pipe)
+    if pipe.text_encoder_3 is None:
+        t5 = torch.zeros(len(prompts), length, pipe.transformer.config.joint_attention_dim,
+                         device=pipe.text_encoder.device, dtype=pipe.text_encoder.dtype)
+        t5_encoded = [EncodedPrompt([], [], False)] * len(prompts)
+    else:
+        t5_encoded = [t5_tokenize(pipe.tokenizer_3, p, length) for p in prompts]
+        t5 = t5_embed(pipe.text_encoder_3, t5_encoded)
+    clip = torch.cat(hidden, dim=-1)
+    clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+    encoded = [EncodedPrompt(c.ids + t.ids, c.weights + t.weights, c.truncated or t.truncated)
+               for c, t in zip(first, t5_encoded)]
+    return encoded, torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
+
+
+class StableDiffusion3Family(ModelFamily):
+    """SD3/3.5 (``StableDiffusion3Pipeline`` and its img2img/inpaint siblings; ``builtin:tiny-sd3``)."""
+
+    name = "sd3"
+    pipeline_class = "StableDiffusion3Pipeline"
+    class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
+
+    def matches(self, pipe: DiffusionPipeline) -> bool:
+        from diffusers import SD3Transformer2DModel
+
+        return isinstance(getattr(pipe, "transformer", None), SD3Transformer2DModel)
+
+    def text_encoders(self, pipe: DiffusionPipeline) -> list[tuple[str | None, Any, Any]]:
+        return text_encoders(pipe)
+
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
+        encoded, embeds, pooled = encode_prompts(pipe, prompts)
+        _, negative, negative_pooled = encode_prompts(pipe, [negative_prompt] * len(prompts))
+        return EncodedBatch(
+            pipeline_kwargs={"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                             "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled},
+            prompts=encoded, context_length=CLIP_LENGTH,
+        )
+
+    def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
+        clip = EncodedPrompt(encoded.ids[:CLIP_LENGTH], encoded.weights[:CLIP_LENGTH], encoded.truncated)
+        positions = word_positions(pipe, clip, word, pipe.tokenizer)
+        if pipe.text_encoder_3 is not None:
+            positions += [CLIP_LENGTH + p for p in t5_word_positions(pipe.tokenizer_3, encoded.ids[CLIP_LENGTH:], word)]
+        return positions
+
+    def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
+                refine_layers: RefineLayers = "down"):
+        return capture_joint_heatmaps(pipe.transformer, JointHeatmapProcessor, refine_power)
+
+    def task_pipeline(self, pipe: DiffusionPipeline, task: str):
+        from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline
+
+        cls = {"txt2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline,
+               "inpaint": StableDiffusion3InpaintPipeline}[task]
+        return cls.from_pipe(pipe)  # a new object sharing the weights: a scheduler set on it leaves pipe's alone
+
+    def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
+        """The transformer's token grid: the latent grid over the patch size."""
+        scale = pipe.vae_scale_factor * pipe.transformer.config.patch_size
+        return height // scale, width // scale
