@@ -100,3 +100,31 @@ def ds(base):
     clone = base.clone(f"clone-{uuid.uuid4().hex[:8]}")
     yield clone
     clone.delete()
+
+
+def amd_word_heatmaps(records, positions, grid, image_size, layers=None):
+    """Each prompt's word heatmap from attention-map-diffusers' ``image->text`` records, aggregated as ours.
+
+    Args:
+        records: ``AttentionCapture(...).compute().records`` (``heads="mean"``, ``timesteps="all"``); each
+            record's data is ``(batch, 1, image_tokens, text_tokens)``, the last rows the conditional prompts.
+        positions: ``positions[i]``: prompt ``i``'s word's text-token positions.
+        grid: ``(h, w)`` of the image tokens; image_size: ``(height, width)``.
+        layers: if given, only records whose layer id contains one of these strings.
+
+    Returns:
+        Per prompt, the ``(height, width)`` map summed over layers and steps, clamped at 0, averaged
+        over the word's tokens, bicubic-upsampled, min-max normalised.
+    """
+    import torch.nn.functional as F
+
+    chosen = [r for r in records if r.relation == "image->text" and (layers is None or any(l in r.layer_id for l in layers))]
+    assert chosen, "attention-map-diffusers recorded no image->text attention"
+    total = sum(r.data[:, 0].float() for r in chosen)  # (batch, image_tokens, text_tokens)
+    out = []
+    for i, idxs in enumerate(positions):
+        cond = total[total.shape[0] - len(positions) + i]
+        m = cond[:, idxs].T.reshape(len(idxs), *grid).clamp(min=0).mean(0)
+        m = F.interpolate(m[None, None], size=image_size, mode="bicubic")[0, 0]
+        out.append((m - m.min()) / (m.max() - m.min()))
+    return out

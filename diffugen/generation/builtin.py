@@ -292,10 +292,10 @@ def build_tiny_sd3_pipeline(with_t5: bool = True):
     (``SD3Transformer2DModel``, patch 2, two joint blocks, the first with SD3.5's extra image
     self-attention, RMS q/k norm) whose context is the 77 CLIP tokens (their hidden states
     concatenated, 80 wide, zero-padded to 96) followed by the T5 tokens; an 8× VAE with SD3's scaling
-    and shift; SD3's flow-matching Euler scheduler. Random weights from fixed seeds. Heatmaps are on
+    and shift and 16 latent channels; SD3's flow-matching Euler scheduler. Random weights from fixed seeds. Heatmaps are on
     the transformer's token grid, 1/16 of the image.
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer(pad_token="!")
@@ -306,12 +306,14 @@ def build_tiny_sd3_pipeline(with_t5: bool = True):
     text_encoder_3 = _t5_encoder(tokenizer_3, 4) if with_t5 else None
     torch.manual_seed(1)
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=TINY_T5["d_model"], caption_projection_dim=32,
         pooled_projection_dim=text_encoder.config.projection_dim + text_encoder_2.config.projection_dim,
         pos_embed_max_size=96, dual_attention_layers=(0,), qk_norm="rms_norm",
     )
-    vae_model = _vae(2, 8, TINY_VAE, scaling_factor=1.5305, shift_factor=0.0609)
+    torch.manual_seed(2)  # 16 latent channels as SD3's own (its inpainting pipeline accepts no other count)
+    vae_model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, sample_size=64, **TINY_VAE,
+                              scaling_factor=1.5305, shift_factor=0.0609)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     modules = [m for m in (text_encoder, text_encoder_2, text_encoder_3, transformer, vae_model) if m is not None]
     _frozen(*modules)

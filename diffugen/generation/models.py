@@ -61,14 +61,25 @@ def _hub_cache() -> str:
     return HF_HUB_CACHE
 
 
-def _class_name(model: str) -> str:
-    # model_index.json's pipeline class of a local diffusers folder or a hub id (from the cache offline).
+def _model_index(model: str) -> dict:
+    # model_index.json of a local diffusers folder or a hub id (from the cache offline).
     from diffusers import DiffusionPipeline
 
     path = Path(model).expanduser()
     if path.is_dir():
-        return json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
-    return DiffusionPipeline.load_config(model).get("_class_name", "")
+        return json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    return dict(DiffusionPipeline.load_config(model))
+
+
+def _class_name(model: str) -> str:
+    return _model_index(model).get("_class_name", "")
+
+
+def _absent_components(model: str) -> dict[str, None]:
+    """The components ``model_index.json`` lists as ``[null, null]`` (e.g. SD3 saved without T5), to pass as
+    ``None``: diffusers loads such a folder only if told that ``text_encoder_3`` is meant to be absent."""
+    return {name: None for name, value in _model_index(model).items()
+            if not name.startswith("_") and isinstance(value, list) and value == [None, None]}
 
 
 def checkpoint_family(path: Path, checkpoint_config: str | None = None, model_family: str = "auto") -> ModelFamily:
@@ -176,7 +187,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
                 "give a diffusers folder, a .safetensors/.ckpt file, a hub id or builtin:tiny"
             )
         family = asked or family_of_class(_class_name(str(path)), str(path.resolve()))
-        pipe = _pipeline_class(family).from_pretrained(str(path), dtype=torch_dtype, **family.load_kwargs)
+        pipe = _pipeline_class(family).from_pretrained(str(path), dtype=torch_dtype,
+                                                       **{**_absent_components(str(path)), **family.load_kwargs})
         return _served(pipe, model, family, dev)
     if "/" not in model or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(
@@ -184,7 +196,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
         )
     try:
         family = asked or family_of_class(_class_name(model), model)
-        pipe = _pipeline_class(family).from_pretrained(model, dtype=torch_dtype, **family.load_kwargs)
+        pipe = _pipeline_class(family).from_pretrained(model, dtype=torch_dtype,
+                                                       **{**_absent_components(model), **family.load_kwargs})
     except ModelNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - hub errors come in many classes; all mean "not here"

@@ -15,6 +15,7 @@ how model families differ.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from contextlib import contextmanager
@@ -220,6 +221,9 @@ class Runner:
             kwargs = task_inputs(cfg, task, items, masks)
             height = kwargs.get("height") or kwargs["image"][0].height
             width = kwargs.get("width") or kwargs["image"][0].width
+            if "height" not in kwargs and "height" in inspect.signature(pipe.__call__).parameters:
+                # SD3's and FLUX's img2img pipelines resize the image to the model's default size unless told
+                kwargs.update(height=height, width=width)
             collector.reset(len(items), sorted({t for per in positions for p in per for t in p}),
                             family.latent_size(pipe, height, width))
             out = pipe(

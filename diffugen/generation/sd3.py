@@ -49,8 +49,11 @@ def t5_tokenize(tokenizer, prompt: str, length: int) -> EncodedPrompt:
     """
     ids: list[int] = []
     weights: list[float] = []
-    for chunk in parse_emphasis(prompt):
-        chunk_ids = tokenizer(chunk.text, add_special_tokens=False).input_ids
+    chunks = parse_emphasis(prompt)
+    for chunk in chunks:
+        # Each emphasised chunk starts a word (a "▁" piece); the spaces around it would be pieces of their own.
+        text = chunk.text.strip() if len(chunks) > 1 else chunk.text
+        chunk_ids = tokenizer(text, add_special_tokens=False).input_ids if text else []
         ids += chunk_ids
         weights += [chunk.weight] * len(chunk_ids)
     truncated = len(ids) > length - 1
