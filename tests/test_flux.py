@@ -1,0 +1,185 @@
+"""The FLUX.1 family end to end on builtin:tiny-flux: encoding as the pipeline's own, word positions in the T5
+sequence, joint-attention capture over double- and single-stream blocks, the three tasks, a batch that is all
+conditional (no CFG), resume, plain-diffusers images, loading and detection, and agreement with
+attention-map-diffusers."""
+
+import json
+
+import fiftyone as fo
+import numpy as np
+import pytest
+import torch
+from conftest import amd_word_heatmaps, small_config
+from PIL import Image
+
+from diffugen.config import parse_config
+from diffugen.generation.builtin import build_tiny_flux_pipeline
+from diffugen.generation.family import family_of
+from diffugen.generation.models import load_pipeline
+from diffugen.generation.planner import plan
+from diffugen.generation.runner import Runner, generate
+
+FLUX = "builtin:tiny-flux"
+DOUBLE, SINGLE = "transformer_blocks.0.attn.processor", "single_transformer_blocks.0.attn.processor"
+
+
+@pytest.fixture(scope="module")
+def flux():
+    """A tiny FLUX pipeline of this module's own (the runner's process-wide cached one stays untouched)."""
+    pipe = build_tiny_flux_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---- the model and its encoding ------------------------------------------------------------------
+def test_tiny_flux_is_a_complete_flux_pipeline(flux):
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    assert type(flux) is FluxPipeline and family_of(flux).name == "flux"
+    assert type(flux.text_encoder) is CLIPTextModel and type(flux.text_encoder_2) is T5EncoderModel
+    assert isinstance(flux.transformer, FluxTransformer2DModel) and flux.transformer.config.guidance_embeds
+    again = build_tiny_flux_pipeline()  # fixed seeds
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        sa, sb = getattr(flux, name).state_dict(), getattr(again, name).state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    for task, cls in (("txt2img", "FluxPipeline"), ("img2img", "FluxImg2ImgPipeline"), ("inpaint", "FluxInpaintPipeline")):
+        derived = family_of(flux).task_pipeline(flux, task)
+        assert type(derived).__name__ == cls and derived is not flux and derived.transformer is flux.transformer
+
+
+def test_encode_is_the_pipelines_own_and_words_are_t5_tokens(flux):
+    family = family_of(flux)
+    prompts = ["a red car on a road", "a bus near a tree at night"]
+    ours = family.encode(flux, prompts, "blurry")  # guidance-distilled: no negative prompt is passed
+    embeds, pooled, _ = flux.encode_prompt(prompts, None, device=flux.device)
+    assert ours.pipeline_kwargs.keys() == {"prompt_embeds", "pooled_prompt_embeds"}
+    assert torch.equal(ours.pipeline_kwargs["prompt_embeds"], embeds) and embeds.shape[1] == 512
+    assert torch.equal(ours.pipeline_kwargs["pooled_prompt_embeds"], pooled)
+    assert family.word_positions(flux, ours.prompts[0], "car") == [2]  # T5 has no start token
+    stressed = family.encode(flux, ["a red car++ on a road"], "")
+    assert family.word_positions(flux, stressed.prompts[0], "car") == [2]
+    a, b = ours.pipeline_kwargs["prompt_embeds"][0], stressed.pipeline_kwargs["prompt_embeds"][0]
+    assert not torch.allclose(a[2], b[2])
+    assert torch.equal(ours.pipeline_kwargs["pooled_prompt_embeds"][0], stressed.pipeline_kwargs["pooled_prompt_embeds"][0])
+    scooter = family.word_positions(flux, family.encode(flux, ["a scooter"], "").prompts[0], "scooter")
+    assert scooter == list(range(1, 1 + len(flux.tokenizer_2.tokenize("scooter")))) and len(scooter) > 1
+
+
+def test_capture_leaves_images_bit_identical_and_restores_processors(flux):
+    family = family_of(flux)
+    encoded = family.encode(flux, ["a red car on a road", "a bus on a road"], "")
+    positions = [family.word_positions(flux, e, w) for e, w in zip(encoded.prompts, ["car", "bus"])]
+
+    def run():
+        gens = [torch.Generator("cpu").manual_seed(s) for s in (3, 4)]
+        return flux(**encoded.pipeline_kwargs, generator=gens, num_inference_steps=2, height=64, width=112,
+                    output_type="np").images
+
+    before = flux.transformer.attn_processors
+    bare = run()
+    with torch.no_grad(), family.capture(flux, refine_power=1) as collector:
+        collector.reset(2, sorted({t for p in positions for t in p}), family.latent_size(flux, 64, 112))
+        captured = run()
+        maps = collector.word_heatmaps([[p] for p in positions], (64, 112))
+    assert np.array_equal(bare, captured)
+    assert collector.latent_size == (4, 7) and sorted(collector.maps) == [SINGLE, DOUBLE]
+    assert collector.maps[DOUBLE].shape == (2, 2, 2, 4, 7)  # (batch: all conditional, heads, tokens, h, w)
+    assert [tuple(m[0].shape) for m in maps] == [(64, 112)] * 2 and all(float(m[0].max()) == 1.0 for m in maps)
+    after = flux.transformer.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+
+
+# ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
+def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, dataset_name):
+    cfg = parse_config(small_config(
+        dataset_name, tmp_path / "out", model=FLUX, steps=2, seeds=[11],
+        img2img={"attributes": {"time": ["night"]}, "strength": 0.7},
+        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]}},
+    ))
+    summary = generate(cfg)
+    assert [(t.task, t.made) for t in summary.tasks][:2] == [("txt2img", 4), ("img2img", 4)]
+    ds = fo.load_dataset(dataset_name)
+    assert ds.count_values("task").get("inpaint", 0) == summary.tasks[2].made > 0
+    for s in ds:
+        assert Image.open(s.filepath).size == (96, 64) and len(s.word_heatmaps) == len(s.class_words) == 1
+        assert np.asarray(Image.open(s.word_heatmaps[0].map_path)).max() == 255
+    painted = ds.match(fo.ViewField("task") == "inpaint").first()
+    changed = (np.asarray(Image.open(painted.filepath)) != np.asarray(Image.open(ds[painted.parent_id].filepath))).any(-1)
+    assert changed.any() and not changed.all()
+
+
+def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_path, dataset_name):
+    """Same prompt, CPU-generator seed, steps, (distilled) guidance and size; the pipeline's defaults for the rest."""
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=80, height=112,
+                                    seeds=[11], guidance_scale=3.5))
+    generate(cfg)
+    plain = build_tiny_flux_pipeline()
+    plain.set_progress_bar_config(disable=True)
+    ds = fo.load_dataset(dataset_name)
+    assert len(ds) == 4
+    for s in ds:
+        out = plain(s.prompt, generator=torch.Generator("cpu").manual_seed(s.seed), num_inference_steps=s.steps,
+                    guidance_scale=s.guidance_scale, height=112, width=80, output_type="np")
+        image = (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)
+        assert np.array_equal(image, np.asarray(Image.open(s.filepath))), s.prompt
+    keys = sorted(ds.values("key"))
+    assert generate(cfg).tasks[0].made == 0
+    ds.delete_samples(ds.limit(1))
+    assert generate(cfg).tasks[0].made == 1 and sorted(ds.values("key")) == keys
+
+
+def test_batch_size_does_not_change_images_or_labels(tmp_path):
+    """No CFG: every row of the batch is a conditional prompt, and each keeps its own maps."""
+    one = parse_config(small_config("b1", tmp_path / "b1", model=FLUX, batch_size=1, steps=2))
+    many = parse_config(small_config("b3", tmp_path / "b3", model=FLUX, batch_size=3, steps=2))
+    items = plan(one, "txt2img")[:3]
+    g1, g3 = Runner(one), Runner(many)
+    pipe = g1.pipeline("txt2img")
+    with family_of(pipe).capture(pipe) as col:
+        singles = [g1.run_batch(pipe, col, "txt2img", [it])[:3] for it in items]
+        images3, maps3, found3 = g3.run_batch(pipe, col, "txt2img", items)[:3]
+    for k, (img1, maps1, found1) in enumerate(singles):
+        assert found1[0] == found3[k] and maps1[0]
+        assert np.abs(img1[0].astype(int) - images3[k].astype(int)).max() <= 1
+        for m1, m3 in zip(maps1[0], maps3[k]):
+            assert np.abs(m1.astype(int) - m3.astype(int)).max() <= 1
+
+
+def test_saved_folder_loads_and_is_detected(flux, tmp_path):
+    folder = tmp_path / "tiny-flux"
+    flux.save_pretrained(folder)
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+    loaded = load_pipeline(str(folder))
+    assert type(loaded).__name__ == "FluxPipeline" and family_of(loaded).name == "flux"
+    again = loaded.tokenizer_2("a red scooter").input_ids
+    assert again == flux.tokenizer_2("a red scooter").input_ids  # the T5 tokenizer reloads offline
+    assert family_of(load_pipeline(str(folder), model_family="flux")).name == "flux"
+
+
+# ---- the oracle: attention-map-diffusers' image->text maps ----------------------------------------
+def test_heatmaps_agree_with_attention_map_diffusers(flux):
+    """attention-map-diffusers records the double-stream blocks' image->text attention (not the single-stream
+    ones'): ours over the same layers, aggregated alike, must agree."""
+    amd = pytest.importorskip("attention_map_diffusers", reason="attention-map-diffusers==1.0.0 is not installed")
+    family = family_of(flux)
+    prompts, words = ["a red car near a scooter on a road", "a bus on a road"], ["scooter", "bus"]
+    encoded = family.encode(flux, prompts, "")
+    positions = [family.word_positions(flux, e, w) for e, w in zip(encoded.prompts, words)]
+
+    def run():
+        gens = [torch.Generator("cpu").manual_seed(s) for s in (1, 2)]
+        flux(**encoded.pipeline_kwargs, generator=gens, num_inference_steps=3, height=64, width=96, output_type="np")
+
+    with torch.no_grad(), family.capture(flux) as collector:
+        collector.reset(2, sorted({t for p in positions for t in p}), family.latent_size(flux, 64, 96))
+        run()
+    with torch.no_grad(), amd.AttentionCapture(flux, relations=["image->text"], timesteps="all", heads="mean") as cap:
+        run()
+    theirs = amd_word_heatmaps(cap.compute().records, positions, (4, 6), (64, 96), layers=["transformer.transformer_blocks."])
+    del collector.maps[SINGLE]
+    maps = collector.word_heatmaps([[p] for p in positions], (64, 96))
+    for i, word in enumerate(words):
+        r = np.corrcoef(maps[i][0].numpy().ravel(), theirs[i].numpy().ravel())[0, 1]
+        print(f"tiny FLUX '{word}': Pearson r = {r:.6f}")
+        assert r >= 0.99, word
