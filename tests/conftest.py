@@ -128,3 +128,51 @@ def amd_word_heatmaps(records, positions, grid, image_size, layers=None):
         m = F.interpolate(m[None, None], size=image_size, mode="bicubic")[0, 0]
         out.append((m - m.min()) / (m.max() - m.min()))
     return out
+
+
+def assert_batch_size_keeps_images_and_maps(model: str, root: Path, steps: int = 2) -> None:
+    """Three prompts made one by one and as one batch of 3 give the same images and word maps (±1 of 255)."""
+    import numpy as np
+
+    from diffugen.config import parse_config
+    from diffugen.generation.family import family_of
+    from diffugen.generation.planner import plan
+    from diffugen.generation.runner import Runner
+
+    one = parse_config(small_config("b1", root / "b1", model=model, batch_size=1, steps=steps))
+    many = parse_config(small_config("b3", root / "b3", model=model, batch_size=3, steps=steps))
+    items = plan(one, "txt2img")[:3]
+    g1, g3 = Runner(one), Runner(many)
+    pipe = g1.pipeline("txt2img")
+    with family_of(pipe).capture(pipe) as col:
+        singles = [g1.run_batch(pipe, col, "txt2img", [it])[:3] for it in items]
+        images3, maps3, found3 = g3.run_batch(pipe, col, "txt2img", items)[:3]
+    for k, (img1, maps1, found1) in enumerate(singles):
+        assert found1[0] == found3[k] and maps1[0]
+        assert np.abs(img1[0].astype(int) - images3[k].astype(int)).max() <= 1
+        for m1, m3 in zip(maps1[0], maps3[k]):
+            assert np.abs(m1.astype(int) - m3.astype(int)).max() <= 1
+
+
+def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int) -> None:
+    """``generate(cfg)`` (txt2img) makes what ``plain`` (a diffusers pipeline) makes for each sample's prompt,
+    CPU-generator seed, steps, guidance and size; a rerun makes nothing, and remakes a deleted sample."""
+    import fiftyone as fo
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from diffugen.generation.runner import generate
+
+    generate(cfg)
+    plain.set_progress_bar_config(disable=True)
+    ds = fo.load_dataset(cfg.dataset_name)
+    for s in ds:
+        out = plain(s.prompt, generator=torch.Generator("cpu").manual_seed(s.seed), num_inference_steps=s.steps,
+                    guidance_scale=s.guidance_scale, height=height, width=width, output_type="np")
+        image = (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)
+        assert np.array_equal(image, np.asarray(Image.open(s.filepath))), s.prompt
+    keys = sorted(ds.values("key"))
+    assert generate(cfg).tasks[0].made == 0
+    ds.delete_samples(ds.limit(1))
+    assert generate(cfg).tasks[0].made == 1 and sorted(ds.values("key")) == keys

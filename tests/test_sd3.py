@@ -8,15 +8,19 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
-from conftest import amd_word_heatmaps, small_config
+from conftest import (
+    amd_word_heatmaps,
+    assert_batch_size_keeps_images_and_maps,
+    assert_plain_diffusers_images_and_resume,
+    small_config,
+)
 from PIL import Image
 
 from diffugen.config import parse_config
 from diffugen.generation.builtin import build_tiny_sd3_pipeline, tiny_t5_tokenizer
 from diffugen.generation.family import family_of
 from diffugen.generation.models import load_pipeline
-from diffugen.generation.planner import plan
-from diffugen.generation.runner import Runner, generate
+from diffugen.generation.runner import generate
 
 SD3 = "builtin:tiny-sd3"
 ONE = {"view": ["rear"], "object": ["car"], "time": ["noon"]}
@@ -105,6 +109,8 @@ def test_word_positions_cover_clip_and_t5_tokens_and_emphasis_acts(sd3, sd3_no_t
     assert len(scooter) - len(clip_part) == len(sd3.tokenizer_3.tokenize("scooter")) > 1
     no_t5 = family.word_positions(sd3_no_t5, family.encode(sd3_no_t5, ["a red car"], "").prompts[0], "car")
     assert no_t5 == [3]
+    twice = family.encode(sd3, ["a red car near a blue car"], "").prompts[0]
+    assert family.word_occurrences(sd3, twice, "car") == [[3, 77 + 2], [7, 77 + 6]]  # CLIP and T5 tokens together
 
 
 def test_capture_leaves_images_bit_identical_and_restores_processors(sd3):
@@ -159,35 +165,11 @@ def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_
     """Same prompt, CPU-generator seed, steps, guidance and size; the pipeline's defaults for the rest."""
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=SD3, batch_size=1, width=80, height=112,
                                     seeds=[11]))
-    generate(cfg)
-    plain = build_tiny_sd3_pipeline()
-    plain.set_progress_bar_config(disable=True)
-    ds = fo.load_dataset(dataset_name)
-    assert len(ds) == 4
-    for s in ds:
-        out = plain(s.prompt, generator=torch.Generator("cpu").manual_seed(s.seed), num_inference_steps=s.steps,
-                    guidance_scale=s.guidance_scale, height=112, width=80, output_type="np")
-        assert np.array_equal(_uint8(out.images)[0], np.asarray(Image.open(s.filepath))), s.prompt
-    keys = sorted(ds.values("key"))
-    assert generate(cfg).tasks[0].made == 0
-    ds.delete_samples(ds.limit(1))
-    assert generate(cfg).tasks[0].made == 1 and sorted(ds.values("key")) == keys
+    assert_plain_diffusers_images_and_resume(cfg, build_tiny_sd3_pipeline(), 112, 80)
 
 
 def test_batch_size_does_not_change_images_or_labels(tmp_path):
-    one = parse_config(small_config("b1", tmp_path / "b1", model=SD3, batch_size=1, steps=2))
-    many = parse_config(small_config("b3", tmp_path / "b3", model=SD3, batch_size=3, steps=2))
-    items = plan(one, "txt2img")[:3]
-    g1, g3 = Runner(one), Runner(many)
-    pipe = g1.pipeline("txt2img")
-    with family_of(pipe).capture(pipe) as col:
-        singles = [g1.run_batch(pipe, col, "txt2img", [it])[:3] for it in items]
-        images3, maps3, found3 = g3.run_batch(pipe, col, "txt2img", items)[:3]
-    for k, (img1, maps1, found1) in enumerate(singles):
-        assert found1[0] == found3[k] and maps1[0]
-        assert np.abs(img1[0].astype(int) - images3[k].astype(int)).max() <= 1
-        for m1, m3 in zip(maps1[0], maps3[k]):
-            assert np.abs(m1.astype(int) - m3.astype(int)).max() <= 1
+    assert_batch_size_keeps_images_and_maps(SD3, tmp_path)
 
 
 # ---- loading and family detection ----------------------------------------------------------------

@@ -38,6 +38,17 @@ class EncodedBatch:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def token_runs(positions: Sequence[int]) -> list[list[int]]:
+    """Positions split into runs of consecutive positions (one occurrence of a word's tokens each)."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
 class ModelFamily(ABC):
     """One kind of diffusion model (e.g. SD 1.x/2.x: a CLIP text encoder and a UNet).
 
@@ -72,6 +83,12 @@ class ModelFamily(ABC):
     @abstractmethod
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
         """The ``task`` pipeline (txt2img, img2img, inpaint) sharing ``pipe``'s weights."""
+
+    def word_occurrences(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[list[int]]:
+        """The positions of each occurrence of ``word`` in ``encoded``: by default the runs of consecutive
+        positions among :meth:`word_positions` (a family whose sequence holds a word twice, e.g. SD3's CLIP
+        and T5 parts, groups them itself)."""
+        return token_runs(self.word_positions(pipe, encoded, word))
 
     def text_encoders(self, pipe: DiffusionPipeline) -> list[tuple[str | None, Any, Any]]:
         """``(name, tokenizer, text_encoder)`` of each text encoder, in the order the denoiser's context

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import DiffuGenError
 from ..prompts import parse_emphasis
 from .attention import LayerChoice, RefineLayers
-from .family import EncodedBatch, ModelFamily
+from .family import EncodedBatch, ModelFamily, token_runs
 from .joint_attention import JointHeatmapProcessor, capture_joint_heatmaps
 from .sd import apply_emphasis, tokenize, word_positions
 from .sdxl import _content_tokens, text_encoders
@@ -145,6 +145,19 @@ class StableDiffusion3Family(ModelFamily):
         if pipe.text_encoder_3 is not None:
             positions += [CLIP_LENGTH + p for p in t5_word_positions(pipe.tokenizer_3, encoded.ids[CLIP_LENGTH:], word)]
         return positions
+
+    def word_occurrences(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[list[int]]:
+        """The positions of each occurrence of ``word``: the k-th occurrence's CLIP tokens with its T5 tokens.
+
+        A word occurs once in each part of the text sequence, so its positions are two runs per occurrence
+        (``[3, 79]`` for "car" in "a red car"), not one; an occurrence only one part kept (truncation) is
+        its tokens there.
+        """
+        positions = self.word_positions(pipe, encoded, word)
+        clip = token_runs([p for p in positions if p < CLIP_LENGTH])
+        t5 = token_runs([p for p in positions if p >= CLIP_LENGTH])
+        return [[*(clip[k] if k < len(clip) else []), *(t5[k] if k < len(t5) else [])]
+                for k in range(max(len(clip), len(t5)))]
 
     def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
                 refine_layers: RefineLayers = "down"):
