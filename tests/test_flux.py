@@ -5,26 +5,26 @@ attention-map-diffusers."""
 
 import json
 
-import fiftyone as fo
 import numpy as np
 import pytest
 import torch
 from conftest import (
     amd_word_heatmaps,
+    assert_all_tasks_labeled,
     assert_batch_size_keeps_images_and_maps,
     assert_plain_diffusers_images_and_resume,
     small_config,
 )
-from PIL import Image
 
 from diffugen.config import parse_config
 from diffugen.generation.builtin import build_tiny_flux_pipeline
 from diffugen.generation.family import family_of
 from diffugen.generation.models import load_pipeline
-from diffugen.generation.runner import generate
 
 FLUX = "builtin:tiny-flux"
 DOUBLE, SINGLE = "transformer_blocks.0.attn.processor", "single_transformer_blocks.0.attn.processor"
+
+TWO = {"view": ["rear"], "object": ["car", "bus"], "time": ["noon"]}
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +96,13 @@ def test_capture_leaves_images_bit_identical_and_restores_processors(flux):
 
 # ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
 def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, dataset_name):
-    cfg = parse_config(small_config(
-        dataset_name, tmp_path / "out", model=FLUX, steps=2, seeds=[11],
-        img2img={"attributes": {"time": ["night"]}, "strength": 0.7},
-        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]}},
-    ))
-    summary = generate(cfg)
-    assert [(t.task, t.made) for t in summary.tasks][:2] == [("txt2img", 4), ("img2img", 4)]
-    ds = fo.load_dataset(dataset_name)
-    assert ds.count_values("task").get("inpaint", 0) == summary.tasks[2].made > 0
-    for s in ds:
-        assert Image.open(s.filepath).size == (96, 64) and len(s.word_heatmaps) == len(s.class_words) == 1
-        assert np.asarray(Image.open(s.word_heatmaps[0].map_path)).max() == 255
-    painted = ds.match(fo.ViewField("task") == "inpaint").first()
-    changed = (np.asarray(Image.open(painted.filepath)) != np.asarray(Image.open(ds[painted.parent_id].filepath))).any(-1)
-    assert changed.any() and not changed.all()
+    assert_all_tasks_labeled(FLUX, tmp_path, dataset_name)
 
 
 def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_path, dataset_name):
     """Same prompt, CPU-generator seed, steps, (distilled) guidance and size; the pipeline's defaults for the rest."""
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=80, height=112,
-                                    seeds=[11], guidance_scale=3.5))
+                                    seeds=[11], steps=2, attributes=TWO, guidance_scale=3.5))
     assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 112, 80)
 
 
@@ -134,6 +120,22 @@ def test_saved_folder_loads_and_is_detected(flux, tmp_path):
     again = loaded.tokenizer_2("a red scooter").input_ids
     assert again == flux.tokenizer_2("a red scooter").input_ids  # the T5 tokenizer reloads offline
     assert family_of(load_pipeline(str(folder), model_family="flux")).name == "flux"
+
+
+def test_single_file_is_detected_by_its_keys_and_needs_its_layout_offline(tmp_path):
+    """FLUX files (often the transformer alone) load through FluxPipeline.from_single_file with checkpoint_config;
+    diffusers' FLUX conversion assumes FLUX.1's full width (3072), so a tiny one cannot be converted here."""
+    from safetensors.torch import save_file
+
+    from diffugen.errors import ModelNotFoundError
+    from diffugen.generation.models import checkpoint_family
+
+    for name, key in (("flux", "double_blocks.0.img_attn.norm.key_norm.scale"),
+                      ("prefixed", "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale")):
+        save_file({key: torch.ones(2)}, str(tmp_path / f"{name}.safetensors"))
+        assert checkpoint_family(tmp_path / f"{name}.safetensors").name == "flux"
+    with pytest.raises(ModelNotFoundError, match=r"(?s)FluxPipeline checkpoint.*set 'checkpoint_config'"):
+        load_pipeline(str(tmp_path / "flux.safetensors"))
 
 
 # ---- the oracle: attention-map-diffusers' image->text maps ----------------------------------------

@@ -10,20 +10,22 @@ import pytest
 import torch
 from conftest import (
     amd_word_heatmaps,
+    assert_all_tasks_labeled,
     assert_batch_size_keeps_images_and_maps,
     assert_plain_diffusers_images_and_resume,
     small_config,
 )
-from PIL import Image
 
 from diffugen.config import parse_config
+from diffugen.config.schema import MODEL_FAMILIES
 from diffugen.generation.builtin import build_tiny_sd3_pipeline, tiny_t5_tokenizer
-from diffugen.generation.family import family_of
+from diffugen.generation.family import families, family_of
 from diffugen.generation.models import load_pipeline
 from diffugen.generation.runner import generate
 
 SD3 = "builtin:tiny-sd3"
 ONE = {"view": ["rear"], "object": ["car"], "time": ["noon"]}
+TWO = {"view": ["rear"], "object": ["car", "bus"], "time": ["noon"]}
 CONTEXT = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
 
 
@@ -46,11 +48,11 @@ def _uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _same_weights(a, b) -> None:
+def _same_weights(a, b, skip: tuple[str, ...] = ()) -> None:
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         assert sa.keys() == sb.keys(), name
-        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+        assert all(torch.equal(sa[k], sb[k]) for k in sa if f"{name}.{k}" not in skip), name
 
 
 # ---- the model and its encoding ------------------------------------------------------------------
@@ -140,31 +142,13 @@ def test_capture_leaves_images_bit_identical_and_restores_processors(sd3):
 
 # ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
 def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, dataset_name):
-    cfg = parse_config(small_config(
-        dataset_name, tmp_path / "out", model=SD3, steps=2, seeds=[11],
-        img2img={"attributes": {"time": ["night"]}, "strength": 0.7},
-        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]}},
-    ))
-    summary = generate(cfg)
-    assert [(t.task, t.made) for t in summary.tasks][:2] == [("txt2img", 4), ("img2img", 4)]
-    ds = fo.load_dataset(dataset_name)
-    assert ds.count_values("task").get("inpaint", 0) == summary.tasks[2].made > 0
-    for s in ds:
-        assert s.model == SD3 and Image.open(s.filepath).size == (96, 64)
-        assert len(s.word_heatmaps) == len(s.class_words) == 1
-        assert np.asarray(Image.open(s.word_heatmaps[0].map_path)).max() == 255
-        assert s.daam_segmentation.get_mask().shape == (64, 96)
-    child = ds.match(fo.ViewField("task") == "img2img").first()
-    assert ds[child.parent_id].task == "txt2img" and child.attributes.time == "night"
-    painted = ds.match(fo.ViewField("task") == "inpaint").first()
-    changed = (np.asarray(Image.open(painted.filepath)) != np.asarray(Image.open(ds[painted.parent_id].filepath))).any(-1)
-    assert changed.any() and not changed.all()
+    assert_all_tasks_labeled(SD3, tmp_path, dataset_name)
 
 
 def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_path, dataset_name):
     """Same prompt, CPU-generator seed, steps, guidance and size; the pipeline's defaults for the rest."""
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=SD3, batch_size=1, width=80, height=112,
-                                    seeds=[11]))
+                                    seeds=[11], steps=2, attributes=TWO))
     assert_plain_diffusers_images_and_resume(cfg, build_tiny_sd3_pipeline(), 112, 80)
 
 
@@ -181,6 +165,7 @@ def test_saved_folder_without_t5_loads_detects_and_generates(sd3_no_t5, tmp_path
     assert type(loaded).__name__ == "StableDiffusion3Pipeline" and loaded.text_encoder_3 is None
     assert family_of(loaded).name == "sd3"
     assert family_of(load_pipeline(str(folder), model_family="sd3")).name == "sd3"
+    assert MODEL_FAMILIES == ("auto", *[f.name for f in families()]) == ("auto", "sd", "sdxl", "sd3", "flux")
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=str(folder), attributes=ONE, seeds=[5],
                                     model_family="sd3", steps=2))
     assert generate(cfg).tasks[0].made == 1
@@ -212,3 +197,94 @@ def test_heatmaps_agree_with_attention_map_diffusers(sd3):
         r = np.corrcoef(maps[i][0].numpy().ravel(), theirs[i].numpy().ravel())[0, 1]
         print(f"tiny SD3 '{word}': Pearson r = {r:.6f}")
         assert r >= 0.99, word
+
+
+def test_single_file_checkpoint_loads_with_its_layout_offline(sd3, tmp_path, dataset_name):
+    from safetensors.torch import save_file
+
+    from diffugen.errors import ModelNotFoundError
+    from diffugen.generation.models import checkpoint_family
+
+    folder, checkpoint = tmp_path / "tiny-sd3", tmp_path / "tiny-sd3.safetensors"
+    sd3.save_pretrained(folder)
+    save_file(original_checkpoint(sd3), str(checkpoint))
+    assert checkpoint_family(checkpoint).name == "sd3"  # by its keys (joint_blocks)
+    assert checkpoint_family(tmp_path / "x.ckpt", str(folder)).name == "sd3"  # by checkpoint_config's class
+    loaded = load_pipeline(str(checkpoint), checkpoint_config=str(folder))
+    assert type(loaded).__name__ == "StableDiffusion3Pipeline"
+    # diffusers reads SD3 files' CLIP-L without a projection (the identity); every other weight comes back exactly.
+    _same_weights(sd3, loaded, skip=("text_encoder.text_projection.weight",))
+    assert torch.equal(loaded.text_encoder.text_projection.weight, torch.eye(32))
+    with pytest.raises(ModelNotFoundError, match=r"(?s)StableDiffusion3Pipeline checkpoint.*set 'checkpoint_config'"):
+        load_pipeline(str(checkpoint))  # offline, without its layout
+    with pytest.raises(ModelNotFoundError, match=r"'sd3' model \(by its keys\).*layout of a 'sd' model"):
+        load_pipeline(str(checkpoint), checkpoint_config="diffugen/toyworld/model")
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=str(checkpoint), checkpoint_config=str(folder),
+                                    attributes=ONE, seeds=[5], steps=2))
+    assert generate(cfg).tasks[0].made == 1
+    # A file of the transformer alone (as FLUX files usually are): the rest comes from checkpoint_config's folder.
+    alone = tmp_path / "tiny-sd3-transformer.safetensors"
+    save_file({k: v.clone() for k, v in _original_sd3_transformer(sd3.transformer).items()}, str(alone))
+    _same_weights(sd3, load_pipeline(str(alone), checkpoint_config=str(folder)))
+    with pytest.raises(ModelNotFoundError, match=r"(?s)StableDiffusion3Pipeline checkpoint.*set 'checkpoint_config'"):
+        load_pipeline(str(alone))
+
+
+# ---- an original-layout (Stability) SD3 checkpoint from a diffusers pipeline, for the loading test ---------
+# The inverse of diffusers' convert_sd3_transformer_checkpoint_to_diffusers; the VAE as in the SDXL test; the text
+# encoders under text_encoders.<name>.transformer. with their transformers names, as SD3's files keep them.
+def _original_sd3_transformer(transformer) -> dict:
+    sd, n = transformer.state_dict(), transformer.config.num_layers
+    cat = torch.cat
+
+    def swap(w):  # the original's (shift, scale) halves are diffusers' (scale, shift)
+        a, b = w.chunk(2, dim=0)
+        return cat([b, a])
+
+    out = {"pos_embed": sd["pos_embed.pos_embed"], "final_layer.linear.weight": sd["proj_out.weight"],
+           "final_layer.linear.bias": sd["proj_out.bias"]}
+    renames = {"pos_embed.proj": "x_embedder.proj", "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+               "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2", "context_embedder": "context_embedder",
+               "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+               "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2"}
+    for i in range(n):
+        b, o = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
+        last = i == n - 1
+        qkv = {"x_block.attn": ("attn.to_q", "attn.to_k", "attn.to_v"),
+               "context_block.attn": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+        if f"{b}attn2.to_q.weight" in sd:
+            qkv["x_block.attn2"] = ("attn2.to_q", "attn2.to_k", "attn2.to_v")
+        for orig, parts in qkv.items():
+            for kind in ("weight", "bias"):
+                out[f"{o}{orig}.qkv.{kind}"] = cat([sd[f"{b}{p}.{kind}"] for p in parts])
+        renames.update({b + "attn.norm_q": o + "x_block.attn.ln_q", b + "attn.norm_k": o + "x_block.attn.ln_k",
+                        b + "attn.norm_added_q": o + "context_block.attn.ln_q",
+                        b + "attn.norm_added_k": o + "context_block.attn.ln_k",
+                        b + "attn.to_out.0": o + "x_block.attn.proj", b + "norm1.linear": o + "x_block.adaLN_modulation.1",
+                        b + "ff.net.0.proj": o + "x_block.mlp.fc1", b + "ff.net.2": o + "x_block.mlp.fc2",
+                        b + "attn2.norm_q": o + "x_block.attn2.ln_q", b + "attn2.norm_k": o + "x_block.attn2.ln_k",
+                        b + "attn2.to_out.0": o + "x_block.attn2.proj"})
+        if not last:
+            renames.update({b + "attn.to_add_out": o + "context_block.attn.proj",
+                            b + "norm1_context.linear": o + "context_block.adaLN_modulation.1",
+                            b + "ff_context.net.0.proj": o + "context_block.mlp.fc1",
+                            b + "ff_context.net.2": o + "context_block.mlp.fc2"})
+        else:  # the last context block only modulates (context_pre_only), its halves swapped as the final norm's
+            for kind in ("weight", "bias"):
+                out[f"{o}context_block.adaLN_modulation.1.{kind}"] = swap(sd[f"{b}norm1_context.linear.{kind}"])
+    for kind in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = swap(sd[f"norm_out.linear.{kind}"])
+        for new, orig in renames.items():
+            if f"{new}.{kind}" in sd:
+                out[f"{orig}.{kind}"] = sd[f"{new}.{kind}"]
+    return {"model.diffusion_model." + k: v for k, v in out.items()}
+
+
+def original_checkpoint(pipe) -> dict[str, torch.Tensor]:
+    """An SD3 pipeline's weights in the original single-file layout."""
+    from test_sdxl import _original_vae
+
+    state = {**_original_sd3_transformer(pipe.transformer), **_original_vae(pipe.vae)}
+    for name, encoder in (("clip_l", pipe.text_encoder), ("clip_g", pipe.text_encoder_2), ("t5xxl", pipe.text_encoder_3)):
+        state.update({f"text_encoders.{name}.transformer.{k}": v for k, v in encoder.state_dict().items()})
+    return {k: v.clone().contiguous() for k, v in state.items()}  # clones: T5 ties two names to one tensor

@@ -82,11 +82,22 @@ def _absent_components(model: str) -> dict[str, None]:
             if not name.startswith("_") and isinstance(value, list) and value == [None, None]}
 
 
+def _family_by_keys(keys: list[str]) -> str:
+    # The original layouts: SD3's MMDiT has joint_blocks, FLUX's transformer double_blocks (either with or
+    # without the "model.diffusion_model." prefix: FLUX files often hold the transformer alone); SDXL keeps its
+    # text encoders under conditioner.embedders., SD 1.x/2.x under cond_stage_model.
+    blocks = {k.removeprefix("model.diffusion_model.").split(".", 1)[0] for k in keys}
+    if "joint_blocks" in blocks:
+        return "sd3"
+    if "double_blocks" in blocks:
+        return "flux"
+    return "sdxl" if any(k.startswith("conditioner.embedders.") for k in keys) else "sd"
+
+
 def checkpoint_family(path: Path, checkpoint_config: str | None = None, model_family: str = "auto") -> ModelFamily:
     """The family of a single-file checkpoint: ``model_family`` when set, else what ``checkpoint_config``'s
     ``model_index.json`` names, else what the checkpoint's keys show (a ``.safetensors`` header is read
-    without loading the weights: SDXL's original layout keeps its text encoders under
-    ``conditioner.embedders.``, SD 1.x/2.x under ``cond_stage_model.``), else SD 1.x/2.x.
+    without loading the weights, :func:`_family_by_keys`), else SD 1.x/2.x.
 
     Raises:
         ModelNotFoundError: ``checkpoint_config`` is a layout of another family than the checkpoint's keys.
@@ -99,8 +110,8 @@ def checkpoint_family(path: Path, checkpoint_config: str | None = None, model_fa
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                sdxl = any(k.startswith("conditioner.embedders.") for k in f.keys())
-            from_keys = family_named("sdxl" if sdxl else "sd")
+                keys = list(f.keys())
+            from_keys = family_named(_family_by_keys(keys))
         except Exception:  # noqa: BLE001 - unreadable here: from_single_file reports it
             from_keys = None
     from_config = None
@@ -116,6 +127,34 @@ def checkpoint_family(path: Path, checkpoint_config: str | None = None, model_fa
             f"folder of the checkpoint's base model"
         )
     return from_config or from_keys or family_named("sd")
+
+
+# Key prefixes of the components besides the denoiser in the original single-file layouts.
+_OTHER_COMPONENTS = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.", "text_encoder")
+
+
+def _denoiser_only(path: Path) -> bool:
+    """Whether a ``.safetensors`` checkpoint holds the denoiser alone (FLUX files usually do, SD3 ones may)."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return not any(k.startswith(_OTHER_COMPONENTS) for k in f.keys())
+
+
+def _with_denoiser_from_file(family: ModelFamily, path: Path, checkpoint_config: str, torch_dtype: torch.dtype,
+                             absent: dict):
+    # The denoiser converted from the file; every other component from checkpoint_config's folder (diffusers'
+    # pipeline from_single_file would look for them in the file, or for diffusers-named weights in the folder).
+    import diffusers
+
+    index = _model_index(checkpoint_config)
+    name = "transformer" if "transformer" in index else "unet"
+    denoiser = getattr(diffusers, index[name][1]).from_single_file(str(path), config=checkpoint_config, subfolder=name,
+                                                                   torch_dtype=torch_dtype)
+    return _pipeline_class(family).from_pretrained(checkpoint_config, dtype=torch_dtype,
+                                                   **{**absent, **family.load_kwargs, name: denoiser})
 
 
 def _pipeline_class(family: ModelFamily):
@@ -142,7 +181,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
     Args:
         model: ``builtin:tiny``/``builtin:tiny-sdxl``; a local folder in diffusers layout
             (``model_index.json``); a single ``.safetensors``/``.ckpt`` checkpoint (SD 1.x/2.x, e.g.
-            Realistic Vision, or SDXL); or a hub id (``SG161222/Realistic_Vision_V4.0``), read from the
+            Realistic Vision, SDXL, SD3, FLUX); or a hub id (``SG161222/Realistic_Vision_V4.0``), read from the
             local Hugging Face cache when offline.
         checkpoint_config: for single-file checkpoints, a diffusers folder or hub id giving the model
             layout (offline, diffusers cannot fetch the default one).
@@ -171,8 +210,12 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
             raise ModelNotFoundError(f"model checkpoint file not found: {path.resolve()}")
         family = checkpoint_family(path, checkpoint_config, model_family)
         try:
-            pipe = _pipeline_class(family).from_single_file(str(path), config=checkpoint_config, dtype=torch_dtype,
-                                                            **family.load_kwargs)
+            absent = _absent_components(checkpoint_config) if checkpoint_config else {}
+            if checkpoint_config and _denoiser_only(path):
+                pipe = _with_denoiser_from_file(family, path, checkpoint_config, torch_dtype, absent)
+            else:
+                pipe = _pipeline_class(family).from_single_file(str(path), config=checkpoint_config, dtype=torch_dtype,
+                                                                **{**absent, **family.load_kwargs})
         except (OSError, ValueError) as err:
             raise ModelNotFoundError(
                 f"could not load the checkpoint {path.resolve()} (a {family.pipeline_class} checkpoint): {err}\n"
