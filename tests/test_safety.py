@@ -162,6 +162,25 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(tmp_path, write_config
     empty.delete()
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["label", "x", "--yolo", "w.pt", "--batch-size", "0"],
+     "diffugen label: error: argument --batch-size: expected a whole number >= 1, got '0'"),
+    (["train", "x", "--device", "banana"], "diffugen train: error: argument --device: expected "),
+    (["app", "x", "--port", "99999"], "diffugen app: error: argument --port: expected a port number 1-65535, got '99999'"),
+    (["export", "x", "--out", "o", "--format", "tiff"], "diffugen export: error: argument --format: invalid choice: 'tiff'"),
+    (["generate", "c.json", "--no-such-option"], "diffugen: error: unrecognized arguments: --no-such-option"),
+    (["textual-inversion"], "diffugen textual-inversion: error: the following arguments are required"),
+])
+def test_bad_options_are_one_line_naming_the_option_and_what_was_expected(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(line), captured.err
+    assert "usage:" not in captured.err
+
+
 def test_a_run_that_fails_before_its_first_sample_leaves_no_dataset(tmp_path, dataset_name):
     class Broken(Runner):
         def run_batch(self, *args, **kwargs):

@@ -9,12 +9,13 @@ import sys
 from .. import quiet
 from ..errors import DiffuGenError
 from . import app, curation, generate, labels, textual_inversion, toyworld
+from ._shared import OneLineParser
 
 COMMAND_MODULES = (generate, labels, curation, app, textual_inversion, toyworld)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffugen", description="Labeled image datasets from Stable Diffusion, in FiftyOne.")
+    p = OneLineParser(prog="diffugen", description="Labeled image datasets from Stable Diffusion, in FiftyOne.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens (model loading, skips)")
     sub = p.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from ..common import device_problem
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, ``PROG: error: MESSAGE``, exit status 2.
+
+    argparse prints the whole usage first; the message already names the argument and the value, and
+    ``--help`` shows the usage. Subparsers made by ``add_subparsers`` are of the same class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def load_dataset(name: str):
@@ -21,7 +33,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
 
 
