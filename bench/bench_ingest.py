@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_ingest.py [--n 2000] [--size 512] [--instances 3] [--batch-size 64] [--no-compare]
+    python bench/bench_ingest.py [--n 2000] [--size 512] [--instances 3] [--batch-size 64] [--reps 3] [--no-compare]
 
 Builds ``n`` ``fo.Sample`` objects shaped exactly like ``Runner.build_sample`` makes them:
 image path, ``heatmap``, ``word_heatmaps`` (2 words), ``daam_segmentation`` (``mask_path``),
@@ -14,9 +14,11 @@ once and shared by all samples. Then it times inserting them through
 :class:`diffugen.store.writer.SampleWriter` into a fresh dataset made by
 :func:`diffugen.store.dataset.open_dataset` (deleted afterwards). Target: >= 500 samples/s.
 
-For reference (a ratio within the same run) it then inserts fresh copies of the same samples as
-raw documents: ``Dataset._make_dict`` + ``insert_many``, i.e. what ``add_samples`` writes, without
-its re-creation of each sample's backing document from the inserted dict.
+For reference (a ratio within the same run) each repetition also inserts fresh copies of the same
+samples with the previous writer: the same ``SampleWriter`` (unique key index, unordered
+``insert_many``) with FiftyOne's own ``Dataset._make_dict`` documents instead of
+:func:`diffugen.store.documents.sample_document`. The two alternate, the order swapped every
+repetition; sample building is not timed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import mark, private_database
+from _common import mark, median, private_database
 
 private_database()
 
@@ -108,22 +110,43 @@ def make_sample(i: int, files, pool, max_instances: int, size: int) -> fo.Sample
     )
 
 
+class MakeDictWriter(SampleWriter):
+    """The previous writer: documents from FiftyOne's ``Dataset._make_dict`` (mongoengine's ``to_mongo``)."""
+
+    def _document(self, sample: fo.Sample, now: datetime.datetime) -> dict:
+        return self.ds._make_dict(sample, created_at=now, last_modified_at=now)
+
+
+def ingest(writer_cls: type[SampleWriter], samples: list[fo.Sample], batch_size: int) -> tuple[float, float]:
+    """Samples per wall second and per CPU second of this process (not mongod's; less disturbed by other
+    load on a shared machine) inserting ``samples`` with ``writer_cls`` into a new dataset (then deleted)."""
+    if fo.dataset_exists(DATASET):
+        fo.delete_dataset(DATASET)
+    ds = open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
+    c0, t0 = time.process_time(), time.perf_counter()
+    with writer_cls(ds, batch_size=batch_size) as writer:
+        for s in samples:
+            writer.add(s)
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    assert len(ds) == len(samples), len(ds)
+    fo.delete_dataset(DATASET)
+    return len(samples) / dt, len(samples) / dc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="samples to insert")
     ap.add_argument("--size", type=int, default=512, help="image side (label geometry scale)")
     ap.add_argument("--instances", type=int, default=3, help="max instances (detections + polygons) per sample")
     ap.add_argument("--batch-size", type=int, default=64, help="SampleWriter batch size")
-    ap.add_argument("--no-compare", action="store_true",
-                    help="skip the reference: the same documents inserted with pymongo insert_many")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (each times both writers)")
+    ap.add_argument("--no-compare", action="store_true", help="skip the previous writer (_make_dict documents)")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="diffugen-bench-ingest-"))
     try:
         files = write_files(tmp, a.size)
         pool = label_pool(a.size)
-        if fo.dataset_exists(DATASET):
-            fo.delete_dataset(DATASET)
 
         t0 = time.perf_counter()
         samples = [make_sample(i, files, pool, a.instances, a.size) for i in range(a.n)]
@@ -133,42 +156,37 @@ def main() -> None:
         mask_px = sum(d.mask.size for s in samples for d in s.daam_detections.detections) / a.n
 
         t0 = time.perf_counter()
-        ds = open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
+        if fo.dataset_exists(DATASET):
+            fo.delete_dataset(DATASET)
+        open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
         t_open = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        with SampleWriter(ds, batch_size=a.batch_size) as writer:
-            for s in samples:
-                writer.add(s)
-        dt = time.perf_counter() - t0
-        assert len(ds) == a.n, len(ds)
+        writers = [("SampleWriter", SampleWriter)] + ([] if a.no_compare else [("previous (_make_dict)", MakeDictWriter)])
+        rates: dict[str, list[float]] = {name: [] for name, _ in writers}
+        cpu_rates: dict[str, list[float]] = {name: [] for name, _ in writers}
+        for rep in range(a.reps):
+            for name, cls in writers if rep % 2 == 0 else writers[::-1]:
+                fresh = [make_sample(i, files, pool, a.instances, a.size) for i in range(a.n)]
+                wall, cpu = ingest(cls, fresh, a.batch_size)
+                rates[name].append(wall)
+                cpu_rates[name].append(cpu)
 
-        rate = a.n / dt
-
-        raw_rate = None
-        if not a.no_compare:
-            # Reference: the very documents add_samples would insert (Dataset._make_dict, private
-            # FiftyOne API), with pymongo insert_many, no backing-document reload. Fresh samples.
-            fo.delete_dataset(DATASET)
-            samples = [make_sample(i, files, pool, a.instances, a.size) for i in range(a.n)]
-            ds = open_dataset(DATASET, CLASSES, {"dataset_name": DATASET})
-            t0 = time.perf_counter()
-            for k in range(0, a.n, a.batch_size):
-                now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-                docs = [ds._make_dict(smp, created_at=now, last_modified_at=now) for smp in samples[k : k + a.batch_size]]
-                ds._sample_collection.insert_many(docs)
-            raw_rate = a.n / (time.perf_counter() - t0)
-            assert len(ds) == a.n, len(ds)
-        print(f"fiftyone {fo.__version__}, {os.cpu_count()} CPU cores")
+        print(f"fiftyone {fo.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} at the end")
         print(f"{a.n} samples, {a.size}x{a.size}: {n_inst:.1f} detections+polygons/sample, {n_pts:.0f} polygon points/sample, "
               f"{mask_px:.0f} instance-mask px/sample, 2 word heatmaps, SampleWriter batch {a.batch_size}")
-        print(f"building fo.Sample objects: {a.n / t_build:.0f} samples/s (not in the figure below); "
+        print(f"building fo.Sample objects: {a.n / t_build:.0f} samples/s (not in the figures below); "
               f"open_dataset (new): {t_open:.2f} s")
-        print(f"ingestion: {a.n} samples in {dt:.2f} s = {rate:.0f} samples/s; target >= {TARGET:.0f}/s: "
+        for name, xs in rates.items():
+            print(f"{name}: " + ", ".join(f"{x:.0f}" for x in xs) + f" samples/s (median {median(xs):.0f}); "
+                  f"per CPU second of this process: " + ", ".join(f"{x:.0f}" for x in cpu_rates[name]))
+        rate = median(rates["SampleWriter"])
+        print(f"ingestion: {rate:.0f} samples/s (median of {a.reps}); target >= {TARGET:.0f}/s: "
               f"{mark(rate, TARGET, higher_is_better=True)}")
-        if raw_rate is not None:
-            print(f"reference, same documents via insert_many (no Sample backing docs): {raw_rate:.0f} samples/s "
-                  f"= {raw_rate / rate:.1f}x SampleWriter")
+        if not a.no_compare:
+            ratios = [x / y for x, y in zip(rates["SampleWriter"], rates["previous (_make_dict)"])]
+            cpu_ratios = [x / y for x, y in zip(cpu_rates["SampleWriter"], cpu_rates["previous (_make_dict)"])]
+            print("SampleWriter / previous, same rep: " + ", ".join(f"{r:.2f}" for r in ratios)
+                  + "; CPU: " + ", ".join(f"{r:.2f}" for r in cpu_ratios))
     finally:
         if fo.dataset_exists(DATASET):
             fo.delete_dataset(DATASET)
