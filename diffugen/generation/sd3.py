@@ -71,7 +71,8 @@ def t5_embed(encoder, encoded: Sequence[EncodedPrompt]) -> torch.Tensor:
 
 
 def t5_word_positions(tokenizer, ids: Sequence[int], word: str) -> list[int]:
-    """Positions in T5 ``ids`` of every occurrence of ``word``'s T5 tokens (``▁word`` pieces)."""
+    """Positions in T5 ``ids`` of every occurrence of ``word``'s T5 tokens (``▁word`` pieces; T5 is case-sensitive,
+    unlike CLIP, so the word is matched as written)."""
     return find_word_tokens(ids, tokenizer(word, add_special_tokens=False).input_ids)
 
 
