@@ -208,3 +208,35 @@ def assert_all_tasks_labeled(model: str, root: Path, name: str) -> None:
     painted = ds.match(fo.ViewField("task") == "inpaint").first()
     changed = (np.asarray(Image.open(painted.filepath)) != np.asarray(Image.open(ds[painted.parent_id].filepath))).any(-1)
     assert changed.any() and not changed.all()
+
+
+def assert_capture_is_invisible(pipe, refine_power: int = 1, size: tuple[int, int] = (64, 112)):
+    """Two prompts ("car", "bus") made bare and inside the family's capture give bit-identical images, every
+    attention processor of the transformer is replaced during the capture and restored after, and each word
+    gets a ``size`` heatmap peaking at 1. Returns the collector, for the family's own checks."""
+    import numpy as np
+    import torch
+
+    from diffugen.generation.family import family_of
+
+    family, (height, width) = family_of(pipe), size
+    encoded = family.encode(pipe, ["a red car on a road", "a bus on a road"], "")
+    positions = [family.word_positions(pipe, e, w) for e, w in zip(encoded.prompts, ["car", "bus"])]
+
+    def run():
+        gens = [torch.Generator("cpu").manual_seed(s) for s in (3, 4)]
+        return pipe(**encoded.pipeline_kwargs, generator=gens, num_inference_steps=2, height=height, width=width,
+                    output_type="np").images
+
+    before = pipe.transformer.attn_processors
+    bare = run()
+    with torch.no_grad(), family.capture(pipe, refine_power=refine_power) as collector:
+        assert all(pipe.transformer.attn_processors[n] is not before[n] for n in before)
+        collector.reset(2, sorted({t for p in positions for t in p}), family.latent_size(pipe, height, width))
+        captured = run()
+        maps = collector.word_heatmaps([[p] for p in positions], size)
+    assert np.array_equal(bare, captured)
+    assert [tuple(m[0].shape) for m in maps] == [size] * 2 and all(float(m[0].max()) == 1.0 for m in maps)
+    after = pipe.transformer.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    return collector

@@ -12,6 +12,7 @@ from conftest import (
     amd_word_heatmaps,
     assert_all_tasks_labeled,
     assert_batch_size_keeps_images_and_maps,
+    assert_capture_is_invisible,
     assert_plain_diffusers_images_and_resume,
     small_config,
 )
@@ -71,27 +72,9 @@ def test_encode_is_the_pipelines_own_and_words_are_t5_tokens(flux):
 
 
 def test_capture_leaves_images_bit_identical_and_restores_processors(flux):
-    family = family_of(flux)
-    encoded = family.encode(flux, ["a red car on a road", "a bus on a road"], "")
-    positions = [family.word_positions(flux, e, w) for e, w in zip(encoded.prompts, ["car", "bus"])]
-
-    def run():
-        gens = [torch.Generator("cpu").manual_seed(s) for s in (3, 4)]
-        return flux(**encoded.pipeline_kwargs, generator=gens, num_inference_steps=2, height=64, width=112,
-                    output_type="np").images
-
-    before = flux.transformer.attn_processors
-    bare = run()
-    with torch.no_grad(), family.capture(flux, refine_power=1) as collector:
-        collector.reset(2, sorted({t for p in positions for t in p}), family.latent_size(flux, 64, 112))
-        captured = run()
-        maps = collector.word_heatmaps([[p] for p in positions], (64, 112))
-    assert np.array_equal(bare, captured)
+    collector = assert_capture_is_invisible(flux)
     assert collector.latent_size == (4, 7) and sorted(collector.maps) == [SINGLE, DOUBLE]
     assert collector.maps[DOUBLE].shape == (2, 2, 2, 4, 7)  # (batch: all conditional, heads, tokens, h, w)
-    assert [tuple(m[0].shape) for m in maps] == [(64, 112)] * 2 and all(float(m[0].max()) == 1.0 for m in maps)
-    after = flux.transformer.attn_processors
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
 
 
 # ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
