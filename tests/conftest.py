@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -102,32 +103,52 @@ def ds(base):
     clone.delete()
 
 
-def amd_word_heatmaps(records, positions, grid, image_size, layers=None):
-    """Each prompt's word heatmap from attention-map-diffusers' ``image->text`` records, aggregated as ours.
+def oracle_agreement(pipe, layers: Sequence[str] | None = None) -> dict[str, float]:
+    """Pearson r, per word, between our heatmap and attention-map-diffusers' ``image->text`` one under the same
+    aggregation, for two prompts (64×96, 3 steps, the pipeline's own CFG or none).
 
-    Args:
-        records: ``AttentionCapture(...).compute().records`` (``heads="mean"``, ``timesteps="all"``); each
-            record's data is ``(batch, 1, image_tokens, text_tokens)``, the last rows the conditional prompts.
-        positions: ``positions[i]``: prompt ``i``'s word's text-token positions.
-        grid: ``(h, w)`` of the image tokens; image_size: ``(height, width)``.
-        layers: if given, only records whose layer id contains one of these strings.
-
-    Returns:
-        Per prompt, the ``(height, width)`` map summed over layers and steps, clamped at 0, averaged
-        over the word's tokens, bicubic-upsampled, min-max normalised.
+    Theirs: its records (``heads="mean"``, ``timesteps="all"``; each ``(batch, 1, image_tokens, text_tokens)``,
+    the last rows the conditional prompts) summed over layers and steps, clamped at 0, averaged over the word's
+    tokens, bicubic-upsampled, min-max normalised. ``layers``: only the layers whose name (theirs:
+    ``transformer.<name>``) starts with one of these, on both sides (it does not record every layer we do).
     """
+    import numpy as np
+    import torch
     import torch.nn.functional as F
+    from attention_map_diffusers import AttentionCapture
 
-    chosen = [r for r in records if r.relation == "image->text" and (layers is None or any(l in r.layer_id for l in layers))]
-    assert chosen, "attention-map-diffusers recorded no image->text attention"
-    total = sum(r.data[:, 0].float() for r in chosen)  # (batch, image_tokens, text_tokens)
-    out = []
-    for i, idxs in enumerate(positions):
-        cond = total[total.shape[0] - len(positions) + i]
-        m = cond[:, idxs].T.reshape(len(idxs), *grid).clamp(min=0).mean(0)
-        m = F.interpolate(m[None, None], size=image_size, mode="bicubic")[0, 0]
-        out.append((m - m.min()) / (m.max() - m.min()))
-    return out
+    from diffugen.generation.family import family_of
+
+    family = family_of(pipe)
+    prompts, words = ["a red car near a scooter on a road", "a bus on a road"], ["scooter", "bus"]
+    encoded = family.encode(pipe, prompts, "")
+    positions = [family.word_positions(pipe, e, w) for e, w in zip(encoded.prompts, words)]
+    grid = family.latent_size(pipe, 64, 96)
+
+    def run():
+        gens = [torch.Generator("cpu").manual_seed(s) for s in (1, 2)]
+        pipe(**encoded.pipeline_kwargs, generator=gens, num_inference_steps=3, height=64, width=96, output_type="np")
+
+    def chosen(name: str) -> bool:
+        return layers is None or name.removeprefix("transformer.").startswith(tuple(layers))
+
+    with torch.no_grad(), family.capture(pipe) as collector:
+        collector.reset(2, sorted({t for p in positions for t in p}), grid)
+        run()
+    with torch.no_grad(), AttentionCapture(pipe, relations=["image->text"], timesteps="all", heads="mean") as cap:
+        run()
+    records = [r for r in cap.compute().records if r.relation == "image->text" and chosen(r.layer_id)]
+    assert records, "attention-map-diffusers recorded no image->text attention"
+    total = sum(r.data[:, 0].float() for r in records)  # (batch, image_tokens, text_tokens)
+    collector.maps = {name: m for name, m in collector.maps.items() if chosen(name)}
+    ours = collector.word_heatmaps([[p] for p in positions], (64, 96))
+    agreement = {}
+    for i, (word, idxs) in enumerate(zip(words, positions)):
+        m = total[total.shape[0] - len(prompts) + i][:, idxs].T.reshape(len(idxs), *grid).clamp(min=0).mean(0)
+        m = F.interpolate(m[None, None], size=(64, 96), mode="bicubic")[0, 0]
+        theirs = (m - m.min()) / (m.max() - m.min())
+        agreement[word] = float(np.corrcoef(ours[i][0].numpy().ravel(), theirs.numpy().ravel())[0, 1])
+    return agreement
 
 
 def assert_batch_size_keeps_images_and_maps(model: str, root: Path, steps: int = 2) -> None:
