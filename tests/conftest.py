@@ -261,3 +261,17 @@ def assert_capture_is_invisible(pipe, refine_power: int = 1, size: tuple[int, in
     after = pipe.transformer.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
     return collector
+
+
+def assert_shards_make_each_image_once(model: str, root: Path, name: str) -> None:
+    """Two shards of a 4-image txt2img run make 2 images each, disjoint, the whole plan between them."""
+    import fiftyone as fo
+
+    from diffugen.config import parse_config
+    from diffugen.generation.planner import plan
+    from diffugen.generation.runner import generate
+
+    cfg = parse_config(small_config(name, root / "out", model=model, steps=2, batch_size=1, seeds=[11]))
+    made = [generate(cfg, tasks=["txt2img"], shard=(i, 2)).tasks[0].made for i in (0, 1)]
+    assert made == [2, 2] and generate(cfg, tasks=["txt2img"], shard=(0, 2)).tasks[0].made == 0
+    assert sorted(fo.load_dataset(name).values("key")) == sorted(it.key for it in plan(cfg, "txt2img"))

@@ -13,6 +13,7 @@ from conftest import (
     assert_batch_size_keeps_images_and_maps,
     assert_capture_is_invisible,
     assert_plain_diffusers_images_and_resume,
+    assert_shards_make_each_image_once,
     oracle_agreement,
     small_config,
 )
@@ -132,6 +133,10 @@ def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=SD3, batch_size=1, width=80, height=112,
                                     seeds=[11], steps=2, attributes=TWO))
     assert_plain_diffusers_images_and_resume(cfg, build_tiny_sd3_pipeline(), 112, 80)
+
+
+def test_shards_make_each_image_once(tmp_path, dataset_name):
+    assert_shards_make_each_image_once(SD3, tmp_path, dataset_name)
 
 
 def test_batch_size_does_not_change_images_or_labels(tmp_path):
