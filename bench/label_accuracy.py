@@ -3,7 +3,8 @@
 Usage::
 
     python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
-                                   [--guidance 7.5] [--batch-size 8] [--tolerance 60] [--keep]
+                                   [--guidance 7.5] [--batch-size 8] [--tolerance 60] [--children 80]
+                                   [--hollow-rate R] [--keep]
 
 Held-out prompts are captions of toy-world scenes with seeds from ``HELD_OUT_SEED`` on (training
 used seeds below it); duplicates are skipped. They are generated with the trained model through
@@ -25,6 +26,13 @@ pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's
   (target mean ≥ 0.6);
 * **box AP50** per class: FiftyOne ``evaluate_detections`` of ``daam_detections`` against a
   ``ground_truth`` field of the recovered blobs (label: the shape requested for that colour).
+* **label scores** (:func:`diffugen.toyworld.evaluation.label_metrics`), over the txt2img images and their
+  img2img and inpaint children (``--children`` parents each): a label is right when its mask has IoU ≥
+  0.5 with a requested object of its class (matched one-to-one by score); the AUROC of the scores, right
+  vs wrong (target ≥ 0.97); precision of labels scored ≥ 0.5 (≥ 0.95) and the share of right labels
+  kept there (≥ 80%); labels ≥ 0.5 per image/word pair whose object was not drawn (≤ 0.2); two-object
+  images of two classes where one word's mask covers half of both (≤ 5%); the mean mask IoU per image
+  and class word.
 * **YOLO bootstrapped from the DAAM labels** (``--yolo-train N`` prompts, 0 to skip): DiffuGen
   generates N more images from *training* captions (seeds below the held-out ones) into a second
   dataset, ``diffugen.curation.bootstrap.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
@@ -39,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -57,38 +64,7 @@ DATASET = "diffugen-bench-label-accuracy"
 SHAPES = ("circle", "square", "triangle")
 TARGET_ADHERENCE = 0.90
 TARGET_IOU = 0.60
-
-
-def distinct_captions(n: int, first_seed: int, exclude: set[str] = frozenset(), hollow_rate: float = 0.0) -> list[str]:
-    """``n`` distinct captions of the scenes of seeds ``first_seed, first_seed + 1, ...``, none in ``exclude``."""
-    from diffugen.toyworld.scene import make_scene
-
-    prompts: list[str] = []
-    seen = set(exclude)
-    seed = first_seed
-    while len(prompts) < n:
-        cap = make_scene(seed, hollow_rate=hollow_rate, stretch_rate=0.0).caption
-        seed += 1
-        if cap not in seen:
-            seen.add(cap)
-            prompts.append(cap)
-    return prompts
-
-
-def held_out_prompts(n: int, hollow_rate: float = 0.0) -> list[str]:
-    """Captions of held-out scenes (training used seeds below ``HELD_OUT_SEED``); with ``hollow_rate`` 0,
-    the same prompts as before the world had hollow and stretched shapes."""
-    from diffugen.toyworld.train import HELD_OUT_SEED
-
-    return distinct_captions(n, HELD_OUT_SEED, hollow_rate=hollow_rate)
-
-
-def requested(prompt: str) -> list[tuple[str, str, str]]:
-    """``[(colour, shape, kind), ...]`` asked for by a prompt (kind: ``"square"`` or ``"hollow square"``)."""
-    from diffugen.toyworld.scene import COLORS
-
-    pat = re.compile(rf"\b({'|'.join(COLORS)}) (hollow )?({'|'.join(SHAPES)})\b")
-    return [(m.group(1), m.group(3), (m.group(2) or "") + m.group(3)) for m in pat.finditer(prompt)]
+TARGET_AUROC, TARGET_PRECISION, TARGET_KEPT, TARGET_JUNK, TARGET_MERGED = 0.97, 0.95, 0.80, 0.2, 0.05
 
 
 def main(argv=None) -> int:
@@ -110,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--hollow-rate", type=float, default=0.0,
                     help="share of squares/triangles asked hollow in the held-out prompts (0: the original world)")
+    ap.add_argument("--children", type=int, default=80,
+                    help="txt2img images that also get an img2img and an inpaint child (their labels join the score metrics)")
     ap.add_argument("--yolo-train", type=int, default=320, help="prompts generated to train YOLO on (0: skip YOLO)")
     ap.add_argument("--yolo-epochs", type=int, default=60)
     ap.add_argument("--yolo-imgsz", type=int, default=64, help="YOLO input size")
@@ -128,6 +106,7 @@ def main(argv=None) -> int:
     from diffugen.generation.runner import generate
     from diffugen.labels.daam import extract_labels
     from diffugen.toyworld import MODEL_DIR, model_available
+    from diffugen.toyworld.evaluation import child_tasks, held_out_captions, judge_sample, label_metrics, requested
     from diffugen.toyworld.scene import ALL_LABELS
     from diffugen.toyworld.truth import classify_shape, recover_instances
 
@@ -136,7 +115,7 @@ def main(argv=None) -> int:
         print(f"no toy-world model at {model}: train it with python -m diffugen.toyworld.train --out {model}")
         return 2
 
-    prompts = held_out_prompts(n, args.hollow_rate)
+    prompts = held_out_captions(n, args.hollow_rate)
     work = Path(tempfile.mkdtemp(prefix="diffugen-label-accuracy-"))
     cfg = DiffuGenConfig(
         dataset_name=DATASET, output_root=str(work / "eval"), model=str(model), device=args.device,
@@ -145,6 +124,7 @@ def main(argv=None) -> int:
         templates=["{caption}"], attributes={"caption": prompts},
         seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
         class_words=list(SHAPES), classes=list(SHAPES), heatmap_layers=args.heatmap_layers,
+        **(child_tasks(min(args.children, n)) if args.children else {}),
         **({} if args.self_attention_power is None else {"self_attention_power": args.self_attention_power}),
         **({} if args.self_attention_layers is None else {"self_attention_layers": args.self_attention_layers}),
     )
@@ -155,6 +135,8 @@ def main(argv=None) -> int:
     gen_s = time.time() - t0
     ds = fo.load_dataset(DATASET)
     params = cfg.labels
+    scores = label_metrics([judge_sample(s) for s in ds.iter_samples(progress=False)])
+    ds = ds.match(fo.ViewField("task") == "txt2img")  # the mask and box figures: txt2img images, as before
 
     asked = present = shape_ok = prompts_all = extras = 0
     ious: dict[str, list[float]] = {c: [] for c in SHAPES}
@@ -228,7 +210,7 @@ def main(argv=None) -> int:
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
         "hollow_rate": args.hollow_rate, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
-        "yolo": yolo,
+        "yolo": yolo, "scores": scores,
     }
     print(machine_line(args.device))
     print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler} steps, guidance {args.guidance}, "
@@ -245,6 +227,7 @@ def main(argv=None) -> int:
     print(f"  for reference: Otsu masks are {ratio:.2f}x the true area (median); a fixed threshold of 0.5 gives "
           f"IoU {mean_fixed:.3f} where drawn ({', '.join(f'{c} {v:.3f}' for c, v in per_class_fixed.items())})")
     print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
+    print_scores(scores)
     if yolo:
         print(f"YOLO-seg bootstrapped from DAAM labels: {yolo['train_images']} generated training images, "
               f"{yolo['epochs']} epochs at {yolo['imgsz']} px in {yolo['train_seconds']:.0f} s")
@@ -266,6 +249,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def print_scores(m: dict) -> None:
+    """The label score's figures (:func:`diffugen.toyworld.evaluation.label_metrics`) against the targets."""
+    print(f"label scores, every task ({m['labels']} labels, {m['right']} right, in {m['images']} images):")
+    print(f"  AUROC right vs wrong {m['auroc']:.3f} [{mark(m['auroc'], TARGET_AUROC, True)} target >= {TARGET_AUROC}]")
+    print(f"  score >= 0.5: precision {m['precision_at_threshold']:.3f} of {m['labels_at_threshold']} labels "
+          f"[{mark(m['precision_at_threshold'], TARGET_PRECISION, True)} target >= {TARGET_PRECISION}], keeping "
+          f"{m['right_kept_at_threshold']:.1%} of the right labels [{mark(m['right_kept_at_threshold'], TARGET_KEPT, True)} "
+          f"target >= {TARGET_KEPT:.0%}]")
+    print(f"  objects not drawn: {m['junk_per_not_drawn_pair']:.2f} labels >= 0.5 per image/word pair "
+          f"({m['not_drawn_pairs']} pairs) [{mark(m['junk_per_not_drawn_pair'], TARGET_JUNK)} target <= {TARGET_JUNK}]")
+    print(f"  two objects of two classes: one word's mask covers both in {m['merged_two_object']:.1%} of "
+          f"{m['two_object_images']} images [{mark(m['merged_two_object'], TARGET_MERGED)} target <= {TARGET_MERGED:.0%}]; "
+          f"one label covers two same-class objects in {m['joined_same_class']:.1%} of {m['same_class_groups']}")
+    print(f"  mean mask IoU per image and class word: {m['mask_iou']:.3f}")
+
+
 def yolo_bootstrap(ds, cfg, held_out: list[str], args, work: Path) -> dict:
     """Generate training images, train YOLO-seg on their DAAM labels, label ``ds``, compare mask mAP50."""
     import fiftyone as fo
@@ -273,13 +272,14 @@ def yolo_bootstrap(ds, cfg, held_out: list[str], args, work: Path) -> dict:
     from diffugen.curation.bootstrap import train_yolo
     from diffugen.generation.runner import generate
     from diffugen.labels.yolo import label_yolo
+    from diffugen.toyworld.evaluation import captions
 
     name = DATASET + "-train"
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
     train_cfg = cfg.model_copy(update={
         "dataset_name": name, "output_root": str(work / "train"),
-        "attributes": {"caption": distinct_captions(args.yolo_train, 0, set(held_out))},
+        "attributes": {"caption": captions(args.yolo_train, 0, held_out)}, "img2img": None, "inpaint": None,
     })
     t0 = time.time()
     generate(train_cfg)

@@ -78,6 +78,9 @@ def test_label_reasons_say_why_in_words():
     unmatched = rv.label_reasons({"confidence": 0.9, "matched": False, "match_iou": 0.12, "area": 0.2}, 0.5)
     assert unmatched == ["the other labeler has no matching label (compare_labels, best IoU 0.12)"]
     assert rv.label_reasons({"confidence": 0.9, "area": 0.004}, 0.5) == ["small: its mask covers 0.4% of the image"]
+    contested = rv.label_reasons({"confidence": 0.3, "area": 0.2, "share": 0.31, "blob_share": 0.2}, 0.5)
+    assert contested[1:] == ["other class words draw most of the attention here (this word's share 31%)",
+                             "the word's attention is spread over several blobs (this one holds 20%)"]
     # no DAAM area (YOLO labels): the box's
     assert rv.label_reasons({"confidence": 0.9, "bounding_box": [0, 0, 0.05, 0.1]}, 0.5) == \
         ["small: its box covers 0.5% of the image"]

@@ -201,8 +201,8 @@ def test_batch_size_does_not_change_images_or_labels(tmp_path):
     pipe = g1.pipeline("txt2img")
     with family_of(pipe).capture(pipe) as col:
         singles = [g1.run_batch(pipe, col, "txt2img", [it]) for it in items]
-        images4, maps4, found4 = g4.run_batch(pipe, col, "txt2img", items)
-    for k, (img1, maps1, found1) in enumerate(singles):
+        images4, maps4, found4, _ = g4.run_batch(pipe, col, "txt2img", items)
+    for k, (img1, maps1, found1, _) in enumerate(singles):
         assert found1[0] == found4[k] and maps1[0]
         assert np.abs(img1[0].astype(int) - images4[k].astype(int)).max() <= 1
         for m1, m4 in zip(maps1[0], maps4[k]):

@@ -76,6 +76,7 @@ class HeatmapCollector:
         self.token_indices: list[int] = []
         self.latent_size = (0, 0)
         self.maps: dict[str, torch.Tensor] = {}
+        self.steps: dict[str, int] = {}  # denoising steps each layer's map sums
         # Per grid size N (<= MAX_SELF_POSITIONS): (batch, N, N) summed over heads' means, layers and steps.
         self.self_attention: dict[int, torch.Tensor] = {}
         self.self_counts: dict[int, int] = {}
@@ -95,6 +96,7 @@ class HeatmapCollector:
         self.token_indices = list(token_indices)
         self.latent_size = latent_size
         self.maps = {}
+        self.steps = {}
         self.self_attention = {}
         self.self_counts = {}
         self._index = torch.tensor(self.token_indices, dtype=torch.long)
@@ -142,6 +144,7 @@ class HeatmapCollector:
             self.maps[name] += probs
         else:
             self.maps[name] = probs
+        self.steps[name] = self.steps.get(name, 0) + 1
 
     @torch.no_grad()
     def record_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
@@ -207,11 +210,13 @@ class HeatmapCollector:
 
     @torch.no_grad()
     def token_heatmaps(self) -> torch.Tensor:
-        """``(batch, T, latent_h, latent_w)``: daam's global heatmap for each kept token."""
+        """``(batch, T, latent_h, latent_w)``: daam's global heatmap for each kept token, in units of
+        attention: the softmax probability of the token, averaged over steps, layers and heads."""
         if not self.maps:
             raise RuntimeError("no cross-attention was recorded: was the pipeline run inside capture_heatmaps()?")
         total, count = None, 0
-        for m in self.maps.values():
+        for name, m in self.maps.items():
+            m = m / self.steps.get(name, 1)
             b, heads, t, h, w = m.shape
             up = F.interpolate(m.reshape(b * heads, t, h, w), size=self.latent_size, mode="bicubic")
             up = up.clamp_(min=0).reshape(b, heads, t, *self.latent_size).sum(1)
@@ -221,13 +226,17 @@ class HeatmapCollector:
         return self.refine(total) if self.refine_power else total
 
     @torch.no_grad()
-    def word_heatmaps(self, words: Sequence[Sequence[Sequence[int]]], image_size: tuple[int, int]) -> list[list[torch.Tensor]]:
+    def word_heatmaps(self, words: Sequence[Sequence[Sequence[int]]], image_size: tuple[int, int],
+                      normalize: bool = True) -> list[list[torch.Tensor]]:
         """Per prompt, per word: the word's heatmap at image size, min-max normalised to [0, 1].
 
         Args:
             words: ``words[i][j]`` = token positions of word ``j`` in prompt ``i`` (all occurrences);
                 each must be among the ``token_indices`` given to :meth:`reset`.
             image_size: ``(height, width)``.
+            normalize: ``False`` keeps the map in units of attention (:meth:`token_heatmaps`, the mean
+                over the word's tokens): how much the image attends to the word, comparable across
+                words and images, which the label score needs.
 
         Returns:
             ``maps[i][j]``: float32 tensor ``(height, width)`` on the CPU.
@@ -240,6 +249,9 @@ class HeatmapCollector:
             for idxs in prompt_words:
                 m = tokens[i, [column[t] for t in idxs]].mean(0)
                 m = F.interpolate(m[None, None], size=image_size, mode="bicubic")[0, 0]
+                if not normalize:
+                    row.append(m.cpu())
+                    continue
                 span = m.max() - m.min()  # no epsilon: refined maps can span only ~1e-6
                 m = (m - m.min()) / span if span > 0 else torch.zeros_like(m)
                 row.append(m.cpu())

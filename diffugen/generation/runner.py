@@ -105,6 +105,17 @@ def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks
     return kwargs
 
 
+def token_runs(positions: Sequence[int]) -> list[list[int]]:
+    """A word's token positions split into its occurrences (runs of consecutive positions)."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
 def _batches(items: Sequence[WorkItem], size: int) -> Iterable[list[WorkItem]]:
     # Consecutive items of the same image size (img2img/inpaint parents can differ) up to `size`.
     batch: list[WorkItem] = []
@@ -199,13 +210,20 @@ class Runner:
 
     @torch.no_grad()
     def run_batch(self, pipe: DiffusionPipeline, collector: HeatmapCollector, task: str, items: Sequence[WorkItem],
-                  masks: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, list[list[np.ndarray]], list[list[int]]]:
+                  masks: Sequence[np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, list[list[np.ndarray]], list[list[int]], list[list[tuple[float, float]]]]:
         """Generate one batch.
 
         Returns:
             images: uint8 ``(batch, height, width, 3)``.
-            word_maps: ``word_maps[i][j]`` uint8 ``(height, width)``, heatmap of the j-th found class word of item i.
-            found: ``found[i]``: indices into ``items[i].class_words`` of the words that had tokens.
+            word_maps: ``word_maps[i][k]`` uint8 ``(height, width)``, heatmap of the k-th occurrence of a class
+                word in prompt i, min-max normalised to ``[0, 255]``. Each occurrence has its own map: in "a red
+                circle and a yellow circle" the two "circle" tokens attend to their own objects, which is
+                how two instances of one class are told apart.
+            found: ``found[i][k]``: the index into ``items[i].class_words`` of occurrence k's word (a word
+                without tokens, cut from a long prompt, has none).
+            ranges: ``ranges[i][j]``: ``(floor, peak)`` of that map in units of attention (what 0 and 255
+                stand for), which the label score reads.
         """
         cfg = self.cfg
         family = family_of(pipe)
@@ -217,7 +235,8 @@ class Runner:
                                    it.prompt[:80])
             positions = [[family.word_positions(pipe, e, w) for w, _ in it.class_words]
                          for it, e in zip(items, encoded.prompts)]
-            found = [[j for j, p in enumerate(per) if p] for per in positions]
+            occurrences = [[(j, run) for j, p in enumerate(per) for run in token_runs(p)] for per in positions]
+            found = [[j for j, _ in occ] for occ in occurrences]
             kwargs = task_inputs(cfg, task, items, masks)
             height = kwargs.get("height") or kwargs["image"][0].height
             width = kwargs.get("width") or kwargs["image"][0].width
@@ -239,12 +258,18 @@ class Runner:
             if masks is not None:
                 images = keep_outside_mask(images, kwargs["image"], masks)
         word_maps: list[list[np.ndarray]] = [[] for _ in items]
+        ranges: list[list[tuple[float, float]]] = [[] for _ in items]
         if collector.active:
             with self._phase("heatmaps"):
-                maps = collector.word_heatmaps([[positions[i][j] for j in found[i]] for i in range(len(items))],
-                                               (height, width))
-                word_maps = [[(m.numpy() * 255).round().astype(np.uint8) for m in row] for row in maps]
-        return images, word_maps, found
+                raw = collector.word_heatmaps([[run for _, run in occ] for occ in occurrences], (height, width),
+                                              normalize=False)
+                for i, row in enumerate(raw):
+                    for m in row:
+                        lo, hi = m.min(), m.max()
+                        norm = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+                        word_maps[i].append((norm.numpy() * 255).round().astype(np.uint8))
+                        ranges[i].append((float(lo), float(hi)))
+        return images, word_maps, found, ranges
 
     def media_folder(self, task: str, index: int) -> Path:
         """Where item ``index`` of ``task``'s work list keeps its files: ``<dataset>/<task>/``, or with
@@ -259,9 +284,10 @@ class Runner:
         return self._folders[parts]
 
     def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
-                     class_ids: dict[str, int], extra: dict | None = None, folder: Path | None = None) -> fo.Sample:
+                     class_ids: dict[str, int], extra: dict | None = None, folder: Path | None = None,
+                     ranges: Sequence[tuple[float, float]] | None = None) -> fo.Sample:
         """Write the item's files (under ``folder``) and return its complete sample (image, heatmaps,
-        labels, provenance)."""
+        labels, provenance). ``ranges``: each map's ``(floor, peak)`` in units of attention (:meth:`run_batch`)."""
         cfg = self.cfg
         folder = folder or safe_child(self.media_root, task)
         ext = cfg.image_format
@@ -277,7 +303,8 @@ class Runner:
             word_heatmaps = []
             for j, (word, cls, m) in enumerate(zip(words, classes, maps)):
                 path = write_png(safe_child(folder, "heatmaps", f"{item.key}_{j}.png"), m)
-                word_heatmaps.append(fo.Heatmap(map_path=str(path), range=[0, 255], word=word, label=cls))
+                scale = {} if ranges is None else {"floor": ranges[j][0], "peak": ranges[j][1]}
+                word_heatmaps.append(fo.Heatmap(map_path=str(path), range=[0, 255], word=word, label=cls, **scale))
             fields: dict = {}
             if maps:
                 combined = write_png(safe_child(folder, "heatmaps", f"{item.key}.png"), np.max(np.stack(maps), axis=0))
@@ -289,7 +316,7 @@ class Runner:
                     np.max(np.stack([maps[j] for j in same]), axis=0)))
                 fields[class_heatmap_field(cls)] = fo.Heatmap(map_path=path, range=[0, 255])
         with self._phase("labels"):
-            labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels)
+            labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels, ranges)
             fields["missing_words"] = missing_words(labels, [w for w, _ in item.class_words], REVIEW_MIN_SCORE)
             if maps:
                 fields.update(to_fiftyone(labels, safe_child(folder, "masks", f"{item.key}.png"), cfg.labels))
@@ -306,7 +333,7 @@ class Runner:
             steps=cfg.task_value(task, "steps"),
             guidance_scale=float(cfg.task_value(task, "guidance_scale")),
             parent_id=item.parent.id if item.parent is not None else None,
-            class_words=words,
+            class_words=list(dict.fromkeys(words)),
             word_heatmaps=word_heatmaps,
             metadata=fo.ImageMetadata(width=image.shape[1], height=image.shape[0], num_channels=3,
                                       mime_type=f"image/{'png' if ext == 'png' else 'jpeg'}"),
@@ -373,13 +400,14 @@ class Runner:
             for batch in todo:
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
                 folders = [folders_of[it.key] for it in batch]
-                images, word_maps, found = self.run_batch(pipe, collector, task, batch, masks)
+                images, word_maps, found, ranges = self.run_batch(pipe, collector, task, batch, masks)
                 supervised = self.supervised_labels(task, batch, images, ids, folders)
-                for it, image, maps, f, extra, folder in zip(batch, images, word_maps, found, supervised, folders):
+                for it, image, maps, f, r, extra, folder in zip(batch, images, word_maps, found, ranges, supervised,
+                                                                folders):
                     if it.key in have:
                         continue
-                    summary.unlabeled_words += len(it.class_words) - len(f)
-                    writer.add(self.build_sample(task, it, image, maps, f, ids, extra, folder))
+                    summary.unlabeled_words += len(it.class_words) - len(set(f))
+                    writer.add(self.build_sample(task, it, image, maps, f, ids, extra, folder, r))
                 writer.flush()  # each batch, so a killed run loses at most the batch in flight
                 summary.made = writer.written
                 bar.update(writer.written + writer.duplicates - bar.n)

@@ -26,8 +26,11 @@ the prompt, its cross-attention heatmap of shape ``(H, W)`` is turned into label
    **label score**.
 
 Label score
-    The paper's score "takes into account both the size of the object ... and its intensity level
-    within the cross attention heatmap". Here::
+    :func:`label_heatmaps` scores a prompt's labels by how sure they are, from the maps in units of
+    attention and against each other (:mod:`diffugen.labels.scoring`, ``score="attention"``, the
+    default). :func:`extract_labels`, one map on its own, gives the paper's score
+    (``score="size_intensity"``), which "takes into account both the size of the object ... and its
+    intensity level within the cross attention heatmap"::
 
         score = intensity * size
         intensity = mean of the normalised heatmap over the instance's pixels   (in [0, 1])
@@ -60,6 +63,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..store.files import write_png
 
 DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")  # the labels (daam_params: how)
+# Score features kept on each detection, so the review can say why a score is low.
+REVIEW_FEATURES = ("share", "blob_share")
 
 __all__ = [
     "DAAM_FIELDS",
@@ -93,8 +98,12 @@ class LabelParams(BaseModel):
         min_area: Instances whose pixel area is below ``min_area * H * W`` are dropped.
         polygon_epsilon: ``cv2.approxPolyDP`` tolerance as a fraction of the contour's perimeter;
             ``0`` keeps the raw ``CHAIN_APPROX_SIMPLE`` contour.
-        full_score_area: Area fraction of the image at which the size term of the label score
+        full_score_area: Area fraction of the image at which the size term of the paper's label score
             saturates to 1.
+        score: ``"attention"``: how sure the label is, from the attention it was made of
+            (:mod:`diffugen.labels.scoring`; heatmaps stored without their scale fall back to the
+            next); ``"size_intensity"``: the paper's score (module docstring).
+        resolve: A pixel belongs to at most one word's instance (:func:`label_heatmaps`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -105,6 +114,8 @@ class LabelParams(BaseModel):
     min_area: _Fraction = 0.001
     polygon_epsilon: _Fraction = 0.002
     full_score_area: _Fraction = 0.01
+    score: Literal["attention", "size_intensity"] = "attention"
+    resolve: bool = True
 
 
 @dataclass
@@ -120,6 +131,8 @@ class Instance:
             pixel box (what ``fiftyone.Detection.mask`` expects).
         score: Label score in ``[0, 1]`` (see the module docstring).
         area: Instance pixel count divided by ``H * W``.
+        features: What the attention score was computed from (:mod:`diffugen.labels.scoring`; empty
+            for the paper's score).
     """
 
     polygon: np.ndarray
@@ -127,6 +140,7 @@ class Instance:
     mask: np.ndarray
     score: float
     area: float
+    features: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,46 +229,30 @@ def _morph(mask: np.ndarray, side: int, op: int) -> np.ndarray:
     return cv2.morphologyEx(mask, op, kernel)
 
 
-def extract_labels(heatmap: np.ndarray, params: LabelParams | None = None) -> WordLabels:
-    """Extract the semantic mask and the instances of one word from its heatmap.
-
-    Args:
-        heatmap: ``(H, W)`` real-valued cross-attention heatmap (not necessarily normalised).
-        params: Labeling parameters; defaults to ``LabelParams()``.
-
-    Returns:
-        :class:`WordLabels` with a ``bool (H, W)`` mask and the instances by descending score.
-        A map without any blob (empty, flat, or all below the threshold) gives an all-False mask
-        and no instances; this never raises for 2-D input.
-
-    Raises:
-        ValueError: If ``heatmap`` is not two-dimensional.
-    """
-    p = params if params is not None else LabelParams()
-    norm = normalize_heatmap(heatmap)
+def word_mask(norm: np.ndarray, params: LabelParams) -> tuple[np.ndarray, float]:
+    """Steps 2–3 on a normalised map: the thresholded, eroded and dilated ``uint8 {0, 1}`` mask ``(H, W)``
+    and the threshold used (on the ``[0, 1]`` scale)."""
     height, width = norm.shape
-    if norm.size == 0:
-        thr = p.threshold if isinstance(p.threshold, float) else 0.0
-        return WordLabels(mask=np.zeros((height, width), bool), instances=[], threshold=thr)
-
-    # 1. Threshold → uint8 {0, 1} mask.
-    if p.threshold == "otsu":
+    if params.threshold == "otsu":
         u8 = cv2.convertScaleAbs(norm, alpha=255.0)  # saturating round(255 * x)
         t, binary = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
         thr = float(t) / 255.0
     else:
-        thr = float(p.threshold)
+        thr = float(params.threshold)
         _, binary = cv2.threshold(norm, thr, 1.0, cv2.THRESH_BINARY)
         binary = binary.astype(np.uint8)
+    binary = _morph(binary, kernel_side(params.erode, height, width), cv2.MORPH_ERODE)
+    binary = _morph(binary, kernel_side(params.dilate, height, width), cv2.MORPH_DILATE)
+    return binary, thr
 
-    # 2. Erosion, then dilation.
-    binary = _morph(binary, kernel_side(p.erode, height, width), cv2.MORPH_ERODE)
-    binary = _morph(binary, kernel_side(p.dilate, height, width), cv2.MORPH_DILATE)
 
-    # 3. External contours → instances.
+def mask_instances(binary: np.ndarray, norm: np.ndarray, params: LabelParams) -> tuple[np.ndarray, list[Instance]]:
+    """Steps 4–5: the instances of a ``uint8 {0, 1}`` mask ``(H, W)`` (scored by size and intensity of
+    ``norm``, by descending score) and their union (a ``bool`` mask without the dropped small blobs)."""
+    height, width = binary.shape
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     total = float(height * width)
-    min_px = p.min_area * total
+    min_px = params.min_area * total
     scale = np.array([width, height], np.float64)
     out_mask = np.zeros((height, width), bool)
     instances: list[Instance] = []
@@ -270,12 +268,12 @@ def extract_labels(heatmap: np.ndarray, params: LabelParams | None = None) -> Wo
             continue
         intensity = cv2.mean(norm[y : y + h, x : x + w], mask=crop)[0]
         area = n_px / total
-        size = 1.0 if p.full_score_area <= 0 else min(1.0, area / p.full_score_area)
+        size = 1.0 if params.full_score_area <= 0 else min(1.0, area / params.full_score_area)
         score = min(1.0, max(0.0, float(intensity) * size))
 
         pts = contour
-        if p.polygon_epsilon > 0:
-            approx = cv2.approxPolyDP(contour, p.polygon_epsilon * cv2.arcLength(contour, True), True)
+        if params.polygon_epsilon > 0:
+            approx = cv2.approxPolyDP(contour, params.polygon_epsilon * cv2.arcLength(contour, True), True)
             if len(approx) >= 3:
                 pts = approx
         pts = pts.reshape(-1, 2)
@@ -286,17 +284,37 @@ def extract_labels(heatmap: np.ndarray, params: LabelParams | None = None) -> Wo
         mask_crop = crop.astype(bool)
         out_mask[y : y + h, x : x + w] |= mask_crop
         instances.append(
-            Instance(
-                polygon=polygon,
-                box=(x / width, y / height, w / width, h / height),
-                mask=mask_crop,
-                score=score,
-                area=area,
-            )
+            Instance(polygon=polygon, box=(x / width, y / height, w / width, h / height), mask=mask_crop,
+                     score=score, area=area)
         )
-
     instances.sort(key=lambda inst: inst.score, reverse=True)
-    return WordLabels(mask=out_mask, instances=instances, threshold=thr)
+    return out_mask, instances
+
+
+def extract_labels(heatmap: np.ndarray, params: LabelParams | None = None) -> WordLabels:
+    """Extract the semantic mask and the instances of one word from its heatmap, scored by size and
+    intensity (the paper's score; :func:`label_heatmaps` scores a prompt's words against each other).
+
+    Args:
+        heatmap: ``(H, W)`` real-valued cross-attention heatmap (not necessarily normalised).
+        params: Labeling parameters; defaults to ``LabelParams()``.
+
+    Returns:
+        :class:`WordLabels` with a ``bool (H, W)`` mask and the instances by descending score.
+        A map without any blob (empty, flat, or all below the threshold) gives an all-False mask
+        and no instances; this never raises for 2-D input.
+
+    Raises:
+        ValueError: If ``heatmap`` is not two-dimensional.
+    """
+    p = params if params is not None else LabelParams()
+    norm = normalize_heatmap(heatmap)
+    if norm.size == 0:
+        thr = p.threshold if isinstance(p.threshold, float) else 0.0
+        return WordLabels(mask=np.zeros(norm.shape, bool), instances=[], threshold=thr)
+    binary, thr = word_mask(norm, p)
+    mask, instances = mask_instances(binary, norm, p)
+    return WordLabels(mask=mask, instances=instances, threshold=thr)
 
 
 def semantic_mask(
@@ -361,14 +379,75 @@ class DaamLabels:
 
 
 def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classes: Sequence[str],
-                   class_ids: dict[str, int], params: LabelParams) -> DaamLabels:
-    """Per-word uint8 heatmaps ``(H, W)`` → :class:`DaamLabels` (the one labeling path: generate and relabel)."""
-    word_labels = [extract_labels(m.astype(np.float32) / 255.0, params) for m in word_maps]
-    if word_maps:
-        mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
-    else:
-        mask = np.zeros((1, 1), np.uint8)
+                   class_ids: dict[str, int], params: LabelParams,
+                   ranges: Sequence[tuple[float, float]] | None = None) -> DaamLabels:
+    """The labels of one image from its class words' heatmaps (the one labeling path: generate and relabel).
+
+    1. Each word's mask (:func:`word_mask`: threshold, erosion, dilation) of the mean of its occurrences'
+       maps.
+    2. With ``params.resolve``, the words are resolved against each other: a pixel in several masks stays
+       only in the mask of the word with the most attention there (compared in units of attention when
+       ``ranges`` are known, else normalised), so two words' instances never cover the same object.
+    3. A word said more than once ("a red circle and a yellow circle") splits its mask between its
+       occurrences, each pixel to the occurrence whose map has the most attention there: each
+       occurrence's token attends to its own object, so each gets its own instances.
+    4. The instances of each occurrence's mask (:func:`mask_instances`).
+    5. Scores: with ``params.score == "attention"`` and ``ranges``, :mod:`.scoring`'s score; otherwise
+       the paper's size × intensity.
+
+    Args:
+        word_maps: uint8 ``(H, W)`` per map (one per occurrence of a class word), min-max normalised.
+        words, classes: the word and dataset class of each map.
+        ranges: each map's ``(floor, peak)`` in units of attention (the stored heatmaps' ``floor`` and
+            ``peak``); ``None`` for heatmaps stored without them.
+    """
+    from . import scoring
+
+    if not word_maps:
+        return DaamLabels(list(words), list(classes), [], np.zeros((1, 1), np.uint8))
+    norms = [m.astype(np.float32) / 255.0 for m in word_maps]
+    raws = scoring.raw_maps(norms, ranges) if ranges is not None else None
+    heat = raws if raws is not None else norms  # what maps are compared on
+    groups = {w: [k for k, v in enumerate(words) if v == w] for w in dict.fromkeys(words)}
+    # 1. One mask per word, from the mean of its occurrences' maps (daam's word heatmap).
+    word_heat = {w: heat[ks[0]] if len(ks) == 1 else np.mean([heat[k] for k in ks], axis=0) for w, ks in groups.items()}
+    word_masks = {w: word_mask(norms[ks[0]] if len(ks) == 1 else normalize_heatmap(word_heat[w]), params)
+                  for w, ks in groups.items()}
+    before = {w: m.astype(bool) for w, (m, _) in word_masks.items()}
+    # 2. Words resolved against each other.
+    resolved = dict(before)
+    if params.resolve and len(groups) > 1:
+        owner = np.where(np.stack(list(before.values())), np.stack(list(word_heat.values())), -np.inf).argmax(0)
+        resolved = {w: m & (owner == i) for i, (w, m) in enumerate(before.items())}
+    # 3. A word's occurrences split its mask: "a red circle and a yellow circle" makes two instances.
+    masks: list[np.ndarray] = [np.zeros(0)] * len(word_maps)
+    for w, ks in groups.items():
+        occurrence = np.stack([heat[k] for k in ks]).argmax(0) if len(ks) > 1 else np.zeros(resolved[w].shape, int)
+        for i, k in enumerate(ks):
+            masks[k] = (resolved[w] & (occurrence == i)).astype(np.uint8)
+    word_labels = []
+    for k, (m, n) in enumerate(zip(masks, norms)):
+        union, instances = mask_instances(m, n, params)
+        word_labels.append(WordLabels(mask=union, instances=instances, threshold=word_masks[words[k]][1]))
+    if params.score == "attention" and raws is not None:
+        total = np.sum(raws, axis=0)
+        for k, (wl, raw, (lo, _)) in enumerate(zip(word_labels, raws, ranges)):
+            for inst in wl.instances:
+                inst.features = scoring.instance_features(raw, total, before[words[k]], instance_mask(inst, raw.shape), lo)
+                inst.score = scoring.attention_score(inst.features)
+            wl.instances.sort(key=lambda inst: inst.score, reverse=True)
+    mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
     return DaamLabels(list(words), list(classes), word_labels, mask)
+
+
+def instance_mask(inst: Instance, shape: tuple[int, int]) -> np.ndarray:
+    """An instance's pixels as a ``bool`` mask of the image's ``shape`` ``(H, W)``."""
+    height, width = shape
+    out = np.zeros(shape, bool)
+    x, y = int(round(inst.box[0] * width)), int(round(inst.box[1] * height))
+    h, w = inst.mask.shape
+    out[y : y + h, x : x + w] = inst.mask
+    return out
 
 
 def to_fiftyone(labels: DaamLabels, mask_path: Path, params: LabelParams | None = None) -> dict[str, fo.Label]:
@@ -385,9 +464,10 @@ def to_fiftyone(labels: DaamLabels, mask_path: Path, params: LabelParams | None 
             polylines.append(
                 fo.Polyline(label=cls, points=[inst.polygon.tolist()], closed=True, filled=True, confidence=score, word=word)
             )
+            why = {k: round(inst.features[k], 4) for k in REVIEW_FEATURES if k in inst.features}
             detections.append(
                 fo.Detection(label=cls, bounding_box=list(map(float, inst.box)), mask=inst.mask, confidence=score,
-                             word=word, area=float(inst.area))
+                             word=word, area=float(inst.area), **why)
             )
     write_png(mask_path, labels.mask)
     fields: dict[str, fo.Label] = {

@@ -17,20 +17,41 @@ from tqdm.auto import tqdm
 from ..common import REVIEW_MIN_SCORE, ProgressFn, report
 from ..errors import DatasetError
 from ..store.dataset import class_ids, declare_label_fields
-from .daam import DAAM_FIELDS, LabelParams, label_heatmaps, mask_name, missing_words, to_fiftyone
+from .daam import DAAM_FIELDS, DaamLabels, LabelParams, label_heatmaps, mask_name, missing_words, to_fiftyone
 
 
-def read_word_heatmaps(sample_id: str, word_heatmaps) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """The stored per-word heatmaps of a sample: uint8 maps ``(H, W)``, their words and classes."""
-    maps, words, classes = [], [], []
+@dataclass
+class StoredHeatmaps:
+    """A sample's stored per-word heatmaps: uint8 maps ``(H, W)``, their words, classes, and scales in
+    units of attention (``None`` for heatmaps stored without ``floor``/``peak``)."""
+
+    maps: list[np.ndarray]
+    words: list[str]
+    classes: list[str]
+    ranges: list[tuple[float, float]] | None
+
+
+def read_word_heatmaps(sample_id: str, word_heatmaps) -> StoredHeatmaps:
+    """The stored per-word heatmaps of a sample (its ``word_heatmaps`` field)."""
+    out = StoredHeatmaps([], [], [], [])
     for hm in word_heatmaps or []:
         m = cv2.imread(hm.map_path, cv2.IMREAD_GRAYSCALE)
         if m is None:
             raise DatasetError(f"heatmap file missing for sample {sample_id}: {hm.map_path}")
-        maps.append(m)
-        words.append(hm["word"])
-        classes.append(hm["label"])
-    return maps, words, classes
+        out.maps.append(m)
+        out.words.append(hm["word"])
+        out.classes.append(hm["label"])
+        floor, peak = (hm[k] if hm.has_field(k) else None for k in ("floor", "peak"))
+        if out.ranges is not None and floor is not None and peak is not None:
+            out.ranges.append((float(floor), float(peak)))
+        else:
+            out.ranges = None
+    return out
+
+
+def label_stored(stored: StoredHeatmaps, ids: dict[str, int], params: LabelParams) -> DaamLabels:
+    """:func:`label_heatmaps` of stored heatmaps."""
+    return label_heatmaps(stored.maps, stored.words, stored.classes, ids, params, stored.ranges)
 
 
 def relabel(collection: SampleCollection, params: LabelParams,
@@ -50,9 +71,10 @@ def relabel(collection: SampleCollection, params: LabelParams,
     total = len(view)
     done = 0
     for sample in tqdm(view.iter_samples(autosave=True, batch_size=batch_size), total=total, desc="relabel"):
-        maps, words, classes = read_word_heatmaps(sample.id, sample["word_heatmaps"])
-        if maps:
-            labels = label_heatmaps(maps, words, classes, ids, params)
+        stored = read_word_heatmaps(sample.id, sample["word_heatmaps"])
+        words = stored.words
+        if stored.maps:
+            labels = label_stored(stored, ids, params)
             old = sample["daam_segmentation"]
             if old is not None and old.mask_path:
                 folder, stem = Path(old.mask_path).parent, Path(old.mask_path).name.split(".")[0]
@@ -95,8 +117,8 @@ def preview_relabel(collection: SampleCollection, params: LabelParams, limit: in
     sample_ids, heatmaps, before = view.values(["id", "word_heatmaps", "daam_detections.detections"])
     per_sample = []
     for sid, hms, old in zip(sample_ids, heatmaps, before):
-        maps, words, classes = read_word_heatmaps(sid, hms)
-        labels = label_heatmaps(maps, words, classes, ids, params) if maps else None
+        stored = read_word_heatmaps(sid, hms)
+        labels = label_stored(stored, ids, params) if stored.maps else None
         after = sum(len(wl.instances) for wl in labels.word_labels) if labels else 0
         per_sample.append({"id": sid, "before": len(old or []), "after": after})
     return RelabelPreview(len(per_sample), sum(p["before"] for p in per_sample),

@@ -114,8 +114,9 @@ def declare_label_fields(ds: fo.Dataset) -> None:
 
     # threshold is kept as text ("otsu" or "0.5"); one call with its subfields (each call reloads the schema)
     subfields = []
-    for n in LabelParams.model_fields:
-        f = fo.StringField() if n == "threshold" else fo.FloatField()
+    for n, info in LabelParams.model_fields.items():
+        kind = {str: fo.StringField, bool: fo.BooleanField}.get(type(info.default), fo.FloatField)
+        f = fo.StringField() if n == "threshold" else kind()
         f.name = n
         subfields.append(f)
     if "daam_params" not in flat:

@@ -1,0 +1,90 @@
+"""The label score: how sure a DAAM label is, from the attention it was made of.
+
+The paper's score (mean normalised heat × a size term) cannot tell a word that was drawn from one that
+was not: every map is min-max rescaled to a peak of 1. The score here reads the maps in **units of
+attention** (the softmax probability that the image's positions give the word's tokens, averaged over
+steps, layers and heads; :meth:`~diffugen.generation.attention.HeatmapCollector.word_heatmaps` with
+``normalize=False``), which the runner keeps as each stored map's ``floor`` and ``peak``.
+
+For an instance (one blob of one word's mask, after the words were resolved against each other) with
+pixels ``B``, a word map ``R`` (in units of attention), the sum ``S`` of the prompt's class-word maps, and
+the word's mask ``M`` before resolution, the features are:
+
+* ``log_peak``: ``log max_B R``: how strongly the image attends to the word at its hottest pixel;
+* ``share``: ``mean_B R / S``: the word's share of the class words' attention there (1 for one word);
+* ``log_contrast``: ``log(mean_B R / mean_{not M} R)``: inside vs outside the word's mask;
+* ``blob_share``: the blob's part of the attention above the map's floor inside ``M``: a word whose
+  mass breaks into many blobs is unsure of each;
+* ``kept``: the share of the blob's pixels in ``M`` that resolution left to this word;
+* ``log_area``: ``log`` of the blob's area as a fraction of the image.
+
+The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with ``w`` and ``b`` fitted
+(``studies/label_scores.py fit``) on the toy world's training-side prompts, where each label is right or
+wrong against the truth in the pixels; held-out prompts measure it (``bench/label_accuracy.py``). It
+estimates the probability that the label is right (IoU ≥ 0.5 with an object of its class), so a
+reviewer's default threshold 0.5 keeps labels more likely right than not. The contrast and the blob's
+share of the word's attention carry the score; the peak, share and area add little once those are
+known (their weights are small, and negative where they overlap the two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+FEATURES = ("log_peak", "share", "log_contrast", "blob_share", "kept", "log_area")
+# Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
+WEIGHTS = {
+    "log_peak": -0.6752, "share": -0.2655, "log_contrast": 4.7596, "blob_share": 4.824, "kept": 1.0209,
+    "log_area": -0.2673,
+}
+BIAS = -8.3126
+_EPS = 1e-9
+
+
+def instance_features(raw: np.ndarray, total: np.ndarray, word_mask: np.ndarray, blob: np.ndarray,
+                      floor: float) -> dict[str, float]:
+    """The features of one blob (module docstring).
+
+    Args:
+        raw: ``(H, W)`` the word's map in units of attention.
+        total: ``(H, W)`` the sum of the prompt's class-word maps (``raw`` included).
+        word_mask: ``bool (H, W)`` the word's mask before resolution against the other words.
+        blob: ``bool (H, W)`` the instance's pixels (after resolution).
+        floor: the map's minimum.
+    """
+    inside = raw[blob]
+    outside = raw[~word_mask]
+    above = raw - floor
+    mass = above[word_mask].sum()
+    return {
+        "log_peak": float(np.log(inside.max() + _EPS)),
+        "share": float((inside / (total[blob] + _EPS)).mean()),
+        "log_contrast": float(np.log((inside.mean() + _EPS) / ((outside.mean() if outside.size else floor) + _EPS))),
+        "blob_share": float(above[blob].sum() / (mass + _EPS)),
+        "kept": float(blob.sum() / max(1, _components_under(word_mask, blob).sum())),
+        "log_area": float(np.log(blob.mean() + _EPS)),
+    }
+
+
+def _components_under(mask: np.ndarray, blob: np.ndarray) -> np.ndarray:
+    """The connected components of ``mask`` that ``blob`` touches (what the blob was before resolution)."""
+    _, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    ids = np.unique(lab[blob & mask])
+    return np.isin(lab, ids[ids > 0])
+
+
+def attention_score(features: dict[str, float], weights: dict[str, float] | None = None,
+                    bias: float | None = None) -> float:
+    """The logistic score of one instance's features, in ``(0, 1)``."""
+    w = WEIGHTS if weights is None else weights
+    b = BIAS if bias is None else bias
+    z = b + sum(w[k] * features[k] for k in FEATURES)
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def raw_maps(norm_maps: Sequence[np.ndarray], ranges: Sequence[tuple[float, float]]) -> list[np.ndarray]:
+    """Normalised maps ``(H, W)`` in ``[0, 1]`` back in units of attention: ``floor + x * (peak - floor)``."""
+    return [np.float32(lo) + m * np.float32(hi - lo) for m, (lo, hi) in zip(norm_maps, ranges)]

@@ -1,0 +1,198 @@
+"""The label score's fit: which signals tell a right DAAM label from a wrong one, on the toy world.
+
+Usage (from the repository root, virtualenv active)::
+
+    python -m studies.label_scores collect --split train --n 200      # training-side captions
+    python -m studies.label_scores collect --split held-out --n 200   # held-out captions
+    python -m studies.label_scores fit                                # fit on train, report held-out
+
+``collect`` generates a dataset through DiffuGen's own ``generate`` (txt2img of toy-world captions,
+then img2img and inpaint children of them) with the shipped ``builtin:toyworld`` model and writes a
+manifest of every sample (its image, prompt and per-word heatmaps with their scale in units of
+attention) to ``studies/out/label_scores/<split>/manifest.json``, so that the fit can relabel the
+same heatmaps many times without generating again. ``fit`` labels both splits with
+:func:`diffugen.labels.daam.label_heatmaps`, judges each label against the truth read back from the
+pixels (:func:`diffugen.labels.evaluation.judge_labels`), fits the logistic score on the training
+split's labels (:func:`diffugen.labels.scoring.fit_score`) and prints the held-out metrics of the
+paper's score and the fitted one. The product's numbers are ``bench/label_accuracy.py``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench._common import ROOT, private_database  # noqa: E402
+
+OUT = ROOT / "studies" / "out" / "label_scores"
+SHAPES = ("circle", "square", "triangle")
+TRAIN_FIRST_SEED = 0  # training captions (seeds below HELD_OUT_SEED)
+
+
+def study_config(name: str, captions: list[str], out: Path, children: int | None):
+    """The generate config of a split: txt2img of ``captions``, img2img and inpaint of ``children`` parents."""
+    from diffugen.config import DiffuGenConfig
+    from diffugen.toyworld.evaluation import child_tasks
+
+    extra = child_tasks(children) if children else {}
+    return DiffuGenConfig(
+        dataset_name=name, output_root=str(out), model="builtin:toyworld", device="cpu",
+        width=64, height=64, steps=25, guidance_scale=7.5, scheduler="ddim", batch_size=8, negative_prompt="",
+        templates=["{caption}"], attributes={"caption": captions},
+        seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
+        class_words=list(SHAPES), classes=list(SHAPES), **extra,
+    )
+
+
+def collect(split: str, n: int, children: int, hollow_rate: float) -> Path:
+    private_database()
+    import fiftyone as fo
+
+    from diffugen.generation.runner import generate
+    from diffugen.toyworld.evaluation import captions as make_captions, held_out_captions
+
+    folder = OUT / split
+    captions = (held_out_captions(n, hollow_rate) if split == "held-out"
+                else make_captions(n, TRAIN_FIRST_SEED, held_out_captions(n, hollow_rate), hollow_rate))
+    name = f"diffugen-label-scores-{split}"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    generate(study_config(name, captions, folder / "media", children))
+    ds = fo.load_dataset(name)
+    rows = []
+    for s in ds.iter_samples(progress=True):
+        rows.append({
+            "task": s["task"], "prompt": s["prompt"], "filepath": s.filepath,
+            "heatmaps": [{"path": h.map_path, "word": h["word"], "label": h["label"],
+                          "floor": h["floor"], "peak": h["peak"]} for h in s["word_heatmaps"] or []],
+        })
+    path = folder / "manifest.json"
+    path.write_text(json.dumps({"split": split, "captions": len(captions), "samples": rows}, indent=0))
+    print(f"{len(rows)} samples of {len(captions)} captions → {path}")
+    return path
+
+
+VARIANTS = {
+    # name: (label parameters, per-occurrence maps, score) — "before": what DiffuGen did until the score
+    # rework (one map per word, words not resolved, the paper's score).
+    "before": ({"resolve": False, "score": "size_intensity"}, False),
+    "occurrences": ({"resolve": False, "score": "size_intensity"}, True),
+    "resolved": ({"resolve": True, "score": "size_intensity"}, True),
+    "after": ({"resolve": True, "score": "attention"}, True),
+}
+
+
+def merged_per_word(stored):
+    """The heatmaps as one map per word (the mean of its occurrences' maps in units of attention), as
+    DiffuGen stored them before each occurrence had its own."""
+    import numpy as np
+
+    from diffugen.labels.relabel import StoredHeatmaps
+    from diffugen.labels.scoring import raw_maps
+
+    raws = raw_maps([m.astype(np.float32) / 255 for m in stored.maps], stored.ranges)
+    out = StoredHeatmaps([], [], [], [])
+    for w in dict.fromkeys(stored.words):
+        ks = [k for k, v in enumerate(stored.words) if v == w]
+        r = np.mean([raws[k] for k in ks], axis=0)
+        lo, hi = float(r.min()), float(r.max())
+        out.maps.append(np.round((r - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
+        out.words.append(w)
+        out.classes.append(stored.classes[ks[0]])
+        out.ranges.append((lo, hi))
+    return out
+
+
+def judge_split(split: str, variant: str, weights=None, bias=None):
+    """Label every sample of a collected split with ``variant`` and judge the labels: ``(judged images,
+    feature rows, right flags)``."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from diffugen.labels import scoring
+    from diffugen.labels.daam import LabelParams, instance_mask
+    from diffugen.labels.relabel import StoredHeatmaps, label_stored
+    from diffugen.toyworld.evaluation import judge_labels
+
+    params, per_occurrence = VARIANTS[variant]
+    params = LabelParams(**params)
+    manifest = json.loads((OUT / split / "manifest.json").read_text())
+    ids = {c: i + 1 for i, c in enumerate(SHAPES)}
+    judged, rows, right = [], [], []
+    for s in manifest["samples"]:
+        hms = s["heatmaps"]
+        stored = StoredHeatmaps([cv2.imread(h["path"], cv2.IMREAD_GRAYSCALE) for h in hms], [h["word"] for h in hms],
+                                [h["label"] for h in hms], [(h["floor"], h["peak"]) for h in hms])
+        if not per_occurrence and stored.maps:
+            stored = merged_per_word(stored)
+        image = np.asarray(Image.open(s["filepath"]).convert("RGB"))
+        labels = label_stored(stored, ids, params) if stored.maps else None
+        classes, scores, masks, feats = [], [], [], []
+        for cls, wl in zip(labels.classes if labels else [], labels.word_labels if labels else []):
+            for inst in wl.instances:
+                if weights is not None and inst.features:
+                    inst.score = scoring.attention_score(inst.features, weights, bias)
+                classes.append(cls)
+                scores.append(inst.score)
+                masks.append(instance_mask(inst, image.shape[:2]))
+                feats.append(inst.features)
+        j = judge_labels(s["task"], s["prompt"], image, classes, scores, masks, stored.classes)
+        judged.append(j)
+        rows.extend(feats)
+        right.extend(j.right)
+    return judged, rows, right
+
+
+def fit(c: float) -> dict:
+    """Fit the logistic score on the training split; print held-out metrics of every variant."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from diffugen.labels.scoring import FEATURES
+    from diffugen.toyworld.evaluation import label_metrics
+
+    _, rows, right = judge_split("train", "after")
+    x = np.array([[r[k] for k in FEATURES] for r in rows])
+    y = np.array(right)
+    model = LogisticRegression(C=c, max_iter=5000).fit(x, y)
+    weights = {k: round(float(v), 4) for k, v in zip(FEATURES, model.coef_[0])}
+    bias = round(float(model.intercept_[0]), 4)
+    print(f"fitted on {len(y)} training-side labels ({int(y.sum())} right): WEIGHTS = {weights}, BIAS = {bias}")
+    report = {"weights": weights, "bias": bias, "train_labels": int(len(y))}
+    for split in ("train", "held-out"):
+        for variant in VARIANTS:
+            judged, _, _ = judge_split(split, variant, weights if variant == "after" else None, bias)
+            m = label_metrics(judged)
+            report[f"{split}/{variant}"] = m
+            print(f"{split:8s} {variant:12s} " + "  ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+    (OUT / "fit.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--split", choices=["train", "held-out"], required=True)
+    c.add_argument("--n", type=int, default=200, help="txt2img captions")
+    c.add_argument("--children", type=int, default=80, help="parents of img2img and of inpaint children")
+    c.add_argument("--hollow-rate", type=float, default=0.3)
+    f = sub.add_parser("fit")
+    f.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation of the logistic fit")
+    args = ap.parse_args(argv)
+    if args.cmd == "collect":
+        collect(args.split, args.n, args.children, args.hollow_rate)
+    else:
+        fit(args.c)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The label score and the resolution of words against each other: on synthetic maps in units of
+attention, on a real generation (one heatmap per occurrence, scales stored, relabel reproduces the
+labels), and the toy-world judge that measures them."""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from conftest import small_config
+
+from diffugen.config import parse_config
+from diffugen.generation.runner import generate, token_runs
+from diffugen.labels.daam import LabelParams, label_heatmaps
+from diffugen.labels.relabel import relabel
+from diffugen.labels.scoring import FEATURES, attention_score, instance_features
+from diffugen.toyworld.evaluation import auroc, judge_labels, label_metrics
+
+H, W = 48, 64
+IDS = {"circle": 1, "square": 2}
+
+
+def disc(cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:H, :W]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+
+
+def attention_map(*blobs: tuple[np.ndarray, float], floor: float = 0.02) -> np.ndarray:
+    """A map in units of attention: ``floor`` plus each blob's extra attention, lightly blurred."""
+    import cv2
+
+    m = np.full((H, W), floor, np.float32)
+    for mask, extra in blobs:
+        m[mask] += extra
+    return cv2.GaussianBlur(m, (5, 5), 0)
+
+
+def stored(raw: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """What the runner stores of a map: uint8 min-max normalised, and its (floor, peak)."""
+    lo, hi = float(raw.min()), float(raw.max())
+    return np.round((raw - lo) / (hi - lo) * 255).astype(np.uint8), (lo, hi)
+
+
+def two_words(circle: np.ndarray, square: np.ndarray, params: LabelParams = LabelParams()):
+    (mc, rc), (ms, rs) = stored(circle), stored(square)
+    return label_heatmaps([mc, ms], ["circle", "square"], ["circle", "square"], IDS, params, [rc, rs])
+
+
+def test_token_runs_split_occurrences():
+    assert token_runs([3, 7]) == [[3], [7]]
+    assert token_runs([3, 4, 9, 10, 11]) == [[3, 4], [9, 10, 11]]
+    assert token_runs([]) == []
+
+
+def test_resolution_gives_each_pixel_to_one_word():
+    left, right = disc(20, 24, 9), disc(44, 24, 9)
+    # "square" attends weakly to the circle's object too: without resolution both words label it
+    circle = attention_map((left, 0.10))
+    square = attention_map((right, 0.10), (left, 0.06))
+    unresolved = two_words(circle, square, LabelParams(resolve=False))
+    resolved = two_words(circle, square)
+    sq_unresolved = unresolved.word_labels[1].mask
+    assert (sq_unresolved & left).sum() > 0.5 * left.sum()  # the square's mask covers the circle too
+    masks = [wl.mask for wl in resolved.word_labels]
+    assert not (masks[0] & masks[1]).any()
+    assert (masks[0] & left).sum() > 0.8 * left.sum() and (masks[1] & left).sum() == 0
+    assert (masks[1] & right).sum() > 0.8 * right.sum()
+    # the semantic mask agrees with the instances
+    assert np.array_equal(resolved.mask, masks[0] * np.uint8(1) + masks[1] * np.uint8(2))
+
+
+def test_attention_score_features_read_the_scale():
+    """Two maps identical once normalised but with 4× less attention: the features see it, the
+    paper's score cannot."""
+    blob = disc(32, 24, 10)
+    strong, weak = attention_map((blob, 0.2)), attention_map((blob, 0.05), floor=0.005)
+    (ms, rs), (mw, rw) = stored(strong), stored(weak)
+    assert np.abs(ms.astype(int) - mw.astype(int)).max() <= 1
+    a = label_heatmaps([ms], ["circle"], ["circle"], IDS, LabelParams(), [rs]).word_labels[0].instances[0]
+    b = label_heatmaps([mw], ["circle"], ["circle"], IDS, LabelParams(), [rw]).word_labels[0].instances[0]
+    assert set(a.features) == set(FEATURES)
+    assert a.features["log_peak"] > b.features["log_peak"] + 1.0  # log(4) ≈ 1.39
+    paper = LabelParams(score="size_intensity")
+    pa = label_heatmaps([ms], ["circle"], ["circle"], IDS, paper, [rs])
+    pb = label_heatmaps([mw], ["circle"], ["circle"], IDS, paper, [rw])
+    assert pa.word_labels[0].instances[0].score == pytest.approx(pb.word_labels[0].instances[0].score, abs=0.02)
+    assert not pa.word_labels[0].instances[0].features
+
+
+def test_share_feature_sees_the_other_words():
+    blob = disc(32, 24, 10)
+    raw = attention_map((blob, 0.1))
+    alone = instance_features(raw, raw, raw > 0.06, blob, float(raw.min()))
+    rival = attention_map((blob, 0.3))
+    contested = instance_features(raw, raw + rival, raw > 0.06, blob, float(raw.min()))
+    assert alone["share"] == pytest.approx(1.0) and contested["share"] < 0.4
+
+
+def test_attention_score_is_logistic():
+    f = dict.fromkeys(FEATURES, 1.0)
+    assert attention_score(f, dict.fromkeys(FEATURES, 0.0), 0.0) == pytest.approx(0.5)
+    w = dict.fromkeys(FEATURES, 0.5)
+    assert attention_score(f, w, -3.0) == pytest.approx(1 / (1 + np.exp(-(-3.0 + 0.5 * len(FEATURES)))))
+
+
+def test_heatmaps_without_scale_get_the_papers_score():
+    blob = disc(32, 24, 10)
+    m, _ = stored(attention_map((blob, 0.2)))
+    labels = label_heatmaps([m], ["circle"], ["circle"], IDS, LabelParams())
+    inst = labels.word_labels[0].instances[0]
+    assert not inst.features and 0 < inst.score <= 1
+
+
+def test_one_heatmap_per_occurrence_and_relabel_reproduces_labels(tmp_path, dataset_name):
+    cfg = small_config(dataset_name, tmp_path / "out", templates=["a red {object} and a blue {object} at {time}"],
+                       attributes={"object": ["car"], "time": ["noon"]})
+    generate(parse_config(cfg))
+    ds = fo.load_dataset(dataset_name)
+    for s in ds:
+        assert s["class_words"] == ["car"]
+        hms = s["word_heatmaps"]
+        assert [h["word"] for h in hms] == ["car", "car"]
+        assert all(0 <= h["floor"] < h["peak"] <= 1 for h in hms)
+    before = [(d.label, round(d.confidence, 6), d.bounding_box) for s in ds for d in s.daam_detections.detections]
+    assert before and all(d.confidence is not None for s in ds for d in s.daam_detections.detections)
+    relabel(ds, parse_config(cfg).labels)
+    ds.reload()
+    after = [(d.label, round(d.confidence, 6), d.bounding_box) for s in ds for d in s.daam_detections.detections]
+    assert after == before
+
+
+def test_judge_matches_one_to_one_by_score():
+    a, b = disc(16, 24, 8), disc(46, 24, 8)
+    image_prompt = "a red circle and a yellow circle"
+    image = np.zeros((H, W, 3), np.uint8)
+    image[a] = (220, 30, 30)
+    image[b] = (235, 220, 40)
+    # two labels on the same object: the better scored is right, the other wrong; one on nothing
+    j = judge_labels("txt2img", image_prompt, image, ["circle", "circle", "circle"], [0.9, 0.8, 0.3],
+                     [a, a, disc(5, 5, 3)], ["circle"])
+    assert sorted(o.colour for o in j.objects) == ["red", "yellow"]
+    assert j.right == [True, False, False]
+    m = label_metrics([j])
+    assert m["labels"] == 3 and m["right"] == 1 and m["labels_at_threshold"] == 2
+    assert m["precision_at_threshold"] == pytest.approx(0.5) and m["right_kept_at_threshold"] == 1.0
+    assert m["auroc"] == 1.0  # the right label (0.9) ranks above both wrong ones (0.8, 0.3)
+    assert auroc([0.9, 0.1], [True, False]) == 1.0
+
+
+def test_label_metrics_not_drawn_and_merged():
+    a, b = disc(16, 24, 8), disc(46, 24, 8)
+    image = np.zeros((H, W, 3), np.uint8)
+    image[a] = (220, 30, 30)
+    image[b] = (235, 220, 40)
+    # "triangle" was asked for but not drawn: its label scored 0.7 is junk; the circle's mask covers both
+    j = judge_labels("txt2img", "a red circle and a yellow square and a white triangle", image,
+                     ["circle", "triangle"], [0.9, 0.7], [a | b, disc(30, 10, 4)], ["circle", "square", "triangle"])
+    m = label_metrics([j])
+    assert m["not_drawn_pairs"] == 1 and m["junk_per_not_drawn_pair"] == 1.0
+    assert m["two_object_images"] == 1 and m["merged_two_object"] == 1.0
+    split = judge_labels("txt2img", "a red circle and a yellow square", image, ["circle", "square"], [0.9, 0.9],
+                         [a, b], ["circle", "square"])
+    assert label_metrics([split])["merged_two_object"] == 0.0
+    assert label_metrics([split])["mask_iou"] > 0.95  # the truth read-back opens 1-px edges away
