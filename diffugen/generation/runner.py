@@ -235,7 +235,9 @@ class Runner:
                                    it.prompt[:80])
             positions = [[family.word_positions(pipe, e, w) for w, _ in it.class_words]
                          for it, e in zip(items, encoded.prompts)]
-            occurrences = [[(j, run) for j, p in enumerate(per) for run in token_runs(p)] for per in positions]
+            # Each occurrence's positions, as the family groups them (SD3: its CLIP and its T5 tokens together).
+            occurrences = [[(j, run) for j, (w, _) in enumerate(it.class_words)
+                            for run in family.word_occurrences(pipe, e, w)] for it, e in zip(items, encoded.prompts)]
             found = [[j for j, _ in occ] for occ in occurrences]
             kwargs = task_inputs(cfg, task, items, masks)
             height = kwargs.get("height") or kwargs["image"][0].height
