@@ -10,7 +10,8 @@ import pytest
 from conftest import small_config
 
 from diffugen.config import parse_config
-from diffugen.generation.runner import generate, token_runs
+from diffugen.generation.family import token_runs
+from diffugen.generation.runner import generate
 from diffugen.labels.daam import LabelParams, label_heatmaps
 from diffugen.labels.relabel import relabel
 from diffugen.labels.scoring import FEATURES, attention_score, instance_features
@@ -69,22 +70,23 @@ def test_resolution_gives_each_pixel_to_one_word():
     assert np.array_equal(resolved.mask, masks[0] * np.uint8(1) + masks[1] * np.uint8(2))
 
 
-def test_attention_score_features_read_the_scale():
-    """Two maps identical once normalised but with 4× less attention: the features see it, the
-    paper's score cannot."""
+def test_attention_decides_between_words_the_papers_score_cannot():
+    """Two words whose maps are alike once normalised, one with 4× the attention on the object: the
+    strong word keeps the object and is sure of it; the weak one keeps nothing there. Normalised, the
+    paper's score sees two equally sure words."""
     blob = disc(32, 24, 10)
     strong, weak = attention_map((blob, 0.2)), attention_map((blob, 0.05), floor=0.005)
     (ms, rs), (mw, rw) = stored(strong), stored(weak)
     assert np.abs(ms.astype(int) - mw.astype(int)).max() <= 1
-    a = label_heatmaps([ms], ["circle"], ["circle"], IDS, LabelParams(), [rs]).word_labels[0].instances[0]
-    b = label_heatmaps([mw], ["circle"], ["circle"], IDS, LabelParams(), [rw]).word_labels[0].instances[0]
-    assert set(a.features) == set(FEATURES)
-    assert a.features["log_peak"] > b.features["log_peak"] + 1.0  # log(4) ≈ 1.39
-    paper = LabelParams(score="size_intensity")
-    pa = label_heatmaps([ms], ["circle"], ["circle"], IDS, paper, [rs])
-    pb = label_heatmaps([mw], ["circle"], ["circle"], IDS, paper, [rw])
-    assert pa.word_labels[0].instances[0].score == pytest.approx(pb.word_labels[0].instances[0].score, abs=0.02)
-    assert not pa.word_labels[0].instances[0].features
+    labels = label_heatmaps([ms, mw], ["circle", "square"], ["circle", "square"], IDS, LabelParams(), [rs, rw])
+    circle, square = labels.word_labels
+    assert circle.instances and set(circle.instances[0].features) == set(FEATURES)
+    assert circle.instances[0].features["share"] > 0.7
+    assert not (square.mask & blob).any()
+    paper = label_heatmaps([ms, mw], ["circle", "square"], ["circle", "square"], IDS,
+                           LabelParams(score="size_intensity", resolve=False), [rs, rw])
+    a, b = (wl.instances[0] for wl in paper.word_labels)
+    assert a.score == pytest.approx(b.score, abs=0.02) and not a.features
 
 
 def test_share_feature_sees_the_other_words():

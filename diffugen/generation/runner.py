@@ -105,17 +105,6 @@ def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks
     return kwargs
 
 
-def token_runs(positions: Sequence[int]) -> list[list[int]]:
-    """A word's token positions split into its occurrences (runs of consecutive positions)."""
-    runs: list[list[int]] = []
-    for p in positions:
-        if runs and p == runs[-1][-1] + 1:
-            runs[-1].append(p)
-        else:
-            runs.append([p])
-    return runs
-
-
 def _batches(items: Sequence[WorkItem], size: int) -> Iterable[list[WorkItem]]:
     # Consecutive items of the same image size (img2img/inpaint parents can differ) up to `size`.
     batch: list[WorkItem] = []
