@@ -258,3 +258,13 @@ def original_checkpoint(pipe) -> dict[str, torch.Tensor]:
     for name, encoder in (("clip_l", pipe.text_encoder), ("clip_g", pipe.text_encoder_2), ("t5xxl", pipe.text_encoder_3)):
         state.update({f"text_encoders.{name}.transformer.{k}": v for k, v in encoder.state_dict().items()})
     return {k: v.clone().contiguous() for k, v in state.items()}  # clones: T5 ties two names to one tensor
+
+
+def test_textual_inversion_is_refused_clearly(sd3):
+    from types import SimpleNamespace
+
+    from diffugen.errors import ModelNotFoundError
+    from diffugen.generation.embeddings import load_textual_inversions
+
+    with pytest.raises(ModelNotFoundError, match="StableDiffusion3Pipeline cannot load textual-inversion"):
+        load_textual_inversions(sd3, [SimpleNamespace(path="x.safetensors", token="<x>")])

@@ -95,6 +95,11 @@ def load_textual_inversions(pipe: DiffusionPipeline, embeddings) -> None:
         ModelNotFoundError: a file is missing or unreadable, of the other family's format, or its
             vectors' width does not match the model's text encoder.
     """
+    if embeddings and not hasattr(pipe, "load_textual_inversion"):
+        raise ModelNotFoundError(
+            f"textual_inversions: a {type(pipe).__name__} cannot load textual-inversion embeddings (diffusers "
+            f"gives it no load_textual_inversion); they work with SD 1.x/2.x and SDXL models"
+        )
     encoders = family_of(pipe).text_encoders(pipe)
     names = [name for name, _, _ in encoders]
     for ti in embeddings:
