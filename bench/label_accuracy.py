@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     n = 8 if args.quick else args.n
     if args.quick:
         args.yolo_train, args.yolo_epochs = min(args.yolo_train, 16), min(args.yolo_epochs, 1)
+        args.children = min(args.children, 2)
 
     private_database()
     import fiftyone as fo

@@ -4,6 +4,7 @@ generate → review queue → a reviewer's tags → apply_review → train a YOL
 
 import fiftyone as fo
 import fiftyone.operators as foo
+import numpy as np
 import pytest
 from conftest import small_config
 
@@ -16,6 +17,11 @@ PLUGIN = "@diffugen/diffugen"
 
 def _config(name, root):
     return small_config(name, root, width=64, height=64, batch_size=4, seeds=[1, 2, 3])
+
+
+def _median_score(ds) -> float:
+    """The review threshold: half the labels doubtful (the tiny random model's attention scores are all low)."""
+    return round(float(np.median(ds.values("daam_detections.detections.confidence", unwind=True))), 6)
 
 
 def _decide(ds):
@@ -46,9 +52,10 @@ def test_review_to_training_through_the_cli(tmp_path, write_config, dataset_name
     assert cli(["generate", str(cfg)]) == 0
     ds = fo.load_dataset(dataset_name)
     assert len(ds) == 12
-    assert cli(["review", dataset_name, "--min-score", "0.6"]) == 0
+    thr = str(_median_score(ds))
+    assert cli(["review", dataset_name, "--min-score", thr]) == 0
     approved, rejected = _decide(ds)
-    assert cli(["apply-review", dataset_name, "--min-score", "0.6", "--reviewer", "rev"]) == 0
+    assert cli(["apply-review", dataset_name, "--min-score", thr, "--reviewer", "rev"]) == 0
     ds.reload()
     n_curated = _check_curated(ds, approved, rejected)
     assert cli(["train", dataset_name, "--field", "curated", "--epochs", "1", "--imgsz", "64", "--batch", "4",
@@ -70,9 +77,10 @@ def test_review_to_training_through_the_operators(plugins_dir, tmp_path, dataset
     start = fo.Dataset()
     assert _run("generate", start, config_path=str(config))["made"] == 12
     ds = fo.load_dataset(dataset_name)
-    assert _run("review", ds, field="daam_detections", min_score=0.6, include_unmatched=True)["queued"] > 0
+    thr = _median_score(ds)
+    assert _run("review", ds, field="daam_detections", min_score=thr, include_unmatched=True)["queued"] > 0
     approved, rejected = _decide(ds)
-    summary = _run("apply_review", ds, mode="apply", field="daam_detections", min_score=0.6)
+    summary = _run("apply_review", ds, mode="apply", field="daam_detections", min_score=thr)
     assert summary["approved"] == 1 and summary["rejected"] == 1
     ds.reload()
     n_curated = _check_curated(ds, approved, rejected)

@@ -147,6 +147,8 @@ def test_label_accuracy_bench_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert result["images"] == 8
     assert 0 <= result["adherence"] <= 1 and 0 <= result["iou_drawn_mean"] <= 1 and 0 <= result["ap50_mean"] <= 1
+    scores = result["scores"]  # txt2img and their img2img/inpaint children
+    assert scores["images"] > 8 and scores["labels"] >= scores["right"] >= 0
 
 
 @pytest.mark.parametrize("shape", ["star", "ring", "oval"])

@@ -379,13 +379,15 @@ def _rate(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cli._shared import positive_int
+
     p.add_argument("--out", default=str(Path(__file__).parent / "model"), help="diffusers folder to write")
-    p.add_argument("--steps", type=int, default=4200, help="UNet + text-encoder optimizer steps")
-    p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--steps", type=positive_int, default=4200, help="UNet + text-encoder optimizer steps")
+    p.add_argument("--vae-steps", type=positive_int, default=1500)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--vae-batch", type=positive_int, default=16)
     p.add_argument("--lr", type=float, default=8e-4)
-    p.add_argument("--pool", type=int, default=16384, help="scenes encoded once by the VAE and reused with new captions/noise")
+    p.add_argument("--pool", type=positive_int, default=16384, help="scenes encoded once by the VAE and reused with new captions/noise")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="fraction of captions dropped (for CFG)")
     p.add_argument("--design", choices=sorted(DESIGNS), default="base")
