@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     from diffugen.config import DiffuGenConfig
     from diffugen.generation.runner import generate
     from diffugen.labels.daam import extract_labels
+    from diffugen.labels.scoring import raw_maps
     from diffugen.toyworld import MODEL_DIR, model_available
     from diffugen.toyworld.evaluation import child_tasks, held_out_captions, judge_sample, label_metrics, requested
     from diffugen.toyworld.scene import ALL_LABELS
@@ -177,15 +178,22 @@ def main(argv=None) -> int:
                                          mask=r.mask[y : y + bh, x : x + bw], color=colour))
         sample["ground_truth"] = fo.Detections(detections=dets)
         # DAAM masks: the paper's Otsu labels of each class word's heatmap (as build_sample made them).
+        # One map per class word: a word said twice has a heatmap per occurrence, and its word map is
+        # their mean in units of attention (label_heatmaps' step 1).
+        occurrences: dict[str, list] = {}
         for hm in sample["word_heatmaps"] or []:
-            m = np.asarray(Image.open(hm.map_path)).astype(np.float32) / 255.0
+            occurrences.setdefault(hm["word"], []).append(hm)
+        for group in occurrences.values():
+            maps = [np.asarray(Image.open(hm.map_path)).astype(np.float32) / 255.0 for hm in group]
+            m = maps[0] if len(group) == 1 else np.mean(raw_maps(maps, [(h["floor"], h["peak"]) for h in group]), axis=0)
+            label = group[0].label
             pred = extract_labels(m, params).mask
-            v = iou(pred, truth[hm.label])
-            ious[hm.label].append(v)
-            if truth[hm.label].any():
-                ious_drawn[hm.label].append(v)
-                ious_fixed[hm.label].append(iou(extract_labels(m, fixed).mask, truth[hm.label]))
-                area_ratio.append(float(pred.sum() / truth[hm.label].sum()))
+            v = iou(pred, truth[label])
+            ious[label].append(v)
+            if truth[label].any():
+                ious_drawn[label].append(v)
+                ious_fixed[label].append(iou(extract_labels(m, fixed).mask, truth[label]))
+                area_ratio.append(float(pred.sum() / truth[label].sum()))
 
     ap50, ap50_mean = ap50_per_class(ds, "daam_detections", "eval")
     yolo = yolo_bootstrap(ds, cfg, prompts, args, work) if args.yolo_train > 0 else None
