@@ -259,6 +259,19 @@ class HeatmapCollector:
         return out
 
 
+def split_heads(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(batch, seq, heads * head_dim)`` projections → ``(batch, heads, seq, head_dim)``, with the layer's
+    query/key norms applied, as diffusers' processors do before SDPA."""
+    batch_size, head_dim = query.shape[0], key.shape[-1] // attn.heads
+    query, key, value = (t.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
 class HeatmapProcessor:
     """A cross-attention processor: SDPA output as ``AttnProcessor2_0``, attention maps to a collector."""
 
@@ -291,13 +304,7 @@ class HeatmapProcessor:
         value = attn.to_v(encoder_hidden_states)
 
         head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = split_heads(attn, query, key, value)
 
         if self.collector.active:
             if cross:

@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .attention import HeatmapCollector
+from .attention import HeatmapCollector, split_heads
 
 # Query rows per softmax chunk are chosen so that one chunk's scores hold at most this many floats
 # (a FLUX layer at 1024² has 4096 image queries × 4608 keys × 24 heads per image).
@@ -99,15 +99,8 @@ class JointHeatmapProcessor:
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        head_dim = key.shape[-1] // attn.heads
+        query, key, value = split_heads(attn, query, key, value)
         image_query, image_key = query, key
 
         if encoder_hidden_states is not None:
