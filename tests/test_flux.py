@@ -5,6 +5,7 @@ attention-map-diffusers."""
 
 import json
 
+import fiftyone as fo
 import pytest
 import torch
 from conftest import (
@@ -83,10 +84,13 @@ def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, datase
 
 
 def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_path, dataset_name):
-    """Same prompt, CPU-generator seed, steps, (distilled) guidance and size; the pipeline's defaults for the rest."""
+    """Same prompt, CPU-generator seed, steps and size; the pipeline's defaults for the rest, the distilled
+    guidance among them (3.5, recorded on the samples)."""
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=80, height=112,
-                                    seeds=[11], steps=2, attributes=TWO, guidance_scale=3.5))
+                                    seeds=[11], steps=2, attributes=TWO))
+    assert cfg.guidance_scale is None
     assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 112, 80)
+    assert set(fo.load_dataset(dataset_name).values("guidance_scale")) == {3.5}
 
 
 def test_shards_make_each_image_once(tmp_path, dataset_name):

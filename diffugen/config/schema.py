@@ -161,10 +161,11 @@ class DiffuGenConfig(_Strict):
     negative_prompt: str = ""
     seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(min=0, max=2**31 - 1))
     image_count: int | None = Field(None, ge=1)
-    width: int = _side(512)
-    height: int = _side(512)
-    steps: int = _steps(30)
-    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    # Not set: what the model's own diffusers pipeline uses (its size, steps and guidance; FLUX: 3.5).
+    width: int | None = _side()
+    height: int | None = _side()
+    steps: int | None = _steps()
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     batch_size: int = Field(1, ge=1, le=256)
 

@@ -10,6 +10,7 @@ registry which family a model's files name and which diffusers class loads it.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -95,6 +96,18 @@ class ModelFamily(ABC):
         concatenates them; ``name`` is the key of the encoder's vectors in a textual-inversion file of
         the family's format (``None``: the file holds one tensor)."""
         return [(None, pipe.tokenizer, pipe.text_encoder)]
+
+    def call_defaults(self, pipe: DiffusionPipeline) -> dict[str, Any]:
+        """What the family's text-to-image pipeline uses when not told: ``steps``, ``guidance_scale``,
+        ``height`` and ``width`` (its ``__call__`` defaults, and the denoiser's sample size times the VAE's
+        scale, as the pipeline computes it), so an unset config value means the same as in diffusers."""
+        import diffusers
+
+        params = inspect.signature(getattr(diffusers, self.pipeline_class).__call__).parameters
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        side = (getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size) * pipe.vae_scale_factor
+        return {"steps": params["num_inference_steps"].default, "guidance_scale": params["guidance_scale"].default,
+                "height": side, "width": side}
 
     def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` of the latent grid the heatmaps are aggregated on."""

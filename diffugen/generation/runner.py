@@ -92,10 +92,12 @@ def keep_outside_mask(images: np.ndarray, parents: Sequence[Image.Image], masks:
     return out
 
 
-def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks: Sequence[np.ndarray] | None) -> dict:
-    """The pipeline arguments that differ between tasks (everything else is shared)."""
+def task_inputs(cfg: DiffuGenConfig, task: str, items: Sequence[WorkItem], masks: Sequence[np.ndarray] | None,
+                size: tuple[int, int]) -> dict:
+    """The pipeline arguments that differ between tasks (everything else is shared); ``size``: txt2img's
+    ``(height, width)``."""
     if task == "txt2img":
-        return {"height": cfg.task_value(task, "height"), "width": cfg.task_value(task, "width")}
+        return {"height": size[0], "width": size[1]}
     images = [Image.open(it.parent.filepath).convert("RGB") for it in items]
     section = getattr(cfg, task)
     kwargs = {"image": images, "strength": section.strength}
@@ -137,6 +139,7 @@ class Runner:
         self.media_root = safe_child(self.root, cfg.dataset_name)
         self.timings: dict[str, float] | None = None
         self._models: dict[str, object] = {}
+        self._defaults: dict[str, dict] = {}  # per model: its family's call defaults (ModelFamily.call_defaults)
         self._yolo = None
         self._yolo_skipped = False
         self._folders: dict[tuple[str, ...], Path] = {}
@@ -191,11 +194,24 @@ class Runner:
             load_textual_inversions(base, self.cfg.textual_inversion)
             base.set_progress_bar_config(disable=True)
             self._models[model] = base
+            self._defaults[model] = family_of(base).call_defaults(base)
         base = self._models[model]
         pipe = family_of(base).task_pipeline(base, task)
         set_scheduler(pipe, self.cfg.task_value(task, "scheduler"))
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def setting(self, task: str, name: str):
+        """``steps``, ``guidance_scale``, ``height`` or ``width`` of ``task``: the config's value, else what the
+        model's own pipeline uses (FLUX: guidance 3.5, 28 steps, 1024²; SD 1.5: 7.5, 50, 512²). The model
+        is loaded if it is not yet."""
+        value = self.cfg.task_value(task, name)
+        if value is not None:
+            return value
+        model = self.cfg.task_value(task, "model")
+        if model not in self._defaults:
+            self.pipeline(task)
+        return self._defaults[model][name]
 
     @torch.no_grad()
     def run_batch(self, pipe: DiffusionPipeline, collector: HeatmapCollector, task: str, items: Sequence[WorkItem],
@@ -228,7 +244,7 @@ class Runner:
             occurrences = [[(j, run) for j, (w, _) in enumerate(it.class_words)
                             for run in family.word_occurrences(pipe, e, w)] for it, e in zip(items, encoded.prompts)]
             found = [[j for j, _ in occ] for occ in occurrences]
-            kwargs = task_inputs(cfg, task, items, masks)
+            kwargs = task_inputs(cfg, task, items, masks, (self.setting(task, "height"), self.setting(task, "width")))
             height = kwargs.get("height") or kwargs["image"][0].height
             width = kwargs.get("width") or kwargs["image"][0].width
             if "height" not in kwargs and "height" in inspect.signature(pipe.__call__).parameters:
@@ -238,8 +254,8 @@ class Runner:
                             family.latent_size(pipe, height, width))
             out = pipe(
                 **encoded.pipeline_kwargs,
-                num_inference_steps=cfg.task_value(task, "steps"),
-                guidance_scale=cfg.task_value(task, "guidance_scale"),
+                num_inference_steps=self.setting(task, "steps"),
+                guidance_scale=self.setting(task, "guidance_scale"),
                 # CPU generators: the same latents, hence images, on every device and batch size.
                 generator=[torch.Generator("cpu").manual_seed(it.seed) for it in items],
                 output_type="np",
@@ -321,8 +337,8 @@ class Runner:
             attributes=fo.DynamicEmbeddedDocument(**item.attribute_dict),
             seed=item.seed,
             model=cfg.task_value(task, "model"),
-            steps=cfg.task_value(task, "steps"),
-            guidance_scale=float(cfg.task_value(task, "guidance_scale")),
+            steps=self.setting(task, "steps"),
+            guidance_scale=float(self.setting(task, "guidance_scale")),
             parent_id=item.parent.id if item.parent is not None else None,
             class_words=list(dict.fromkeys(words)),
             word_heatmaps=word_heatmaps,

@@ -219,5 +219,7 @@ def generate_inputs(ctx, inputs) -> None:
         if not marked:
             error(inputs, "config_error", str(err))
         return
+    size = f"{cfg.width}x{cfg.height}" if cfg.width and cfg.height else "the model's size"
+    steps = f"{cfg.steps} steps" if cfg.steps else "the model's steps"
     inputs.view("plan", types.Notice(label=f"generates into {cfg.dataset_name!r}: tasks {cfg.tasks()}, "
-                                           f"model {cfg.model}, {cfg.width}x{cfg.height}, {cfg.steps} steps"))
+                                           f"model {cfg.model}, {size}, {steps}"))
