@@ -151,8 +151,9 @@ def oracle_agreement(pipe, layers: Sequence[str] | None = None) -> dict[str, flo
     return agreement
 
 
-def assert_batch_size_keeps_images_and_maps(model: str, root: Path, steps: int = 2) -> None:
-    """Three prompts made one by one and as one batch of 3 give the same images and word maps (±1 of 255)."""
+def assert_batch_size_keeps_images_and_maps(model: str, root: Path, steps: int = 2, **overrides) -> None:
+    """Three prompts made one by one and as one batch of 3 give the same images and word maps (±1 of 255);
+    ``overrides``: config values (e.g. ``heatmap_method``)."""
     import numpy as np
 
     from diffugen.config import parse_config
@@ -160,12 +161,12 @@ def assert_batch_size_keeps_images_and_maps(model: str, root: Path, steps: int =
     from diffugen.generation.planner import plan
     from diffugen.generation.runner import Runner
 
-    one = parse_config(small_config("b1", root / "b1", model=model, batch_size=1, steps=steps))
-    many = parse_config(small_config("b3", root / "b3", model=model, batch_size=3, steps=steps))
+    one = parse_config(small_config("b1", root / "b1", model=model, batch_size=1, steps=steps, **overrides))
+    many = parse_config(small_config("b3", root / "b3", model=model, batch_size=3, steps=steps, **overrides))
     items = plan(one, "txt2img")[:3]
     g1, g3 = Runner(one), Runner(many)
     pipe = g1.pipeline("txt2img")
-    with family_of(pipe).capture(pipe) as col:
+    with family_of(pipe).capture(pipe, method=one.heatmap_method) as col:
         singles = [g1.run_batch(pipe, col, "txt2img", [it])[:3] for it in items]
         images3, maps3, found3 = g3.run_batch(pipe, col, "txt2img", items)[:3]
     for k, (img1, maps1, found1) in enumerate(singles):
@@ -201,10 +202,10 @@ def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int
     assert generate(cfg).tasks[0].made == 1 and sorted(ds.values("key")) == keys
 
 
-def assert_all_tasks_labeled(model: str, root: Path, name: str) -> None:
+def assert_all_tasks_labeled(model: str, root: Path, name: str, **overrides) -> None:
     """txt2img → img2img → inpaint with ``model`` (4 prompts, 96×64, 2 steps): every sample has its image, one
     word heatmap per class word and DAAM labels; img2img children have their new attribute; inpaint changes
-    some pixels of its parent, not all."""
+    some pixels of its parent, not all. ``overrides``: config values."""
     import fiftyone as fo
     import numpy as np
     from PIL import Image
@@ -215,7 +216,7 @@ def assert_all_tasks_labeled(model: str, root: Path, name: str) -> None:
     cfg = parse_config(small_config(
         name, root / "out", model=model, steps=2, seeds=[11],
         img2img={"attributes": {"time": ["night"]}, "strength": 0.7},
-        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]}},
+        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]}}, **overrides,
     ))
     summary = generate(cfg)
     assert [(t.task, t.made) for t in summary.tasks][:2] == [("txt2img", 4), ("img2img", 4)]

@@ -175,6 +175,10 @@ class DiffuGenConfig(_Strict):
     textual_inversion: list[TextualInversion] = Field(default_factory=list)
     labels: LabelParams = Field(default_factory=LabelParams)
     heatmap_layers: Literal["daam", "all"] = "daam"
+    # How a word's heatmap is made: the image's attention onto the word's tokens (every family), or
+    # ConceptAttention's output-space projection (SD3/FLUX only; not the default until the toy world's
+    # label accuracy says it is better on a transformer model).
+    heatmap_method: Literal["cross_attention", "concept_attention"] = "cross_attention"
     # Dataset Diffusion's refinement of the heatmaps: the power of the self-attention matrix (0: off).
     # 1 is the default because it measured best on the toy world (BENCHMARKS.md: Otsu IoU 0.533 → 0.635).
     self_attention_power: int = Field(1, ge=0, le=16)

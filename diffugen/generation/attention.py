@@ -71,6 +71,7 @@ class HeatmapCollector:
     def __init__(self, layers: LayerChoice = "daam", refine_power: int = 0):
         self.layers = layers
         self.refine_power = refine_power
+        self.method = "cross_attention"  # the joint-attention collector also offers "concept_attention"
         self.active = False
         self.batch_size = 0
         self.token_indices: list[int] = []
@@ -139,11 +140,14 @@ class HeatmapCollector:
         if self._index.device != probs.device:
             self._index = self._index.to(probs.device)  # once, not per layer and step
         probs = probs.index_select(-1, self._index)  # (b, heads, seq_len, T)
-        probs = probs.transpose(-1, -2).reshape(b, probs.shape[1], len(self.token_indices), h, w)
+        self.add(name, probs.transpose(-1, -2).reshape(b, probs.shape[1], len(self.token_indices), h, w))
+
+    def add(self, name: str, maps: torch.Tensor) -> None:
+        """Add layer ``name``'s ``(batch, heads, T, h, w)`` maps of one step (they are averaged over steps)."""
         if name in self.maps:
-            self.maps[name] += probs
+            self.maps[name] += maps
         else:
-            self.maps[name] = probs
+            self.maps[name] = maps
         self.steps[name] = self.steps.get(name, 0) + 1
 
     @torch.no_grad()

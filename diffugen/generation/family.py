@@ -63,6 +63,7 @@ class ModelFamily(ABC):
     pipeline_class: ClassVar[str] = ""
     class_names: ClassVar[tuple[str, ...]] = ()
     load_kwargs: ClassVar[dict[str, Any]] = {}
+    heatmap_methods: ClassVar[tuple[str, ...]] = ("cross_attention",)  # what :meth:`capture`'s ``method`` takes
 
     @abstractmethod
     def matches(self, pipe: DiffusionPipeline) -> bool:
@@ -78,8 +79,10 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
-                refine_layers: RefineLayers = "down") -> AbstractContextManager[HeatmapCollector]:
-        """Install the heatmap processors on the denoiser while the context is active; restore them after."""
+                refine_layers: RefineLayers = "down", method: str = "cross_attention"
+                ) -> AbstractContextManager[HeatmapCollector]:
+        """Install the heatmap processors on the denoiser while the context is active; restore them after.
+        ``method`` is one of :attr:`heatmap_methods`."""
 
     @abstractmethod
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):

@@ -54,6 +54,7 @@ class FluxFamily(ModelFamily):
     name = "flux"
     pipeline_class = "FluxPipeline"
     class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    heatmap_methods = ("cross_attention", "concept_attention")
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import FluxTransformer2DModel
@@ -71,8 +72,8 @@ class FluxFamily(ModelFamily):
         return t5_word_positions(pipe.tokenizer_2, encoded.ids, word)
 
     def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
-                refine_layers: RefineLayers = "down"):
-        return capture_joint_heatmaps(pipe.transformer, FluxHeatmapProcessor, refine_power)
+                refine_layers: RefineLayers = "down", method: str = "cross_attention"):
+        return capture_joint_heatmaps(pipe.transformer, FluxHeatmapProcessor, refine_power, method)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
         from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline

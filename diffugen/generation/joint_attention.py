@@ -15,6 +15,21 @@ text sequence the transformer sees: for SD3 the 77 CLIP tokens then the T5 token
 tokens. SD3 stacks ``[image, text]`` in its joint sequence, FLUX ``[text, image]`` (and its
 single-stream blocks receive that concatenation as one sequence).
 
+With ``method="concept_attention"`` the maps come from ConceptAttention (Helbling et al., ICML 2025)
+instead: each class word of a prompt becomes a *concept token* (:func:`concept_embedding`) that runs
+through the joint blocks' text stream beside the prompt (:class:`ConceptStream`: the blocks' own
+``norm1_context``, attention projections, ``norm2_context`` and ``ff_context``, with the step's
+``temb``). Concept queries attend to the image tokens and to the concepts of their own prompt; no
+image or text token attends to them, so images stay bit-identical. A layer's map of a concept is the
+softmax over the image tokens of ``image_output · concept_output / sqrt(width)``, both attention
+outputs taken before the output projections (the value space the joint attention shares: SD3's last
+block has no text output projection); maps are averaged over the joint blocks and steps as the
+cross-attention ones are. FLUX's single-stream blocks have no text stream and add nothing. A word said
+twice has one concept, so both occurrences get its map. Departures from the paper's code, for a
+dataset tool: a concept token is the word's embedding at its first token when the word is encoded
+alone as the family encodes a prompt; it uses the prompt's ``temb`` (the paper's code embeds the
+concepts' own pooled text); every joint block contributes (the paper picks FLUX's blocks 10–18).
+
 With ``refine_power > 0`` (Dataset Diffusion's refinement) the image-image block of each layer's
 attention, renormalised over the image keys, is averaged into the self-attention matrix
 :meth:`~.attention.HeatmapCollector.refine` uses (SD3.5's image-only ``attn2`` layers included), when
@@ -24,12 +39,20 @@ the grid has at most 32×32 tokens.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import DiffuGenError
 from .attention import HeatmapCollector, split_heads
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from .family import ModelFamily
+
+HeatmapMethod = Literal["cross_attention", "concept_attention"]
 
 # Query rows per softmax chunk are chosen so that one chunk's scores hold at most this many floats
 # (a FLUX layer at 1024² has 4096 image queries × 4608 keys × 24 heads per image).
@@ -45,6 +68,55 @@ class JointHeatmapCollector(HeatmapCollector):
     ``(batch, heads, T, h, w)`` summed over steps, so the parent's ``token_heatmaps`` and
     ``word_heatmaps`` read them unchanged.
     """
+
+    def __init__(self, layers="all", refine_power: int = 0, method: HeatmapMethod = "cross_attention"):
+        super().__init__(layers, refine_power)
+        self.method: HeatmapMethod = method
+        self.stream: ConceptStream | None = None  # set by capture_joint_heatmaps for "concept_attention"
+        self._concept_of: torch.Tensor | None = None
+
+    def set_concepts(self, embeddings: Sequence[Sequence[torch.Tensor]], positions: Sequence[Sequence[Sequence[int]]]) -> None:
+        """Give this batch's concept tokens (ConceptAttention), after :meth:`reset`.
+
+        Args:
+            embeddings: ``embeddings[i][j]``: ``(joint_attention_dim,)``, the concept token of prompt ``i``'s
+                class word ``j`` (:func:`concept_embedding`).
+            positions: ``positions[i][j]``: that word's token positions (among ``token_indices``), whose
+                maps become the concept's map.
+        """
+        b = len(embeddings)
+        count = max([len(e) for e in embeddings] + [1])
+        first = next((e for row in embeddings for e in row), None)
+        if first is None:
+            self.stream.start(None, None)
+            return
+        tokens = first.new_zeros(b, count, first.shape[-1])
+        valid = torch.zeros(b, count, dtype=torch.bool, device=first.device)
+        column = {t: k for k, t in enumerate(self.token_indices)}
+        concept_of = torch.full((b, len(self.token_indices)), count, dtype=torch.long)  # `count`: a zero map
+        for i, row in enumerate(embeddings):
+            for j, e in enumerate(row):
+                tokens[i, j], valid[i, j] = e, True
+                for t in positions[i][j]:
+                    concept_of[i, column[t]] = j
+        self._concept_of = concept_of.to(first.device)
+        self.stream.start(tokens, valid)
+
+    @torch.no_grad()
+    def record_concepts(self, name: str, concepts: torch.Tensor, image: torch.Tensor) -> None:
+        """Add one joint block's ConceptAttention maps for this step.
+
+        Args:
+            concepts: ``(batch_size, C, D)``: the concept tokens' attention outputs.
+            image: ``(batch_size, N, D)``: the conditional image tokens' attention outputs (``N = h * w``).
+        """
+        _, h, w = self.grid(image.shape[1])
+        b, n = image.shape[0], image.shape[1]
+        scores = concepts.float() @ image.float().transpose(1, 2) * image.shape[-1] ** -0.5
+        probs = torch.softmax(scores, dim=-1)  # (b, C, N): where in the image each concept is
+        probs = torch.cat([probs, probs.new_zeros(b, 1, n)], dim=1)
+        maps = probs.gather(1, self._concept_of[:, :, None].expand(-1, -1, n))  # (b, T, N)
+        self.add(name, maps.reshape(b, 1, len(self.token_indices), h, w))
 
     def grid(self, seq_len: int) -> tuple[int, int, int]:
         """``(1, h, w)``: every layer attends over the whole token grid ``latent_size``."""
@@ -75,11 +147,7 @@ class JointHeatmapCollector(HeatmapCollector):
         kt = k.transpose(-1, -2)
         probs = torch.cat([torch.softmax(q[:, :, i : i + rows] @ kt * scale, dim=-1).index_select(-1, columns)
                            for i in range(0, n, rows)], dim=2)  # (b, heads, N, T)
-        probs = probs.transpose(-1, -2).reshape(b, heads, len(self.token_indices), h, w)
-        if name in self.maps:
-            self.maps[name] += probs
-        else:
-            self.maps[name] = probs
+        self.add(name, probs.transpose(-1, -2).reshape(b, heads, len(self.token_indices), h, w))
 
 
 class JointHeatmapProcessor:
@@ -101,7 +169,7 @@ class JointHeatmapProcessor:
         value = attn.to_v(hidden_states)
         head_dim = key.shape[-1] // attn.heads
         query, key, value = split_heads(attn, query, key, value)
-        image_query, image_key = query, key
+        image_query, image_key, image_value = query, key, value
 
         if encoder_hidden_states is not None:
             context_query = attn.add_q_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -118,7 +186,7 @@ class JointHeatmapProcessor:
         collector = self.collector
         if collector.active:
             scale = head_dim**-0.5
-            if encoder_hidden_states is not None:
+            if encoder_hidden_states is not None and collector.method == "cross_attention":
                 collector.record(self.name, image_query, key, scale, text_start=image_query.shape[2])
             if collector.refine_power:
                 collector.record_self(image_query, image_key, scale)
@@ -126,6 +194,8 @@ class JointHeatmapProcessor:
         hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
+        if collector.active and collector.stream is not None and encoder_hidden_states is not None:
+            collector.stream.attend(self.name, attn, image_key, image_value, hidden_states[:, : residual.shape[1]])
         if encoder_hidden_states is not None:
             hidden_states, encoder_hidden_states = (hidden_states[:, : residual.shape[1]],
                                                     hidden_states[:, residual.shape[1] :])
@@ -184,7 +254,8 @@ class FluxHeatmapProcessor:
             q, k = query.transpose(1, 2), key.transpose(1, 2)
             image_start = q.shape[2] - collector.latent_size[0] * collector.latent_size[1]
             scale = attn.head_dim**-0.5
-            collector.record(self.name, q[:, :, image_start:], k, scale, text_start=0)
+            if collector.method == "cross_attention":
+                collector.record(self.name, q[:, :, image_start:], k, scale, text_start=0)
             if collector.refine_power:
                 collector.record_self(q[:, :, image_start:], k[:, :, image_start:], scale)
 
@@ -192,6 +263,10 @@ class FluxHeatmapProcessor:
                                               backend=self._attention_backend, parallel_config=self._parallel_config)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
+        if collector.active and collector.stream is not None and encoder_hidden_states is not None:
+            text = encoder_hidden_states.shape[1]
+            collector.stream.attend(self.name, attn, key[:, text:].transpose(1, 2), value[:, text:].transpose(1, 2),
+                                    hidden_states[:, text:])
         if encoder_hidden_states is not None:
             encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
                 [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
@@ -202,21 +277,139 @@ class FluxHeatmapProcessor:
         return hidden_states
 
 
+class ConceptStream:
+    """ConceptAttention's concept tokens, carried through the joint blocks' text stream beside the prompt.
+
+    Hooks on the transformer (each call restarts the stream from ``context_embedder(tokens)``) and on each
+    joint block: before it, the block's ``norm1_context`` of the concept states with the conditional rows'
+    ``temb``; in its attention (:meth:`attend`, called by the processor), the concepts' attention and the
+    maps; after it, the block's residual, ``norm2_context`` and ``ff_context`` update (none in SD3's last,
+    ``context_pre_only`` block).
+    """
+
+    def __init__(self, collector: JointHeatmapCollector, transformer):
+        self.collector = collector
+        self.transformer = transformer
+        self.tokens: torch.Tensor | None = None  # (b, C, joint_attention_dim)
+        self.valid: torch.Tensor | None = None  # (b, C): the prompt's own concepts
+        self.hidden: torch.Tensor | None = None  # (b, C, D): the concepts' residual stream
+        self._initial: torch.Tensor | None = None
+        self._pending: tuple | None = None  # the running block's normalised concepts and gates
+        self._output: torch.Tensor | None = None
+        self._handles: list = []
+
+    def start(self, tokens: torch.Tensor | None, valid: torch.Tensor | None) -> None:
+        """A new batch's concept tokens (``None``: no class word has tokens)."""
+        self.tokens, self.valid, self._initial, self.hidden = tokens, valid, None, None
+
+    def install(self) -> None:
+        self._handles.append(self.transformer.register_forward_pre_hook(self._begin_step))
+        for block in self.transformer.transformer_blocks:
+            self._handles.append(block.register_forward_pre_hook(self._before_block, with_kwargs=True))
+            self._handles.append(block.register_forward_hook(self._after_block))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _running(self) -> bool:
+        return self.collector.active and self.tokens is not None
+
+    def _begin_step(self, module, args) -> None:
+        if not self._running():
+            return
+        if self._initial is None:
+            embedder = self.transformer.context_embedder
+            self._initial = embedder(self.tokens.to(embedder.weight.device, embedder.weight.dtype))
+        self.hidden = self._initial
+
+    def _before_block(self, block, args, kwargs) -> None:
+        if not self._running():
+            return
+        temb = kwargs["temb"][-self.hidden.shape[0]:]
+        if getattr(block, "context_pre_only", False):
+            self._pending = (block.norm1_context(self.hidden, temb), None)
+        else:
+            normed, *gates = block.norm1_context(self.hidden, emb=temb)
+            self._pending = (normed, gates)
+
+    def attend(self, name: str, attn, image_key: torch.Tensor, image_value: torch.Tensor, image_out: torch.Tensor) -> None:
+        """The concepts' attention in one joint layer, and its maps.
+
+        Args:
+            image_key, image_value: ``(batch, heads, N, head_dim)``, as the layer's joint attention used them
+                (after its norms and rotary embedding); the last ``batch_size`` rows are conditional.
+            image_out: ``(batch, N, heads * head_dim)``: the image tokens' attention output, before ``to_out``.
+        """
+        if self._pending is None:
+            return
+        normed = self._pending[0]
+        b, count = normed.shape[:2]
+        heads, head_dim = image_key.shape[1], image_key.shape[-1]
+
+        def project(linear, norm):
+            x = linear(normed).view(b, count, heads, head_dim)
+            return (norm(x) if norm is not None else x).transpose(1, 2)
+
+        q = project(attn.add_q_proj, attn.norm_added_q)
+        k = torch.cat([project(attn.add_k_proj, attn.norm_added_k), image_key[-b:]], dim=2)
+        v = torch.cat([project(attn.add_v_proj, None), image_value[-b:]], dim=2)
+        keep = torch.cat([self.valid.to(q.device), self.valid.new_ones(b, image_key.shape[2]).to(q.device)], dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        out = out.transpose(1, 2).reshape(b, count, heads * head_dim)
+        self.collector.record_concepts(name, out, image_out[-b:])
+        self._output = None if attn.context_pre_only else attn.to_add_out(out)
+
+    def _after_block(self, block, args, output) -> None:
+        if not self._running() or self._pending is None:
+            return
+        gates, out = self._pending[1], self._output
+        self._pending = self._output = None
+        if gates is None or out is None:
+            return
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
+        h = self.hidden + gate_msa.unsqueeze(1) * out
+        normed = block.norm2_context(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        self.hidden = h + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+
+
+def concept_embedding(family: ModelFamily, pipe: DiffusionPipeline, word: str) -> torch.Tensor:
+    """``(joint_attention_dim,)``: ConceptAttention's token for ``word``: the text embedding at the word's first
+    token when the word alone is encoded as the family encodes a prompt (SD3: its first CLIP position; FLUX:
+    its first T5 position)."""
+    batch = family.encode(pipe, [word], "")
+    positions = family.word_positions(pipe, batch.prompts[0], word)
+    if not positions:
+        raise DiffuGenError(f"class word {word!r} has no tokens of its own when encoded alone")
+    return batch.pipeline_kwargs["prompt_embeds"][0, positions[0]]
+
+
 @contextmanager
-def capture_joint_heatmaps(transformer, processor_class: type, refine_power: int = 0) -> Iterator[JointHeatmapCollector]:
+def capture_joint_heatmaps(transformer, processor_class: type, refine_power: int = 0,
+                           method: HeatmapMethod = "cross_attention") -> Iterator[JointHeatmapCollector]:
     """Install ``processor_class`` (:class:`JointHeatmapProcessor`, :class:`FluxHeatmapProcessor`) on every
-    attention layer of ``transformer``; restore the old processors on exit.
+    attention layer of ``transformer`` (and, for ``method="concept_attention"``, the :class:`ConceptStream`
+    hooks on its joint blocks); restore the old processors on exit.
 
     >>> with capture_joint_heatmaps(pipe.transformer, JointHeatmapProcessor) as collector:
     ...     collector.reset(1, [3], (32, 32)); pipe("a photo of a car", height=512, width=512)
     ...     maps = collector.word_heatmaps([[[3]]], (512, 512))
     """
-    collector = JointHeatmapCollector("all", refine_power)
+    if method not in ("cross_attention", "concept_attention"):
+        raise DiffuGenError(f"heatmap_method {method!r}: expected 'cross_attention' or 'concept_attention'")
+    collector = JointHeatmapCollector("all", refine_power, method)
     original = transformer.attn_processors
     transformer.set_attn_processor({name: processor_class(collector, name, proc) for name, proc in original.items()})
+    if method == "concept_attention":
+        collector.stream = ConceptStream(collector, transformer)
+        collector.stream.install()
     try:
         yield collector
     finally:
         collector.active = False
         collector._scores = collector._head_sum = None  # up to b × heads × 1024² floats
+        if collector.stream is not None:
+            collector.stream.remove()
+            collector.stream = None
         transformer.set_attn_processor(original)

@@ -43,6 +43,7 @@ from ..store.writer import SampleWriter
 from .attention import HeatmapCollector
 from .embeddings import load_textual_inversions
 from .family import family_of
+from .joint_attention import concept_embedding
 from .models import cached_pipeline, resolve_device, set_scheduler
 from .planner import inpaint_mask, plan, plan_warnings
 
@@ -139,6 +140,7 @@ class Runner:
         self.media_root = safe_child(self.root, cfg.dataset_name)
         self.timings: dict[str, float] | None = None
         self._models: dict[str, object] = {}
+        self._concepts: dict[tuple[int, str], torch.Tensor] = {}
         self._defaults: dict[str, dict] = {}  # per model: its family's call defaults (ModelFamily.call_defaults)
         self._yolo = None
         self._yolo_skipped = False
@@ -193,8 +195,12 @@ class Runner:
                                    self.cfg.model_family)
             load_textual_inversions(base, self.cfg.textual_inversion)
             base.set_progress_bar_config(disable=True)
+            family = family_of(base)
+            if self.cfg.heatmap_method not in family.heatmap_methods:
+                raise DiffuGenError(f"heatmap_method {self.cfg.heatmap_method!r}: model {model} is a {family.name!r} "
+                                    f"model, which offers {list(family.heatmap_methods)}")
             self._models[model] = base
-            self._defaults[model] = family_of(base).call_defaults(base)
+            self._defaults[model] = family.call_defaults(base)
         base = self._models[model]
         pipe = family_of(base).task_pipeline(base, task)
         set_scheduler(pipe, self.cfg.task_value(task, "scheduler"))
@@ -212,6 +218,13 @@ class Runner:
         if model not in self._defaults:
             self.pipeline(task)
         return self._defaults[model][name]
+
+    def _concept(self, pipe: DiffusionPipeline, family, word: str) -> torch.Tensor:
+        """ConceptAttention's token for ``word`` (computed once per model and word)."""
+        key = (id(pipe.transformer), word)
+        if key not in self._concepts:
+            self._concepts[key] = concept_embedding(family, pipe, word)
+        return self._concepts[key]
 
     @torch.no_grad()
     def run_batch(self, pipe: DiffusionPipeline, collector: HeatmapCollector, task: str, items: Sequence[WorkItem],
@@ -252,6 +265,9 @@ class Runner:
                 kwargs.update(height=height, width=width)
             collector.reset(len(items), sorted({t for per in positions for p in per for t in p}),
                             family.latent_size(pipe, height, width))
+            if collector.method == "concept_attention":
+                collector.set_concepts([[self._concept(pipe, family, w) for w, _ in it.class_words] for it in items],
+                                       positions)
             out = pipe(
                 **encoded.pipeline_kwargs,
                 num_inference_steps=self.setting(task, "steps"),
@@ -403,7 +419,7 @@ class Runner:
         bar = tqdm(total=missing, desc=f"{cfg.dataset_name} {task}", unit="img")
         family = family_of(pipe)
         with family.capture(pipe, cfg.heatmap_layers, cfg.self_attention_power,
-                            cfg.self_attention_layers) as collector, SampleWriter(ds) as writer:
+                            cfg.self_attention_layers, cfg.heatmap_method) as collector, SampleWriter(ds) as writer:
             for batch in todo:
                 masks = [masks_by_key[it.key] for it in batch] if task == "inpaint" else None
                 folders = [folders_of[it.key] for it in batch]

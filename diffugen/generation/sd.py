@@ -118,7 +118,8 @@ class StableDiffusionFamily(ModelFamily):
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
         return word_positions(pipe, encoded, word)
 
-    def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0, refine_layers: RefineLayers = "down"):
+    def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
+                refine_layers: RefineLayers = "down", method: str = "cross_attention"):
         return capture_heatmaps(pipe.unet, layers, refine_power, refine_layers)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):

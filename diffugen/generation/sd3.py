@@ -122,6 +122,7 @@ class StableDiffusion3Family(ModelFamily):
     name = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
+    heatmap_methods = ("cross_attention", "concept_attention")
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import SD3Transformer2DModel
@@ -161,8 +162,8 @@ class StableDiffusion3Family(ModelFamily):
                 for k in range(max(len(clip), len(t5)))]
 
     def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
-                refine_layers: RefineLayers = "down"):
-        return capture_joint_heatmaps(pipe.transformer, JointHeatmapProcessor, refine_power)
+                refine_layers: RefineLayers = "down", method: str = "cross_attention"):
+        return capture_joint_heatmaps(pipe.transformer, JointHeatmapProcessor, refine_power, method)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
         from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline
