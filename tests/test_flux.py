@@ -17,11 +17,13 @@ from conftest import (
     oracle_agreement,
     small_config,
 )
+from diffusers import FluxFillPipeline
 
 from diffugen.config import parse_config
 from diffugen.generation.builtin import build_tiny_flux_pipeline
 from diffugen.generation.family import family_of
 from diffugen.generation.models import load_pipeline
+from diffugen.generation.runner import generate
 
 FLUX = "builtin:tiny-flux"
 DOUBLE, SINGLE = "transformer_blocks.0.attn.processor", "single_transformer_blocks.0.attn.processor"
@@ -137,3 +139,41 @@ def test_heatmaps_agree_with_attention_map_diffusers(flux):
     agreement = oracle_agreement(flux, layers=["transformer_blocks."])
     print(f"tiny FLUX: Pearson r per word {agreement}")
     assert min(agreement.values()) >= 0.99, agreement
+
+
+# ---- FLUX Fill: inpainting with the masked image and mask as input channels -----------------------------
+def test_fill_model_inpaints_the_children_of_another_model(tmp_path, dataset_name):
+    """txt2img with tiny FLUX, inpaint with tiny FLUX Fill (saved and reloaded as a folder: its model_index
+    names FluxFillPipeline): FluxFillPipeline makes the children, with its own default guidance (30); only
+    masked pixels change."""
+    import numpy as np
+    from PIL import Image
+
+    from diffugen.generation.runner import Runner
+
+    folder = tmp_path / "tiny-flux-fill"
+    fill = build_tiny_flux_pipeline(fill=True)
+    FluxFillPipeline.from_pipe(fill).save_pretrained(folder)
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxFillPipeline"
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, steps=2, seeds=[11], attributes=TWO,
+                                    inpaint={"model": str(folder), "replacements": {"car": ["red suv"]},
+                                             "strength": 1.0}))
+    assert type(Runner(cfg).pipeline("inpaint")).__name__ == "FluxFillPipeline"
+    summary = generate(cfg)
+    assert summary.tasks[1].task == "inpaint" and summary.tasks[1].made >= 1
+    ds = fo.load_dataset(dataset_name)
+    for child in ds.match(fo.ViewField("task") == "inpaint"):
+        assert child.model == str(folder) and child.guidance_scale == 30.0 and child.inpaint_replaced == "car"
+        assert len(child.word_heatmaps) == len(child.class_words)
+        painted, parent = np.asarray(Image.open(child.filepath)), np.asarray(Image.open(ds[child.parent_id].filepath))
+        changed = (painted != parent).any(-1)
+        assert changed.any() and not changed.all()
+
+
+def test_fill_model_refuses_txt2img_before_writing(tmp_path, dataset_name):
+    from diffugen.errors import DiffuGenError
+
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model="builtin:tiny-flux-fill", steps=2))
+    with pytest.raises(DiffuGenError, match=r"txt2img: a FLUX Fill model .*288 input channels\) only inpaints"):
+        generate(cfg)
+    assert not fo.dataset_exists(dataset_name)

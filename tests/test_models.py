@@ -2,6 +2,7 @@
 
 import fiftyone as fo
 import pytest
+import torch
 from conftest import small_config
 
 from diffugen.config import parse_config
@@ -56,3 +57,14 @@ def test_a_pipeline_of_no_known_family_is_named_in_the_error(tiny_pipe):
     with pytest.raises(ModelNotFoundError, match=r"FancyPipeline.*families it serves are \[.*'sd'"):
         family_of(FancyPipeline())
     assert family_of(tiny_pipe).name == "sd"
+
+
+def test_auto_dtype_is_float32_on_cpu_and_the_familys_own_on_a_gpu():
+    from diffugen.generation.family import family_named
+    from diffugen.generation.models import resolve_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert {f: resolve_dtype("auto", cuda, family_named(f)) for f in ("sd", "sdxl", "sd3", "flux")} == {
+        "sd": torch.float16, "sdxl": torch.float16, "sd3": torch.bfloat16, "flux": torch.bfloat16}
+    assert resolve_dtype("auto", cpu, family_named("flux")) == torch.float32
+    assert resolve_dtype("float16", cpu, family_named("flux")) == torch.float16  # what the config says wins

@@ -324,7 +324,7 @@ def build_tiny_sd3_pipeline(with_t5: bool = True):
     )
 
 
-def build_tiny_flux_pipeline():
+def build_tiny_flux_pipeline(fill: bool = False):
     """Build ``builtin:tiny-flux``: a FluxPipeline (FLUX.1-dev's layout) with small random-weight components.
 
     A CLIP-L text encoder (``CLIPTextModel``, its pooled output conditions the transformer), a T5
@@ -334,6 +334,9 @@ def build_tiny_flux_pipeline():
     with FLUX's scaling and shift, whose 4-channel latents are packed 2×2 into 16-channel tokens (so
     the token grid is 1/16 of the image); FLUX-dev's flow-matching scheduler with resolution-dependent
     shift. Random weights from fixed seeds.
+
+    ``fill=True`` builds ``builtin:tiny-flux-fill``, FLUX.1-Fill-dev's layout: the transformer also takes the
+    masked image's packed latents (16 channels) and the packed 8×8 pixel mask (256) as input channels.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
@@ -344,7 +347,7 @@ def build_tiny_flux_pipeline():
     text_encoder_2 = _t5_encoder(tokenizer_2, 4)
     torch.manual_seed(1)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=1, in_channels=16 + (16 + 256 if fill else 0), out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=TINY_T5["d_model"],
         pooled_projection_dim=text_encoder.config.hidden_size, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
     )
@@ -357,4 +360,5 @@ def build_tiny_flux_pipeline():
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
-BUILTINS.update({"tiny-sd3": build_tiny_sd3_pipeline, "tiny-flux": build_tiny_flux_pipeline})
+BUILTINS.update({"tiny-sd3": build_tiny_sd3_pipeline, "tiny-flux": build_tiny_flux_pipeline,
+                 "tiny-flux-fill": lambda: build_tiny_flux_pipeline(fill=True)})

@@ -64,6 +64,7 @@ class ModelFamily(ABC):
     class_names: ClassVar[tuple[str, ...]] = ()
     load_kwargs: ClassVar[dict[str, Any]] = {}
     heatmap_methods: ClassVar[tuple[str, ...]] = ("cross_attention",)  # what :meth:`capture`'s ``method`` takes
+    cuda_dtype: ClassVar[str] = "float16"  # what ``dtype: "auto"`` loads on a GPU
 
     @abstractmethod
     def matches(self, pipe: DiffusionPipeline) -> bool:

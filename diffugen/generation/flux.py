@@ -10,15 +10,21 @@ classifier-free guidance, so the whole batch is conditional and the negative pro
 is not passed, so the pipeline's ``true_cfg_scale`` path never runs). Heatmaps come from the joint
 attention of every block (:mod:`.joint_attention`) on the token grid: FLUX packs 2×2 latents into one
 token, so the grid is 1/16 of the image for its 8× VAE.
+
+A FLUX Fill model (FLUX.1-Fill-dev) inpaints with ``FluxFillPipeline``: the masked image and the mask
+enter the transformer as extra input channels of the same image tokens, so capture is unchanged. It
+cannot make images from text alone: txt2img and img2img need another model.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from ..errors import DiffuGenError
 from .attention import LayerChoice, RefineLayers
 from .family import EncodedBatch, ModelFamily
 from .joint_attention import FluxHeatmapProcessor, capture_joint_heatmaps
@@ -30,6 +36,13 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 logger = logging.getLogger(__name__)
+
+
+def is_fill(pipe: DiffusionPipeline) -> bool:
+    """Whether ``pipe``'s transformer is a FLUX Fill one: it takes the noisy latents, the masked image's latents
+    and the mask as its input channels, and predicts only the latents' (FLUX.1-Fill-dev: 384 in, 64 out)."""
+    config = pipe.transformer.config
+    return config.in_channels > (config.out_channels or config.in_channels)
 
 
 @torch.no_grad()
@@ -53,8 +66,9 @@ class FluxFamily(ModelFamily):
 
     name = "flux"
     pipeline_class = "FluxPipeline"
-    class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline")
     heatmap_methods = ("cross_attention", "concept_attention")
+    cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import FluxTransformer2DModel
@@ -76,10 +90,27 @@ class FluxFamily(ModelFamily):
         return capture_joint_heatmaps(pipe.transformer, FluxHeatmapProcessor, refine_power, method)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
-        from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+        from diffusers import FluxFillPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
 
+        if is_fill(pipe):
+            if task != "inpaint":
+                raise DiffuGenError(
+                    f"{task}: a FLUX Fill model (its transformer takes the masked image and the mask: "
+                    f"{pipe.transformer.config.in_channels} input channels) only inpaints; give the {task} task "
+                    "another FLUX model (the task section's 'model') and keep the Fill model for 'inpaint'")
+            return FluxFillPipeline.from_pipe(pipe)
         cls = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}[task]
         return cls.from_pipe(pipe)  # a new object sharing the weights: a scheduler set on it leaves pipe's alone
+
+    def call_defaults(self, pipe: DiffusionPipeline) -> dict:
+        """FluxPipeline's defaults; a Fill model's are FluxFillPipeline's (guidance 30, 50 steps)."""
+        defaults = super().call_defaults(pipe)
+        if is_fill(pipe):
+            from diffusers import FluxFillPipeline
+
+            params = inspect.signature(FluxFillPipeline.__call__).parameters
+            defaults.update(steps=params["num_inference_steps"].default, guidance_scale=params["guidance_scale"].default)
+        return defaults
 
     def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
         """The token grid: the latent grid packed 2×2."""

@@ -38,9 +38,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, family: ModelFamily | None = None) -> torch.dtype:
+    """``dtype`` as a torch dtype; ``"auto"``: float32 on the CPU, the family's :attr:`~.family.ModelFamily.cuda_dtype`
+    on a GPU (float16 for SD/SDXL, bfloat16 for SD3/FLUX, whose activations overflow float16)."""
     if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return getattr(torch, family.cuda_dtype if family else "float16") if device.type == "cuda" else torch.float32
     return getattr(torch, dtype)
 
 
@@ -193,13 +195,13 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
             of a family DiffuGen does not serve (the message names its class and the families served).
     """
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
     asked = None if model_family == "auto" else family_named(model_family)
     if model.startswith("builtin:"):
         name = model.split(":", 1)[1]
         if name not in BUILTINS:
             raise ModelNotFoundError(f"unknown built-in model {model!r}; built-in models are {sorted('builtin:' + n for n in BUILTINS)}")
         pipe = BUILTINS[name]()
+        torch_dtype = resolve_dtype(dtype, dev, asked or family_of(pipe))
         if pipe.dtype != torch_dtype:
             pipe = pipe.to(torch_dtype)
         return _served(pipe, model, asked, dev)
@@ -209,6 +211,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
         if not path.is_file():
             raise ModelNotFoundError(f"model checkpoint file not found: {path.resolve()}")
         family = checkpoint_family(path, checkpoint_config, model_family)
+        torch_dtype = resolve_dtype(dtype, dev, family)
         try:
             absent = _absent_components(checkpoint_config) if checkpoint_config else {}
             if checkpoint_config and _denoiser_only(path):
@@ -230,6 +233,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
                 "give a diffusers folder, a .safetensors/.ckpt file, a hub id or builtin:tiny"
             )
         family = asked or family_of_class(_class_name(str(path)), str(path.resolve()))
+        torch_dtype = resolve_dtype(dtype, dev, family)
         pipe = _pipeline_class(family).from_pretrained(str(path), dtype=torch_dtype,
                                                        **{**_absent_components(str(path)), **family.load_kwargs})
         return _served(pipe, model, family, dev)
@@ -239,6 +243,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
         )
     try:
         family = asked or family_of_class(_class_name(model), model)
+        torch_dtype = resolve_dtype(dtype, dev, family)
         pipe = _pipeline_class(family).from_pretrained(model, dtype=torch_dtype,
                                                        **{**_absent_components(model), **family.load_kwargs})
     except ModelNotFoundError:

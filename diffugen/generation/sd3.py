@@ -123,6 +123,7 @@ class StableDiffusion3Family(ModelFamily):
     pipeline_class = "StableDiffusion3Pipeline"
     class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
     heatmap_methods = ("cross_attention", "concept_attention")
+    cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import SD3Transformer2DModel
