@@ -156,10 +156,10 @@ def generate_config(params: dict, dataset: fo.Dataset | None):
         "templates": [t.strip() for t in (params.get("templates") or "").splitlines() if t.strip()],
         "attributes": json.loads(params.get("attributes") or "{}"),
         "class_words": [w.strip() for w in (params.get("class_words") or "").split(",") if w.strip()],
-        "width": params.get("width", 512),
-        "height": params.get("height", 512),
-        "steps": params.get("steps", 30),
     }
+    for key in ("width", "height", "steps"):  # empty: the model's own (ModelFamily.call_defaults)
+        if params.get(key) is not None:
+            raw[key] = params[key]
     if params.get("image_count"):
         raw["image_count"] = params["image_count"]
     seeds = (params.get("seeds") or "").strip()
@@ -191,9 +191,11 @@ def generate_inputs(ctx, inputs) -> None:
         inputs.str("class_words", label="Class words", description="comma-separated words to label, e.g. car, bus")
         number(inputs, ctx, "image_count", None, "Image count", lo=1, integer=True,
                description="a deterministic subset of all prompt × seed combinations (empty: all)")
-        number(inputs, ctx, "width", 512, "Width", lo=MIN_SIDE, hi=MAX_SIDE, integer=True)
-        number(inputs, ctx, "height", 512, "Height", lo=MIN_SIDE, hi=MAX_SIDE, integer=True)
-        number(inputs, ctx, "steps", 30, "Steps", lo=MIN_STEPS, hi=MAX_STEPS, integer=True)
+        for key, label in (("width", "Width"), ("height", "Height")):
+            number(inputs, ctx, key, None, label, lo=MIN_SIDE, hi=MAX_SIDE, integer=True,
+                   description="empty: the model's own (SD 1.5: 512, SDXL/SD3/FLUX: 1024)")
+        number(inputs, ctx, "steps", None, "Steps", lo=MIN_STEPS, hi=MAX_STEPS, integer=True,
+               description="empty: the model's own (SD: 50, SD3/FLUX: 28)")
         seeds = inputs.str("seeds", label="Seeds", description="comma-separated integers, e.g. 0, 1, 2")
         try:
             [int(s) for s in (params.get("seeds") or "").replace(" ", "").split(",") if s]
