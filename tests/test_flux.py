@@ -28,6 +28,7 @@ from diffugen.generation.runner import generate
 FLUX = "builtin:tiny-flux"
 DOUBLE, SINGLE = "transformer_blocks.0.attn.processor", "single_transformer_blocks.0.attn.processor"
 
+ONE = {"view": ["rear"], "object": ["car"], "time": ["noon"]}
 TWO = {"view": ["rear"], "object": ["car", "bus"], "time": ["noon"]}
 
 
@@ -177,3 +178,35 @@ def test_fill_model_refuses_txt2img_before_writing(tmp_path, dataset_name):
     with pytest.raises(DiffuGenError, match=r"txt2img: a FLUX Fill model .*288 input channels\) only inpaints"):
         generate(cfg)
     assert not fo.dataset_exists(dataset_name)
+
+
+# ---- FLUX Kontext: editing with the parent as the reference image --------------------------------------
+def test_kontext_model_edits_children_as_its_own_pipeline_does(tmp_path, dataset_name):
+    """A folder whose model_index names FluxKontextPipeline loads as one; img2img children are the plain
+    FluxKontextPipeline's edit of the parent (the reference image) with the child's prompt (no strength), and
+    inpaint uses FluxKontextInpaintPipeline; every sample has its word heatmaps."""
+    import numpy as np
+    from diffusers import FluxKontextPipeline
+    from PIL import Image
+
+    from diffugen.generation.runner import Runner
+
+    folder = tmp_path / "tiny-flux-kontext"
+    FluxKontextPipeline.from_pipe(build_tiny_flux_pipeline()).save_pretrained(folder)
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=str(folder), steps=2, seeds=[11],
+                                    attributes=ONE, img2img={"attributes": {"time": ["night"]}},
+                                    inpaint={"replacements": {"car": ["red suv"]}}))
+    runner = Runner(cfg)
+    assert [type(runner.pipeline(t)).__name__ for t in cfg.tasks()] == [
+        "FluxKontextPipeline", "FluxKontextPipeline", "FluxKontextInpaintPipeline"]
+    summary = generate(cfg, runner=runner)
+    assert [t.made for t in summary.tasks][:2] == [1, 1]
+    ds = fo.load_dataset(dataset_name)
+    assert all(len(s.word_heatmaps) == len(s.class_words) == 1 for s in ds)
+    child = ds.match(fo.ViewField("task") == "img2img").first()
+    plain = load_pipeline(str(folder))
+    plain.set_progress_bar_config(disable=True)
+    out = plain(image=Image.open(ds[child.parent_id].filepath), prompt=child.prompt, height=64, width=96, max_area=64 * 96,
+                generator=torch.Generator("cpu").manual_seed(child.seed), num_inference_steps=2, output_type="np")
+    image = (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)
+    assert "night" in child.prompt and np.array_equal(image, np.asarray(Image.open(child.filepath)))

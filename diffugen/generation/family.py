@@ -53,16 +53,18 @@ def token_runs(positions: Sequence[int]) -> list[list[int]]:
 class ModelFamily(ABC):
     """One kind of diffusion model (e.g. SD 1.x/2.x: a CLIP text encoder and a UNet).
 
-    Loading (:mod:`.models`) reads three class attributes: ``pipeline_class``, the diffusers
+    Loading (:mod:`.models`) reads four class attributes: ``pipeline_class``, the diffusers
     text-to-image pipeline a model of the family is loaded with; ``class_names``, the
-    ``model_index.json`` ``_class_name`` values that mean this family; ``load_kwargs``, extra
-    arguments to ``from_pretrained``/``from_single_file``.
+    ``model_index.json`` ``_class_name`` values that mean this family; ``own_classes``, those among them
+    loaded with their own class (a FLUX Kontext model: what it is shows only there); ``load_kwargs``,
+    extra arguments to ``from_pretrained``/``from_single_file``.
     """
 
     name: ClassVar[str] = ""
     pipeline_class: ClassVar[str] = ""
     class_names: ClassVar[tuple[str, ...]] = ()
     load_kwargs: ClassVar[dict[str, Any]] = {}
+    own_classes: ClassVar[tuple[str, ...]] = ()  # class names loaded as themselves, not as ``pipeline_class``
     heatmap_methods: ClassVar[tuple[str, ...]] = ("cross_attention",)  # what :meth:`capture`'s ``method`` takes
     cuda_dtype: ClassVar[str] = "float16"  # what ``dtype: "auto"`` loads on a GPU
 
@@ -88,6 +90,12 @@ class ModelFamily(ABC):
     @abstractmethod
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
         """The ``task`` pipeline (txt2img, img2img, inpaint) sharing ``pipe``'s weights."""
+
+    def task_kwargs(self, pipe: DiffusionPipeline, task: str, kwargs: dict[str, Any], size: tuple[int, int]
+                    ) -> dict[str, Any]:
+        """The task's pipeline arguments (:func:`~.runner.task_inputs`) as ``pipe`` takes them, for an image of
+        ``size`` ``(height, width)``; by default unchanged."""
+        return kwargs
 
     def word_occurrences(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[list[int]]:
         """The positions of each occurrence of ``word`` in ``encoded``: by default the runs of consecutive

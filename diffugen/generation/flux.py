@@ -13,7 +13,11 @@ token, so the grid is 1/16 of the image for its 8× VAE.
 
 A FLUX Fill model (FLUX.1-Fill-dev) inpaints with ``FluxFillPipeline``: the masked image and the mask
 enter the transformer as extra input channels of the same image tokens, so capture is unchanged. It
-cannot make images from text alone: txt2img and img2img need another model.
+cannot make images from text alone: txt2img and img2img need another model. A FLUX Kontext model
+(FLUX.1-Kontext-dev; ``model_index.json`` names ``FluxKontextPipeline``) makes txt2img images as FLUX does
+and edits with its own pipelines: img2img gives it the parent as the reference image and the child's
+prompt as the edit (``FluxKontextPipeline``, which has no ``strength``), inpaint uses
+``FluxKontextInpaintPipeline``. Its reference image's tokens follow the image's in the joint sequence.
 """
 
 from __future__ import annotations
@@ -66,7 +70,9 @@ class FluxFamily(ModelFamily):
 
     name = "flux"
     pipeline_class = "FluxPipeline"
-    class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline")
+    class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
+                   "FluxKontextPipeline", "FluxKontextInpaintPipeline")
+    own_classes = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
     heatmap_methods = ("cross_attention", "concept_attention")
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
 
@@ -90,7 +96,8 @@ class FluxFamily(ModelFamily):
         return capture_joint_heatmaps(pipe.transformer, FluxHeatmapProcessor, refine_power, method)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
-        from diffusers import FluxFillPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+        from diffusers import (FluxFillPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline, FluxKontextInpaintPipeline,
+                               FluxKontextPipeline, FluxPipeline)
 
         if is_fill(pipe):
             if task != "inpaint":
@@ -99,8 +106,24 @@ class FluxFamily(ModelFamily):
                     f"{pipe.transformer.config.in_channels} input channels) only inpaints; give the {task} task "
                     "another FLUX model (the task section's 'model') and keep the Fill model for 'inpaint'")
             return FluxFillPipeline.from_pipe(pipe)
+        if isinstance(pipe, (FluxKontextPipeline, FluxKontextInpaintPipeline)):
+            kontext = FluxKontextInpaintPipeline if task == "inpaint" else FluxKontextPipeline
+            return kontext.from_pipe(pipe)
         cls = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}[task]
         return cls.from_pipe(pipe)  # a new object sharing the weights: a scheduler set on it leaves pipe's alone
+
+    def task_kwargs(self, pipe: DiffusionPipeline, task: str, kwargs: dict, size: tuple[int, int]) -> dict:
+        """Kontext: no ``strength`` when editing; the asked size kept (its pipelines otherwise make 1024² pixels,
+        and resize an image to inpaint to a Kontext resolution)."""
+        from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
+
+        if not isinstance(pipe, (FluxKontextPipeline, FluxKontextInpaintPipeline)):
+            return kwargs
+        kwargs = dict(kwargs, max_area=size[0] * size[1])
+        if task == "inpaint":
+            return dict(kwargs, _auto_resize=False)
+        kwargs.pop("strength", None)
+        return kwargs
 
     def call_defaults(self, pipe: DiffusionPipeline) -> dict:
         """FluxPipeline's defaults; a Fill model's are FluxFillPipeline's (guidance 30, 50 steps)."""

@@ -73,6 +73,7 @@ class JointHeatmapCollector(HeatmapCollector):
         super().__init__(layers, refine_power)
         self.method: HeatmapMethod = method
         self.stream: ConceptStream | None = None  # set by capture_joint_heatmaps for "concept_attention"
+        self.text_length = 0  # FLUX: the text tokens before the image's in the joint sequence
         self._concept_of: torch.Tensor | None = None
 
     def set_concepts(self, embeddings: Sequence[Sequence[torch.Tensor]], positions: Sequence[Sequence[Sequence[int]]]) -> None:
@@ -212,7 +213,8 @@ class FluxHeatmapProcessor:
     """FLUX's attention processor: the output as ``FluxAttnProcessor`` (its attention dispatch), attention to a collector.
 
     Double-stream blocks concatenate ``[text, image]`` themselves; single-stream blocks receive that
-    sequence whole, and their image tokens are its last ``h * w``. The original processor's attention
+    sequence whole. The image tokens are the ``h * w`` after the text: FLUX Kontext appends its reference
+    image's tokens after them, which keys include (the joint softmax runs over them) but no map is made of. The original processor's attention
     backend is kept.
     """
 
@@ -252,21 +254,22 @@ class FluxHeatmapProcessor:
         if collector.active:
             # (batch, S, heads, head_dim) → (batch, heads, S, head_dim); the image tokens are the last h * w.
             q, k = query.transpose(1, 2), key.transpose(1, 2)
-            image_start = q.shape[2] - collector.latent_size[0] * collector.latent_size[1]
+            if encoder_hidden_states is not None:  # double blocks run first: single blocks reuse the length
+                collector.text_length = encoder_hidden_states.shape[1]
+            image = slice(collector.text_length, collector.text_length + collector.latent_size[0] * collector.latent_size[1])
             scale = attn.head_dim**-0.5
             if collector.method == "cross_attention":
-                collector.record(self.name, q[:, :, image_start:], k, scale, text_start=0)
+                collector.record(self.name, q[:, :, image], k, scale, text_start=0)
             if collector.refine_power:
-                collector.record_self(q[:, :, image_start:], k[:, :, image_start:], scale)
+                collector.record_self(q[:, :, image], k[:, :, image], scale)
 
         hidden_states = dispatch_attention_fn(query, key, value, attn_mask=attention_mask,
                                               backend=self._attention_backend, parallel_config=self._parallel_config)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
         if collector.active and collector.stream is not None and encoder_hidden_states is not None:
-            text = encoder_hidden_states.shape[1]
-            collector.stream.attend(self.name, attn, key[:, text:].transpose(1, 2), value[:, text:].transpose(1, 2),
-                                    hidden_states[:, text:])
+            collector.stream.attend(self.name, attn, key[:, image].transpose(1, 2), value[:, image].transpose(1, 2),
+                                    hidden_states[:, image])
         if encoder_hidden_states is not None:
             encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
                 [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)

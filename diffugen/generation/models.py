@@ -159,10 +159,10 @@ def _with_denoiser_from_file(family: ModelFamily, path: Path, checkpoint_config:
                                                    **{**absent, **family.load_kwargs, name: denoiser})
 
 
-def _pipeline_class(family: ModelFamily):
+def _pipeline_class(family: ModelFamily, class_name: str = ""):
     import diffusers
 
-    return getattr(diffusers, family.pipeline_class)
+    return getattr(diffusers, class_name if class_name in family.own_classes else family.pipeline_class)
 
 
 def _served(pipe: DiffusionPipeline, model: str, family: ModelFamily | None, dev: torch.device):
@@ -234,7 +234,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
             )
         family = asked or family_of_class(_class_name(str(path)), str(path.resolve()))
         torch_dtype = resolve_dtype(dtype, dev, family)
-        pipe = _pipeline_class(family).from_pretrained(str(path), dtype=torch_dtype,
+        pipe = _pipeline_class(family, _class_name(str(path))).from_pretrained(str(path), dtype=torch_dtype,
                                                        **{**_absent_components(str(path)), **family.load_kwargs})
         return _served(pipe, model, family, dev)
     if "/" not in model or model.startswith((".", "/", "~")) or model.count("/") > 1:
@@ -244,7 +244,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
     try:
         family = asked or family_of_class(_class_name(model), model)
         torch_dtype = resolve_dtype(dtype, dev, family)
-        pipe = _pipeline_class(family).from_pretrained(model, dtype=torch_dtype,
+        pipe = _pipeline_class(family, _class_name(model)).from_pretrained(model, dtype=torch_dtype,
                                                        **{**_absent_components(model), **family.load_kwargs})
     except ModelNotFoundError:
         raise

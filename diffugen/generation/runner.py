@@ -263,6 +263,7 @@ class Runner:
             if "height" not in kwargs and "height" in inspect.signature(pipe.__call__).parameters:
                 # SD3's and FLUX's img2img pipelines resize the image to the model's default size unless told
                 kwargs.update(height=height, width=width)
+            kwargs = family.task_kwargs(pipe, task, kwargs, (height, width))
             collector.reset(len(items), sorted({t for per in positions for p in per for t in p}),
                             family.latent_size(pipe, height, width))
             if collector.method == "concept_attention":
