@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -104,6 +104,9 @@ class LabelParams(BaseModel):
             (:mod:`diffugen.labels.scoring`; heatmaps stored without their scale fall back to the
             next); ``"size_intensity"``: the paper's score (module docstring).
         resolve: A pixel belongs to at most one word's instance (:func:`label_heatmaps`).
+        core: Each instance is cut to the core of its word's map (:func:`core_threshold`) once found
+            and scored on the thresholded mask: the blurred maps make Otsu masks larger than their
+            objects (on the toy world a wrong label covered its object whole at 0.43 precision).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -116,6 +119,7 @@ class LabelParams(BaseModel):
     full_score_area: _Fraction = 0.01
     score: Literal["attention", "size_intensity"] = "attention"
     resolve: bool = True
+    core: bool = True
 
 
 @dataclass
@@ -244,6 +248,30 @@ def word_mask(norm: np.ndarray, params: LabelParams) -> tuple[np.ndarray, float]
     binary = _morph(binary, kernel_side(params.erode, height, width), cv2.MORPH_ERODE)
     binary = _morph(binary, kernel_side(params.dilate, height, width), cv2.MORPH_DILATE)
     return binary, thr
+
+
+def core_threshold(norm: np.ndarray) -> float | None:
+    """The upper threshold of a three-class Otsu (:func:`skimage.filters.threshold_multiotsu`) of a
+    normalised map, on the ``[0, 1]`` scale: a word's map holds the background, a halo that the
+    attention's low resolution and the upsampling blur around each object, and the object; the core is
+    the last class. ``None`` for a map of fewer than three levels."""
+    from skimage.filters import threshold_multiotsu
+
+    u8 = cv2.convertScaleAbs(norm, alpha=255.0)
+    if len(np.unique(u8)) < 3:
+        return None
+    return float(threshold_multiotsu(u8, classes=3)[-1]) / 255.0
+
+
+def cut_to_core(inst: Instance, core: np.ndarray, norm: np.ndarray, params: LabelParams) -> Instance:
+    """``inst`` cut to its largest piece inside the ``bool (H, W)`` ``core`` (an instance stays one connected
+    region, one polygon), keeping its score and features; unchanged when no piece of at least ``min_area``
+    is left."""
+    inside = (instance_mask(inst, core.shape) & core).astype(np.uint8)
+    _, pieces = mask_instances(inside, norm, params)
+    if not pieces:
+        return inst
+    return replace(max(pieces, key=lambda p: p.area), score=inst.score, features=inst.features)
 
 
 def mask_instances(binary: np.ndarray, norm: np.ndarray, params: LabelParams) -> tuple[np.ndarray, list[Instance]]:
@@ -394,6 +422,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     4. The instances of each occurrence's mask (:func:`mask_instances`).
     5. Scores: with ``params.score == "attention"`` and ``ranges``, :mod:`.scoring`'s score; otherwise
        the paper's size × intensity.
+    6. With ``params.core``, each instance is cut to the core of its word's map (:func:`cut_to_core`).
 
     Args:
         word_maps: uint8 ``(H, W)`` per map (one per occurrence of a class word), min-max normalised.
@@ -436,6 +465,19 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
                 inst.features = scoring.instance_features(raw, total, before[words[k]], instance_mask(inst, raw.shape), lo)
                 inst.score = scoring.attention_score(inst.features)
             wl.instances.sort(key=lambda inst: inst.score, reverse=True)
+    # 6. Each instance cut to the core of its word's map (found and scored on the coarser mask above).
+    if params.core:
+        for w, ks in groups.items():
+            norm = norms[ks[0]] if len(ks) == 1 else normalize_heatmap(word_heat[w])
+            t = core_threshold(norm)
+            if t is None:
+                continue
+            for k in ks:
+                wl = word_labels[k]
+                wl.instances = [cut_to_core(inst, norm > t, norms[k], params) for inst in wl.instances]
+                wl.mask = np.zeros_like(wl.mask)
+                for inst in wl.instances:
+                    wl.mask |= instance_mask(inst, wl.mask.shape)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
     return DaamLabels(list(words), list(classes), word_labels, mask)
 
