@@ -80,11 +80,13 @@ def collect(split: str, n: int, children: int, hollow_rate: float) -> Path:
 VARIANTS = {
     # name: (label parameters, per-occurrence maps, score) — "before": what DiffuGen did until the score
     # rework (one map per word, words not resolved, the paper's score).
-    "before": ({"resolve": False, "score": "size_intensity"}, False),
-    "occurrences": ({"resolve": False, "score": "size_intensity"}, True),
-    "resolved": ({"resolve": True, "score": "size_intensity"}, True),
-    "after": ({"resolve": True, "score": "attention"}, True),
+    "before": ({"resolve": False, "score": "size_intensity", "core": False}, False),
+    "occurrences": ({"resolve": False, "score": "size_intensity", "core": False}, True),
+    "resolved": ({"resolve": True, "score": "size_intensity", "core": False}, True),
+    "uncored": ({"resolve": True, "score": "attention", "core": False}, True),
+    "after": ({"resolve": True, "score": "attention"}, True),  # instances cut to their map's core (labels.core)
 }
+SCORED = ("uncored", "after")  # the variants the fitted weights score
 
 
 def merged_per_word(stored):
@@ -157,7 +159,9 @@ def fit(c: float) -> dict:
     from diffugen.labels.scoring import FEATURES
     from diffugen.toyworld.evaluation import label_metrics
 
-    _, rows, right = judge_split("train", "after")
+    # The score says whether a found blob is its object: fitted on the blobs as found (the core cut after
+    # them changes their masks, not their features).
+    _, rows, right = judge_split("train", "uncored")
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
     model = LogisticRegression(C=c, max_iter=5000).fit(x, y)
@@ -167,7 +171,7 @@ def fit(c: float) -> dict:
     report = {"weights": weights, "bias": bias, "train_labels": int(len(y))}
     for split in ("train", "held-out"):
         for variant in VARIANTS:
-            judged, _, _ = judge_split(split, variant, weights if variant == "after" else None, bias)
+            judged, _, _ = judge_split(split, variant, weights if variant in SCORED else None, bias)
             m = label_metrics(judged)
             report[f"{split}/{variant}"] = m
             print(f"{split:8s} {variant:12s} " + "  ".join(

@@ -29,7 +29,8 @@ The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with
 wrong against the truth in the pixels; held-out prompts measure it (``bench/label_accuracy.py``). It
 estimates the probability that the label is right (IoU ≥ 0.5 with an object of its class), so a
 reviewer's default threshold 0.5 keeps labels more likely right than not. The contrast and the blob's
-share of the word's attention carry the score. It was fitted on a UNet (SD 1.x) model; for the other
+share of the word's attention carry the score. It is fitted on the blobs as found (``labels.core: false``):
+it says whether a blob is its object; the cut to the map's core that follows sharpens the mask only. It was fitted on a UNet (SD 1.x) model; for the other
 families it is the same formula, not refitted.
 """
 
@@ -42,8 +43,8 @@ import numpy as np
 
 FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area")
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -0.4831, "log_contrast": 4.2796, "blob_share": 4.846, "kept": 0.9218, "log_area": -0.2911}
-BIAS = -6.1275
+WEIGHTS = {"share": -0.8673, "log_contrast": 4.359, "blob_share": 5.2188, "kept": 0.8043, "log_area": -0.3086}
+BIAS = -6.2013
 _EPS = 1e-9
 
 
