@@ -86,7 +86,20 @@ class SourceConfig(_Strict):
     limit: int | None = Field(None, ge=1)
 
 
-class TaskConfig(_Strict):
+class SamplingConfig(_Strict):
+    """The sampler's settings, at the top level and in task sections alike. ``None`` at the top level:
+    what the model's own diffusers pipeline uses (its size, steps and guidance; FLUX: 3.5); in a task
+    section: the top level's value."""
+
+    image_count: int | None = Field(None, ge=1)
+    width: int | None = _side()
+    height: int | None = _side()
+    steps: int | None = _steps()
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
+
+
+class TaskConfig(SamplingConfig):
     """Fields a task section may set; ``None`` means "inherit from the top level"."""
 
     model: str | None = None
@@ -94,12 +107,6 @@ class TaskConfig(_Strict):
     attributes: dict[str, list[str]] | None = None
     negative_prompt: str | None = None
     seeds: list[Seed] | SeedRange | None = None
-    image_count: int | None = Field(None, ge=1)
-    width: int | None = _side()
-    height: int | None = _side()
-    steps: int | None = _steps()
-    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
-    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     batch_size: int | None = Field(None, ge=1, le=256)
 
 
@@ -144,7 +151,7 @@ class LabelModelConfig(_Strict):
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
 
-class DiffuGenConfig(_Strict):
+class DiffuGenConfig(SamplingConfig):
     """The whole config. Every field has a default except ``dataset_name``."""
 
     dataset_name: str
@@ -160,13 +167,6 @@ class DiffuGenConfig(_Strict):
     attributes: dict[str, list[str]] = Field(default_factory=dict)
     negative_prompt: str = ""
     seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(min=0, max=2**31 - 1))
-    image_count: int | None = Field(None, ge=1)
-    # Not set: what the model's own diffusers pipeline uses (its size, steps and guidance; FLUX: 3.5).
-    width: int | None = _side()
-    height: int | None = _side()
-    steps: int | None = _steps()
-    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
-    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     batch_size: int = Field(1, ge=1, le=256)
 
     class_words: list[str] = Field(default_factory=list)
