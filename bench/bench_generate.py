@@ -2,8 +2,9 @@
 
 Usage::
 
-    python bench/bench_generate.py [--model builtin:tiny|builtin:toyworld] [--size 256] [--steps 5] [--batch-size 4]
-                                   [--reps 5] [--device cpu|cuda] [--threads N]
+    python bench/bench_generate.py [--model builtin:tiny|builtin:toyworld|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux]
+                                   [--size 256] [--steps 5] [--guidance G] [--batch-size 4] [--reps 5]
+                                   [--device cpu|cuda] [--threads N]
 
 Writes a temporary config (2 templates × attributes × 2 seeds = 16 images with class words in every
 prompt) and times, with the model already loaded:
@@ -11,8 +12,16 @@ prompt) and times, with the model already loaded:
 * ``generate``: ``diffugen.generation.runner.generate(cfg, runner=runner)`` into a fresh FiftyOne
   dataset (deleted before and after): prompt encoding, capture, word heatmaps, unsupervised labels,
   PNG files, FiftyOne samples;
-* ``bare``: the same pipeline called with the same prompts, negative prompt, seeds (CPU generators)
-  and batches, ``output_type="np"``: no capture, no labels, no files, no database.
+* ``bare``: the same pipeline called with the same prompts, negative prompt, seeds (CPU generators),
+  steps, guidance, size and batches, ``output_type="np"``: no capture, no labels, no files, no
+  database. FLUX (guidance-distilled) takes no negative prompt: its config has none and its bare
+  call passes none.
+
+The config sets ``steps``, ``guidance_scale`` (7.5; FLUX 3.5, its embedded guidance), ``width`` and
+``height`` explicitly, so what an unset value defaults to does not change the figures; the scheduler
+is DDIM for ``builtin:tiny``/``builtin:toyworld`` (as before) and the model's own for the other
+families (SDXL's Euler, SD3's and FLUX's flow matching). The heatmap refinement is the config's
+default (``self_attention_power``, printed).
 
 Repetitions alternate the order of the two. Reported: the ratio of the median times (target
 <= 1.25) and where the time of ``generate`` goes, from the runner's own phase timings
@@ -22,7 +31,9 @@ inserts; the remainder: pipeline lookup, planning, the resume query, building th
 ``builtin:tiny`` (the default: random weights, 256² in 5 steps) is a stress case for everything
 around the pipeline: its heatmaps are noise, so each image gets ~25 detections with ~1,000 polygon
 points, 10× what a trained model's maps give. ``--model builtin:toyworld`` (the trained toy model,
-toy-world prompts; use ``--size 64 --steps 25``) has realistic labels.
+toy-world prompts; use ``--size 64 --steps 25``) has realistic labels. ``builtin:tiny-sdxl``,
+``builtin:tiny-sd3`` and ``builtin:tiny-flux`` are the other families' random-weight tiny pipelines
+(the same prompts as ``builtin:tiny``), for the loop's overhead per family.
 """
 
 from __future__ import annotations
@@ -57,14 +68,21 @@ PHASES = {  # Runner.timings keys → how they are printed
 }
 
 
-def write_config(folder: Path, size: int, steps: int, batch_size: int, device: str, model: str) -> Path:
+MODELS = ["builtin:tiny", "builtin:toyworld", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux"]
+GUIDANCE = {"builtin:tiny-flux": 3.5}  # FLUX dev's embedded guidance; 7.5 (classifier-free) for the others
+
+
+def write_config(folder: Path, size: int, steps: int, batch_size: int, device: str, model: str,
+                 guidance: float | None = None) -> Path:
     cfg = {
         "dataset_name": DATASET,
         "output_root": str(folder / "out"),
         "model": model,
         "device": device,
-        "width": size, "height": size, "steps": steps, "guidance_scale": 7.5, "batch_size": batch_size,
-        "scheduler": "ddim",
+        "width": size, "height": size, "steps": steps, "batch_size": batch_size,
+        "guidance_scale": guidance if guidance is not None else GUIDANCE.get(model, 7.5),
+        # builtin:tiny and toyworld as before; the other families keep their own scheduler (flow matching for SD3/FLUX)
+        "scheduler": "ddim" if model in ("builtin:tiny", "builtin:toyworld") else None,
         "templates": [
             "a photo of a {color} {object} on a road",
             "a {object} and a tree near a {place}",
@@ -78,6 +96,8 @@ def write_config(folder: Path, size: int, steps: int, batch_size: int, device: s
         cfg.update(templates=["a {color} {object} on the {place}", "{place} with a {color} {object} and a white square"],
                    attributes={"color": ["red", "yellow"], "object": ["circle", "triangle"], "place": ["road", "grass"]},
                    class_words=["circle", "square", "triangle"], negative_prompt="")
+    if model == "builtin:tiny-flux":  # guidance-distilled: no negative prompt
+        cfg["negative_prompt"] = ""
     path = folder / "bench_generate.json"
     path.write_text(json.dumps(cfg, indent=2))
     return path
@@ -85,11 +105,13 @@ def write_config(folder: Path, size: int, steps: int, batch_size: int, device: s
 
 def run_bare(pipe, cfg, items) -> None:
     bs = cfg.batch_size
+    flux = type(pipe).__name__.startswith("Flux")  # takes no negative prompt
     for i in range(0, len(items), bs):
         batch = items[i : i + bs]
+        negative = {} if flux else {"negative_prompt": [cfg.negative_prompt] * len(batch)}
         pipe(
             prompt=[it.prompt for it in batch],
-            negative_prompt=[cfg.negative_prompt] * len(batch),
+            **negative,
             generator=[torch.Generator("cpu").manual_seed(it.seed) for it in batch],
             num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
             height=cfg.height, width=cfg.width, output_type="np",
@@ -111,9 +133,10 @@ def label_stats(ds) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="builtin:tiny", choices=["builtin:tiny", "builtin:toyworld"])
+    ap.add_argument("--model", default="builtin:tiny", choices=MODELS)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--guidance", type=float, default=None, help="guidance_scale (default 7.5; FLUX 3.5)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -125,13 +148,15 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="diffugen-bench-gen-"))
     try:
-        cfg = load_config(write_config(tmp, a.size, a.steps, a.batch_size, device, a.model))
+        cfg = load_config(write_config(tmp, a.size, a.steps, a.batch_size, device, a.model, a.guidance))
         items = plan(cfg, "txt2img")
         runner = Runner(cfg)
         pipe = runner.pipeline("txt2img")  # model load excluded from the timings
         print(machine_line(device))
-        print(f"{a.model}: {len(items)} images, {a.size}x{a.size}, {a.steps} steps, batch {a.batch_size}, "
-              f"class words {cfg.class_words}, reps {a.reps}")
+        print(f"{a.model} ({type(pipe).__name__}, {type(pipe.scheduler).__name__}): {len(items)} images, "
+              f"{cfg.width}x{cfg.height}, {cfg.steps} steps, guidance {cfg.guidance_scale}, batch {cfg.batch_size}, "
+              f"class words {cfg.class_words}, negative prompt {cfg.negative_prompt!r}, "
+              f"self_attention_power {cfg.self_attention_power}, reps {a.reps}")
         fo.list_datasets()  # connect to the database before timing
         delete_dataset()
 
