@@ -25,6 +25,18 @@ def tiny_pipe():
     return pipe
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's generations: with two, a competing process can stall every OpenMP
+    barrier (10× slower seen); with one, they take the same time whether or not the machine is busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def dataset_name():
     """A fresh dataset name, deleted after the test."""

@@ -34,14 +34,8 @@ def _gen(seed: int = SEED) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Three 512² generations: with one torch thread they take ~2 s each whether or not the machine
-    # is busy; with two, a competing process can stall every OpenMP barrier (10× slower seen).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Three 512² generations: with one torch thread they take ~2 s each whether or not the machine is busy.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
