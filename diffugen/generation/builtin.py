@@ -347,8 +347,8 @@ def build_tiny_flux_pipeline(fill: bool = False):
     text_encoder_2 = _t5_encoder(tokenizer_2, 4)
     torch.manual_seed(1)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16 + (16 + 256 if fill else 0), out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=TINY_T5["d_model"],
+        patch_size=1, in_channels=16 + (16 + 256 if fill else 0), out_channels=16, num_layers=1,
+        num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TINY_T5["d_model"],
         pooled_projection_dim=text_encoder.config.hidden_size, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
     )
     vae_model = _vae(2, 8, TINY_VAE, scaling_factor=0.3611, shift_factor=0.1159)

@@ -109,13 +109,14 @@ class ModelFamily(ABC):
         the family's format (``None``: the file holds one tensor)."""
         return [(None, pipe.tokenizer, pipe.text_encoder)]
 
-    def call_defaults(self, pipe: DiffusionPipeline) -> dict[str, Any]:
-        """What the family's text-to-image pipeline uses when not told: ``steps``, ``guidance_scale``,
-        ``height`` and ``width`` (its ``__call__`` defaults, and the denoiser's sample size times the VAE's
-        scale, as the pipeline computes it), so an unset config value means the same as in diffusers."""
+    def call_defaults(self, pipe: DiffusionPipeline, pipeline_class: str | None = None) -> dict[str, Any]:
+        """What the family's text-to-image pipeline (or ``pipeline_class``) uses when not told: ``steps``,
+        ``guidance_scale``, ``height`` and ``width`` (its ``__call__`` defaults, and the denoiser's sample size
+        times the VAE's scale, as the pipeline computes it), so an unset config value means the same as in
+        diffusers."""
         import diffusers
 
-        params = inspect.signature(getattr(diffusers, self.pipeline_class).__call__).parameters
+        params = inspect.signature(getattr(diffusers, pipeline_class or self.pipeline_class).__call__).parameters
         denoiser = getattr(pipe, "unet", None) or pipe.transformer
         side = (getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size) * pipe.vae_scale_factor
         return {"steps": params["num_inference_steps"].default, "guidance_scale": params["guidance_scale"].default,

@@ -22,16 +22,15 @@ prompt as the edit (``FluxKontextPipeline``, which has no ``strength``), inpaint
 
 from __future__ import annotations
 
-import inspect
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, get_args
 
 import torch
 
 from ..errors import DiffuGenError
 from .attention import LayerChoice, RefineLayers
 from .family import EncodedBatch, ModelFamily
-from .joint_attention import FluxHeatmapProcessor, capture_joint_heatmaps
+from .joint_attention import FluxHeatmapProcessor, HeatmapMethod, capture_joint_heatmaps
 from .sd import tokenize
 from .sd3 import max_sequence_length, t5_embed, t5_tokenize, t5_word_positions
 from .tokens import EncodedPrompt
@@ -40,6 +39,13 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 logger = logging.getLogger(__name__)
+
+
+def is_kontext(pipe: DiffusionPipeline) -> bool:
+    """Whether ``pipe`` is one of FLUX Kontext's pipelines (what a Kontext model is loaded as)."""
+    from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
+
+    return isinstance(pipe, (FluxKontextPipeline, FluxKontextInpaintPipeline))
 
 
 def is_fill(pipe: DiffusionPipeline) -> bool:
@@ -73,7 +79,7 @@ class FluxFamily(ModelFamily):
     class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
                    "FluxKontextPipeline", "FluxKontextInpaintPipeline")
     own_classes = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
-    heatmap_methods = ("cross_attention", "concept_attention")
+    heatmap_methods = get_args(HeatmapMethod)
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
@@ -106,7 +112,7 @@ class FluxFamily(ModelFamily):
                     f"{pipe.transformer.config.in_channels} input channels) only inpaints; give the {task} task "
                     "another FLUX model (the task section's 'model') and keep the Fill model for 'inpaint'")
             return FluxFillPipeline.from_pipe(pipe)
-        if isinstance(pipe, (FluxKontextPipeline, FluxKontextInpaintPipeline)):
+        if is_kontext(pipe):
             kontext = FluxKontextInpaintPipeline if task == "inpaint" else FluxKontextPipeline
             return kontext.from_pipe(pipe)
         cls = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}[task]
@@ -115,9 +121,7 @@ class FluxFamily(ModelFamily):
     def task_kwargs(self, pipe: DiffusionPipeline, task: str, kwargs: dict, size: tuple[int, int]) -> dict:
         """Kontext: no ``strength`` when editing; the asked size kept (its pipelines otherwise make 1024² pixels,
         and resize an image to inpaint to a Kontext resolution)."""
-        from diffusers import FluxKontextInpaintPipeline, FluxKontextPipeline
-
-        if not isinstance(pipe, (FluxKontextPipeline, FluxKontextInpaintPipeline)):
+        if not is_kontext(pipe):
             return kwargs
         kwargs = dict(kwargs, max_area=size[0] * size[1])
         if task == "inpaint":
@@ -125,15 +129,9 @@ class FluxFamily(ModelFamily):
         kwargs.pop("strength", None)
         return kwargs
 
-    def call_defaults(self, pipe: DiffusionPipeline) -> dict:
+    def call_defaults(self, pipe: DiffusionPipeline, pipeline_class: str | None = None) -> dict:
         """FluxPipeline's defaults; a Fill model's are FluxFillPipeline's (guidance 30, 50 steps)."""
-        defaults = super().call_defaults(pipe)
-        if is_fill(pipe):
-            from diffusers import FluxFillPipeline
-
-            params = inspect.signature(FluxFillPipeline.__call__).parameters
-            defaults.update(steps=params["num_inference_steps"].default, guidance_scale=params["guidance_scale"].default)
-        return defaults
+        return super().call_defaults(pipe, pipeline_class or ("FluxFillPipeline" if is_fill(pipe) else None))
 
     def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
         """The token grid: the latent grid packed 2×2."""

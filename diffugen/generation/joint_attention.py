@@ -39,7 +39,7 @@ the grid has at most 32×32 tokens.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -214,8 +214,8 @@ class FluxHeatmapProcessor:
 
     Double-stream blocks concatenate ``[text, image]`` themselves; single-stream blocks receive that
     sequence whole. The image tokens are the ``h * w`` after the text: FLUX Kontext appends its reference
-    image's tokens after them, which keys include (the joint softmax runs over them) but no map is made of. The original processor's attention
-    backend is kept.
+    image's tokens after them, which keys include (the joint softmax runs over them) but no map is made
+    of. The original processor's attention backend is kept.
     """
 
     _attention_backend = None
@@ -252,7 +252,7 @@ class FluxHeatmapProcessor:
 
         collector = self.collector
         if collector.active:
-            # (batch, S, heads, head_dim) → (batch, heads, S, head_dim); the image tokens are the last h * w.
+            # (batch, S, heads, head_dim) → (batch, heads, S, head_dim); the image tokens follow the text.
             q, k = query.transpose(1, 2), key.transpose(1, 2)
             if encoder_hidden_states is not None:  # double blocks run first: single blocks reuse the length
                 collector.text_length = encoder_hidden_states.shape[1]
@@ -399,8 +399,8 @@ def capture_joint_heatmaps(transformer, processor_class: type, refine_power: int
     ...     collector.reset(1, [3], (32, 32)); pipe("a photo of a car", height=512, width=512)
     ...     maps = collector.word_heatmaps([[[3]]], (512, 512))
     """
-    if method not in ("cross_attention", "concept_attention"):
-        raise DiffuGenError(f"heatmap_method {method!r}: expected 'cross_attention' or 'concept_attention'")
+    if method not in get_args(HeatmapMethod):
+        raise DiffuGenError(f"heatmap_method {method!r}: expected one of {list(get_args(HeatmapMethod))}")
     collector = JointHeatmapCollector("all", refine_power, method)
     original = transformer.attn_processors
     transformer.set_attn_processor({name: processor_class(collector, name, proc) for name, proc in original.items()})

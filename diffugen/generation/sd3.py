@@ -17,7 +17,7 @@ the latent grid divided by the patch size (1/16 of the image for SD3's 8× VAE a
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from ..errors import DiffuGenError
 from ..prompts import parse_emphasis
 from .attention import LayerChoice, RefineLayers
 from .family import EncodedBatch, ModelFamily, token_runs
-from .joint_attention import JointHeatmapProcessor, capture_joint_heatmaps
+from .joint_attention import HeatmapMethod, JointHeatmapProcessor, capture_joint_heatmaps
 from .sd import apply_emphasis, tokenize, word_positions
 from .sdxl import _content_tokens, text_encoders
 from .tokens import EncodedPrompt, find_word_tokens
@@ -122,7 +122,7 @@ class StableDiffusion3Family(ModelFamily):
     name = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
-    heatmap_methods = ("cross_attention", "concept_attention")
+    heatmap_methods = get_args(HeatmapMethod)
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
 
     def matches(self, pipe: DiffusionPipeline) -> bool:

@@ -440,8 +440,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     groups = {w: [k for k, v in enumerate(words) if v == w] for w in dict.fromkeys(words)}
     # 1. One mask per word, from the mean of its occurrences' maps (daam's word heatmap).
     word_heat = {w: heat[ks[0]] if len(ks) == 1 else np.mean([heat[k] for k in ks], axis=0) for w, ks in groups.items()}
-    word_masks = {w: word_mask(norms[ks[0]] if len(ks) == 1 else normalize_heatmap(word_heat[w]), params)
-                  for w, ks in groups.items()}
+    word_norm = {w: norms[ks[0]] if len(ks) == 1 else normalize_heatmap(word_heat[w]) for w, ks in groups.items()}
+    word_masks = {w: word_mask(word_norm[w], params) for w in groups}
     before = {w: m.astype(bool) for w, (m, _) in word_masks.items()}
     # 2. Words resolved against each other.
     resolved = dict(before)
@@ -468,13 +468,13 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     # 6. Each instance cut to the core of its word's map (found and scored on the coarser mask above).
     if params.core:
         for w, ks in groups.items():
-            norm = norms[ks[0]] if len(ks) == 1 else normalize_heatmap(word_heat[w])
-            t = core_threshold(norm)
+            t = core_threshold(word_norm[w])
             if t is None:
                 continue
+            core = word_norm[w] > t
             for k in ks:
                 wl = word_labels[k]
-                wl.instances = [cut_to_core(inst, norm > t, norms[k], params) for inst in wl.instances]
+                wl.instances = [cut_to_core(inst, core, norms[k], params) for inst in wl.instances]
                 wl.mask = np.zeros_like(wl.mask)
                 for inst in wl.instances:
                     wl.mask |= instance_mask(inst, wl.mask.shape)

@@ -30,8 +30,8 @@ wrong against the truth in the pixels; held-out prompts measure it (``bench/labe
 estimates the probability that the label is right (IoU ≥ 0.5 with an object of its class), so a
 reviewer's default threshold 0.5 keeps labels more likely right than not. The contrast and the blob's
 share of the word's attention carry the score. It is fitted on the blobs as found (``labels.core: false``):
-it says whether a blob is its object; the cut to the map's core that follows sharpens the mask only. It was fitted on a UNet (SD 1.x) model; for the other
-families it is the same formula, not refitted.
+it says whether a blob is its object; the cut to the map's core that follows sharpens the mask only.
+It was fitted on a UNet (SD 1.x) model; for the other families it is the same formula, not refitted.
 """
 
 from __future__ import annotations
