@@ -258,9 +258,11 @@ def core_threshold(norm: np.ndarray) -> float | None:
     from skimage.filters import threshold_multiotsu
 
     u8 = cv2.convertScaleAbs(norm, alpha=255.0)
-    if len(np.unique(u8)) < 3:
+    lo, hi = int(u8.min()), int(u8.max())
+    counts = np.bincount(u8.ravel(), minlength=256)[lo : hi + 1]  # skimage's own histogram of an integer image
+    if np.count_nonzero(counts) < 3:
         return None
-    return float(threshold_multiotsu(u8, classes=3)[-1]) / 255.0
+    return float(threshold_multiotsu(classes=3, hist=(counts, np.arange(lo, hi + 1)))[-1]) / 255.0
 
 
 def cut_to_core(inst: Instance, core: np.ndarray, norm: np.ndarray, params: LabelParams) -> Instance:
