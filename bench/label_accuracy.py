@@ -4,7 +4,10 @@ Usage::
 
     python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
                                    [--guidance 7.5] [--batch-size 8] [--tolerance 60] [--children 80]
-                                   [--hollow-rate R] [--keep]
+                                   [--hollow-rate R] [--heatmap-method concept_attention] [--keep]
+
+``--model builtin:toyworld-mmdit`` judges the SD3-style transformer trained on the same world
+(joint-attention heatmaps; ``--heatmap-method concept_attention`` for ConceptAttention's).
 
 Held-out prompts are captions of toy-world scenes with seeds from ``HELD_OUT_SEED`` on (training
 used seeds below it); duplicates are skipped. They are generated with the trained model through
@@ -71,10 +74,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="held-out prompts (one image each)")
     ap.add_argument("--quick", action="store_true", help="8 prompts, a smoke run of the whole bench")
-    ap.add_argument("--model", default=None, help="diffusers folder (default: the shipped toy-world model)")
+    ap.add_argument("--model", default=None, help="diffusers folder, or builtin:toyworld / builtin:toyworld-mmdit "
+                                                  "(default: the shipped toy-world model)")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--scheduler", default=None, help="default: the model's own (DDIM; the MMDiT's flow-matching Euler)")
+    ap.add_argument("--heatmap-method", default="cross_attention", choices=["cross_attention", "concept_attention"])
     ap.add_argument("--self-attention-power", type=int, default=None,
                     help="Dataset Diffusion refinement power (default: the config default)")
     ap.add_argument("--self-attention-layers", default=None, choices=["down", "all"],
@@ -107,14 +112,15 @@ def main(argv=None) -> int:
     from diffugen.generation.runner import generate
     from diffugen.labels.daam import extract_labels
     from diffugen.labels.scoring import raw_maps
-    from diffugen.toyworld import MODEL_DIR, model_available
+    from diffugen.toyworld import MMDIT_DIR, MODEL_DIR, model_available
     from diffugen.toyworld.evaluation import child_tasks, held_out_captions, judge_sample, label_metrics, requested
     from diffugen.toyworld.scene import ALL_LABELS
     from diffugen.toyworld.truth import classify_shape, recover_instances
 
-    model = Path(args.model) if args.model else MODEL_DIR
+    model = {"builtin:toyworld": MODEL_DIR, "builtin:toyworld-mmdit": MMDIT_DIR}.get(args.model) or Path(args.model or MODEL_DIR)
     if not model_available(model):
-        print(f"no toy-world model at {model}: train it with python -m diffugen.toyworld.train --out {model}")
+        print(f"no toy-world model at {model}: train it with python -m diffugen.toyworld.train "
+              f"{'--arch mmdit ' if model == MMDIT_DIR else ''}--out {model}")
         return 2
 
     prompts = held_out_captions(n, args.hollow_rate)
@@ -126,6 +132,7 @@ def main(argv=None) -> int:
         templates=["{caption}"], attributes={"caption": prompts},
         seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
         class_words=list(SHAPES), classes=list(SHAPES), heatmap_layers=args.heatmap_layers,
+        heatmap_method=args.heatmap_method,
         **(child_tasks(min(args.children, n)) if args.children else {}),
         **({} if args.self_attention_power is None else {"self_attention_power": args.self_attention_power}),
         **({} if args.self_attention_layers is None else {"self_attention_layers": args.self_attention_layers}),
@@ -218,11 +225,11 @@ def main(argv=None) -> int:
         "iou_drawn_threshold_0.5": per_class_fixed, "iou_drawn_threshold_0.5_mean": mean_fixed,
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
-        "hollow_rate": args.hollow_rate, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
+        "hollow_rate": args.hollow_rate, "heatmap_method": args.heatmap_method, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
         "yolo": yolo, "scores": scores,
     }
     print(machine_line(args.device))
-    print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler} steps, guidance {args.guidance}, "
+    print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {args.guidance}, "
           f"generated and labeled in {gen_s:.0f} s")
     print(f"prompt adherence: {adherence:.1%} of {asked} requested objects present "
           f"[{mark(adherence, TARGET_ADHERENCE, True)} target >= {TARGET_ADHERENCE:.0%}]; "

@@ -188,10 +188,10 @@ def assert_batch_size_keeps_images_and_maps(model: str, root: Path, steps: int =
             assert np.abs(m1.astype(int) - m3.astype(int)).max() <= 1
 
 
-def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int) -> None:
+def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int, **call) -> None:
     """``generate(cfg)`` (txt2img) makes what ``plain`` (a diffusers pipeline) makes for each sample's prompt,
-    CPU-generator seed, steps, guidance and size (a guidance the config leaves unset is left to the pipeline);
-    a rerun makes nothing, and remakes a deleted sample."""
+    CPU-generator seed, steps, guidance and size (a guidance the config leaves unset is left to the pipeline;
+    ``call``: more arguments for ``plain``); a rerun makes nothing, and remakes a deleted sample."""
     import fiftyone as fo
     import numpy as np
     import torch
@@ -205,7 +205,7 @@ def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int
     for s in ds:
         out = plain(s.prompt, generator=torch.Generator("cpu").manual_seed(s.seed), num_inference_steps=s.steps,
                     height=height, width=width, output_type="np",
-                    **({} if cfg.guidance_scale is None else {"guidance_scale": cfg.guidance_scale}))
+                    **({} if cfg.guidance_scale is None else {"guidance_scale": cfg.guidance_scale}), **call)
         image = (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)
         assert np.array_equal(image, np.asarray(Image.open(s.filepath))), s.prompt
     keys = sorted(ds.values("key"))

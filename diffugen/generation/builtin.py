@@ -240,7 +240,15 @@ def load_toyworld():
     return load_toyworld_pipeline()
 
 
-BUILTINS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl_pipeline, "toyworld": load_toyworld}
+def load_toyworld_mmdit():
+    """``builtin:toyworld-mmdit``: the SD3-style MMDiT trained on the same toy world (shipped in the package)."""
+    from ..toyworld import load_toyworld_mmdit_pipeline
+
+    return load_toyworld_mmdit_pipeline()
+
+
+BUILTINS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl_pipeline, "toyworld": load_toyworld,
+            "toyworld-mmdit": load_toyworld_mmdit}
 
 
 # ---- MMDiT families: SD3/3.5 and FLUX.1 ------------------------------------------------------------

@@ -11,6 +11,7 @@ registry which family a model's files name and which diffusers class loads it.
 from __future__ import annotations
 
 import inspect
+import weakref
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -37,6 +38,27 @@ class EncodedBatch:
     prompts: list[EncodedPrompt]
     context_length: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Per model, the call defaults its folder records for itself (``diffugen.json``, :func:`set_model_defaults`),
+# keyed by its denoiser: the task pipelines ``from_pipe`` makes share the modules, not other attributes.
+_MODEL_DEFAULTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def denoiser(pipe: DiffusionPipeline):
+    """The pipeline's UNet or transformer."""
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
+def set_model_defaults(pipe: DiffusionPipeline, defaults: dict[str, Any]) -> None:
+    """Record ``defaults`` (e.g. ``{"max_sequence_length": 0}``) as the model's own, for every pipeline sharing its
+    denoiser; :meth:`ModelFamily.call_defaults` and the T5 families' encoders read them."""
+    _MODEL_DEFAULTS[denoiser(pipe)] = dict(defaults)
+
+
+def model_defaults(pipe: DiffusionPipeline) -> dict[str, Any]:
+    """What :func:`set_model_defaults` recorded for the pipeline's model (``{}``: nothing)."""
+    return _MODEL_DEFAULTS.get(denoiser(pipe), {})
 
 
 def token_runs(positions: Sequence[int]) -> list[list[int]]:
@@ -113,14 +135,13 @@ class ModelFamily(ABC):
         """What the family's text-to-image pipeline (or ``pipeline_class``) uses when not told: ``steps``,
         ``guidance_scale``, ``height`` and ``width`` (its ``__call__`` defaults, and the denoiser's sample size
         times the VAE's scale, as the pipeline computes it), so an unset config value means the same as in
-        diffusers."""
+        diffusers; what the model's folder records for itself (:func:`set_model_defaults`) comes first."""
         import diffusers
 
         params = inspect.signature(getattr(diffusers, pipeline_class or self.pipeline_class).__call__).parameters
-        denoiser = getattr(pipe, "unet", None) or pipe.transformer
-        side = (getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size) * pipe.vae_scale_factor
+        side = (getattr(pipe, "default_sample_size", None) or denoiser(pipe).config.sample_size) * pipe.vae_scale_factor
         return {"steps": params["num_inference_steps"].default, "guidance_scale": params["guidance_scale"].default,
-                "height": side, "width": side}
+                "height": side, "width": side, **model_defaults(pipe)}
 
     def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` of the latent grid the heatmaps are aggregated on."""

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ModelNotFoundError
 from .builtin import BUILTINS
-from .family import ModelFamily, family_named, family_of, family_of_class
+from .family import ModelFamily, family_named, family_of, family_of_class, set_model_defaults
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -82,6 +82,33 @@ def _absent_components(model: str) -> dict[str, None]:
     ``None``: diffusers loads such a folder only if told that ``text_encoder_3`` is meant to be absent."""
     return {name: None for name, value in _model_index(model).items()
             if not name.startswith("_") and isinstance(value, list) and value == [None, None]}
+
+
+MODEL_DEFAULTS_FILE = "diffugen.json"  # in a model folder: the call defaults it gives itself
+_DEFAULT_KEYS = ("steps", "guidance_scale", "height", "width", "max_sequence_length")
+
+
+def folder_defaults(folder: str | Path) -> dict:
+    """The call defaults a model folder records for itself in ``diffugen.json`` (``{"max_sequence_length": 0}`` for
+    the toy-world MMDiT, trained without SD3's zero T5 positions); ``{}`` when it has none.
+
+    Raises:
+        ModelNotFoundError: the file is not a JSON object mapping some of ``steps``, ``guidance_scale``,
+            ``height``, ``width``, ``max_sequence_length`` to non-negative numbers.
+    """
+    path = Path(folder) / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        defaults = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelNotFoundError(f"{path.resolve()}: not JSON ({err})") from None
+    if not isinstance(defaults, dict) or any(
+            k not in _DEFAULT_KEYS or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+            for k, v in defaults.items()):
+        raise ModelNotFoundError(f"{path.resolve()}: expected a JSON object mapping some of {list(_DEFAULT_KEYS)} to "
+                                 f"non-negative numbers, got {str(defaults)[:200]}")
+    return defaults
 
 
 def _family_by_keys(keys: list[str]) -> str:
@@ -234,8 +261,10 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
             )
         family = asked or family_of_class(_class_name(str(path)), str(path.resolve()))
         torch_dtype = resolve_dtype(dtype, dev, family)
+        defaults = folder_defaults(path)  # (before the weights: a bad file is found at once)
         pipe = _pipeline_class(family, _class_name(str(path))).from_pretrained(str(path), dtype=torch_dtype,
                                                        **{**_absent_components(str(path)), **family.load_kwargs})
+        set_model_defaults(pipe, defaults)
         return _served(pipe, model, family, dev)
     if "/" not in model or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(

@@ -1,7 +1,7 @@
 """The Stable Diffusion 3/3.5 family: CLIP-L, CLIP-G and (optionally) T5 text encoders, an MMDiT transformer.
 
-SD3's text sequence is 77 CLIP positions followed by the T5 tokens (``max_sequence_length``, the
-pipeline's default 256): at each CLIP position the penultimate hidden states of CLIP-L and CLIP-G
+SD3's text sequence is 77 CLIP positions (the first tokenizer's length) followed by the T5 tokens
+(``max_sequence_length``, the pipeline's default 256, unless the model records its own): at each CLIP position the penultimate hidden states of CLIP-L and CLIP-G
 concatenated (as SDXL's context) and zero-padded to T5's width; then T5's last hidden states (all
 zeros when the model has no T5, ``text_encoder_3=None``). The pooled embedding is both CLIP
 encoders' projected end-token embeddings, concatenated. We tokenize with each tokenizer ourselves
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import DiffuGenError
 from ..prompts import parse_emphasis
 from .attention import LayerChoice, RefineLayers
-from .family import EncodedBatch, ModelFamily, token_runs
+from .family import EncodedBatch, ModelFamily, model_defaults, token_runs
 from .joint_attention import HeatmapMethod, JointHeatmapProcessor, capture_joint_heatmaps
 from .sd import apply_emphasis, tokenize, word_positions
 from .sdxl import _content_tokens, text_encoders
@@ -34,12 +34,18 @@ from .tokens import EncodedPrompt, find_word_tokens
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-CLIP_LENGTH = 77
 
 
 def max_sequence_length(pipe: DiffusionPipeline) -> int:
-    """The T5 length the pipeline uses by default (its ``__call__``'s ``max_sequence_length``: SD3 256, FLUX 512)."""
-    return inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+    """The T5 length of the model: the one its folder records (:func:`~.family.model_defaults`; the toy-world
+    MMDiT's is 0), else the pipeline's default (its ``__call__``'s ``max_sequence_length``: SD3 256, FLUX 512)."""
+    own = model_defaults(pipe).get("max_sequence_length")
+    return own if own is not None else inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+
+
+def clip_length(pipe: DiffusionPipeline) -> int:
+    """The CLIP part's length of SD3's text sequence: the first tokenizer's (77 for SD3's own)."""
+    return pipe.tokenizer.model_max_length
 
 
 def t5_tokenize(tokenizer, prompt: str, length: int) -> EncodedPrompt:
@@ -139,14 +145,15 @@ class StableDiffusion3Family(ModelFamily):
         return EncodedBatch(
             pipeline_kwargs={"prompt_embeds": embeds, "negative_prompt_embeds": negative,
                              "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled},
-            prompts=encoded, context_length=CLIP_LENGTH,
+            prompts=encoded, context_length=clip_length(pipe),
         )
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
-        clip = EncodedPrompt(encoded.ids[:CLIP_LENGTH], encoded.weights[:CLIP_LENGTH], encoded.truncated)
+        n = clip_length(pipe)
+        clip = EncodedPrompt(encoded.ids[:n], encoded.weights[:n], encoded.truncated)
         positions = word_positions(pipe, clip, word, pipe.tokenizer)
         if pipe.text_encoder_3 is not None:
-            positions += [CLIP_LENGTH + p for p in t5_word_positions(pipe.tokenizer_3, encoded.ids[CLIP_LENGTH:], word)]
+            positions += [n + p for p in t5_word_positions(pipe.tokenizer_3, encoded.ids[n:], word)]
         return positions
 
     def word_occurrences(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[list[int]]:
@@ -157,8 +164,9 @@ class StableDiffusion3Family(ModelFamily):
         its tokens there.
         """
         positions = self.word_positions(pipe, encoded, word)
-        clip = token_runs([p for p in positions if p < CLIP_LENGTH])
-        t5 = token_runs([p for p in positions if p >= CLIP_LENGTH])
+        n = clip_length(pipe)
+        clip = token_runs([p for p in positions if p < n])
+        t5 = token_runs([p for p in positions if p >= n])
         return [[*(clip[k] if k < len(clip) else []), *(t5[k] if k < len(t5) else [])]
                 for k in range(max(len(clip), len(t5)))]
 

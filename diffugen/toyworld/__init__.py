@@ -15,9 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+MMDIT_DIR = MODEL_DIR.parent / "model-mmdit"  # builtin:toyworld-mmdit (diffugen.toyworld.mmdit)
 WORLD_FILE = "world.json"  # in a model folder trained on a world other than the default one
 
-__all__ = ["MODEL_DIR", "load_toyworld_pipeline", "load_world", "model_available"]
+__all__ = ["MMDIT_DIR", "MODEL_DIR", "load_toyworld_mmdit_pipeline", "load_toyworld_pipeline", "load_world",
+           "model_available"]
 
 
 def model_available(folder: str | Path | None = None) -> bool:
@@ -45,24 +47,39 @@ def load_toyworld_pipeline(folder: str | Path | None = None, dtype=None):
     Raises:
         ModelNotFoundError: the folder is missing or is not a complete diffusers model.
     """
+    from diffusers import StableDiffusionPipeline
+
+    return _load(Path(folder) if folder else MODEL_DIR, StableDiffusionPipeline, dtype, "",
+                 safety_checker=None, requires_safety_checker=False)
+
+
+def load_toyworld_mmdit_pipeline(folder: str | Path | None = None, dtype=None):
+    """``builtin:toyworld-mmdit``: the toy world's SD3-style ``StableDiffusion3Pipeline`` (:mod:`.mmdit`), loaded
+    offline with the call defaults its folder records (no zero T5 positions)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ..generation.family import set_model_defaults
+    from ..generation.models import folder_defaults
+
+    path = Path(folder) if folder else MMDIT_DIR
+    pipe = _load(path, StableDiffusion3Pipeline, dtype, " --arch mmdit", text_encoder_3=None, tokenizer_3=None)
+    set_model_defaults(pipe, folder_defaults(path))
+    return pipe
+
+
+def _load(path: Path, cls, dtype, train_flags: str, **kwargs):
     import torch
 
     from ..errors import ModelNotFoundError
 
-    path = Path(folder) if folder else MODEL_DIR
     if not model_available(path):
         raise ModelNotFoundError(
             f"the toy-world model is not installed: no {path / 'model_index.json'}. It ships inside the diffugen "
-            f"package (diffugen/toyworld/model/); reinstall diffugen with its package data, or train it with "
-            f"'python -m diffugen.toyworld.train --out {path}' (about 1.5 hours on a laptop CPU)"
+            f"package (diffugen/toyworld/{path.name}/); reinstall diffugen with its package data, or train it with "
+            f"'python -m diffugen.toyworld.train{train_flags} --out {path}'"
         )
-    from diffusers import StableDiffusionPipeline
-
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), dtype=dtype or torch.float32, safety_checker=None, requires_safety_checker=False,
-            local_files_only=True,
-        )
+        pipe = cls.from_pretrained(str(path), dtype=dtype or torch.float32, local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(f"the toy-world model in {path} could not be loaded: {err}") from None
     pipe.set_progress_bar_config(disable=True)

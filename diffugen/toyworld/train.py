@@ -91,11 +91,11 @@ def build_text_encoder(tokenizer, hidden: int = 128):
     ))
 
 
-def build_vae():
+def build_vae(latent_channels: int = 4):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=16, layers_per_block=1,
+        in_channels=3, out_channels=3, latent_channels=latent_channels, norm_num_groups=16, layers_per_block=1,
         block_out_channels=(16, 32, 64), down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3, sample_size=IMAGE_SIZE,
     )
@@ -193,10 +193,12 @@ def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_min
 
 
 @torch.no_grad()
-def latent_scale(vae, seed: int, n: int = 256, world: dict | None = None) -> float:
+def latent_scale(vae, seed: int, n: int = 256, world: dict | None = None, centred: bool = False) -> tuple[float, float]:
+    """The mean of the VAE's latents of ``n`` scenes and 1 / their std (about the mean when ``centred``, else about 0)."""
     x, _ = scene_batch(seed * 7_919 + 900_000_000, n, world)
     z = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, n, 64)])
-    return float(1.0 / z.std())
+    mean = float(z.mean())
+    return mean, float(1.0 / (z - mean).std()) if centred else float(1.0 / z.std())
 
 
 def caption_variant(seed: int, rng: random.Random, world: dict | None = None) -> str:
@@ -210,7 +212,8 @@ def latent_pool(vae, seed: int, n: int, path: Path, world: dict | None = None):
     """Encode ``n`` training scenes once: posterior mean and std, kept in ``path`` for resuming."""
     if path.exists():
         d = torch.load(path, weights_only=True)
-        if len(d["seeds"]) == n and d.get("world", {}) == (world or {}):  # (a pool of other rates is made again)
+        # (a pool of another world, or of a VAE with other latent channels, is made again)
+        if len(d["seeds"]) == n and d.get("world", {}) == (world or {}) and d["mean"].shape[1] == vae.config.latent_channels:
             log(f"latent pool: {n} scenes from {path}")
             return d["mean"], d["std"], d["seeds"]
     t0 = time.time()
@@ -229,33 +232,54 @@ def latent_pool(vae, seed: int, n: int, path: Path, world: dict | None = None):
     return d["mean"], d["std"], d["seeds"]
 
 
-def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_path: Path, start: dict | None,
-                    world: dict | None = None):
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+def unet_loss(models: dict, ids: torch.Tensor, z0: torch.Tensor, gen: torch.Generator, scheduler) -> torch.Tensor:
+    """DDPM ε-prediction loss of the UNet on latents ``z0`` with the text encoder's context of ``ids``."""
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    cond = models["text_encoder"](ids)[0]
+    return F.mse_loss(models["unet"](zt, t, encoder_hidden_states=cond).sample, noise)
+
+
+def train_diffusion(models: dict[str, torch.nn.Module], loss_fn, vae, tokenizer, args, state_path: Path,
+                    start: dict | None, world: dict | None, save) -> dict[str, torch.nn.Module]:
+    """Train ``models`` (denoiser and text encoders, jointly) on the frozen VAE's latents of the scene pool.
+
+    Args:
+        loss_fn: ``(models, token ids, scaled latents z0, generator) -> loss`` (:func:`unet_loss`,
+            :func:`~diffugen.toyworld.mmdit.flow_loss`).
+        save: ``(ema models) -> None``: writes the model folder (every ``--save-every`` steps).
+
+    Returns:
+        The EMA copies of ``models`` (what is saved).
+    """
+    params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    emas = {name: copy.deepcopy(m).requires_grad_(False) for name, m in models.items()}
     step = 0
     if start and start.get("phase") == "diffusion":
-        unet.load_state_dict(start["unet"])
-        text_encoder.load_state_dict(start["text_encoder"])
-        ema_unet.load_state_dict(start["ema_unet"])
-        ema_text.load_state_dict(start["ema_text"])
+        for name in models:
+            models[name].load_state_dict(start[name])
+            emas[name].load_state_dict(start[f"ema_{name}"])
         opt.load_state_dict(start["opt"])
         step = start["step"]
         log(f"diffusion: resumed at step {step}")
-    unet.train()
-    text_encoder.train()
+    for m in models.values():
+        m.train()
     vae.requires_grad_(False).eval()
     sf = vae.config.scaling_factor
-    alphas = scheduler.alphas_cumprod
+    shift = vae.config.get("shift_factor") or 0.0
     empty = token_ids(tokenizer, [""])[0]
     t0 = last_ckpt = time.time()
     losses: list[float] = []
 
     def save_state():
-        torch.save({"phase": "diffusion", "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "vae": vae.state_dict(), "scaling_factor": sf}, state_path)
+        state = {name: m.state_dict() for name, m in models.items()}
+        state.update({f"ema_{name}": m.state_dict() for name, m in emas.items()})
+        state.update(phase="diffusion", opt=opt.state_dict(), step=step, vae=vae.state_dict(), scaling_factor=sf,
+                     shift_factor=shift)
+        torch.save(state, state_path)
 
     pool_mean, pool_std, pool_seeds = latent_pool(vae, args.seed, args.pool, state_path.parent / "pool.pt", world)
     per_epoch = len(pool_seeds) // args.batch
@@ -274,22 +298,16 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_p
             if rng.random() < args.uncond:
                 ids[i] = empty
         mean, std = pool_mean[idx], pool_std[idx]
-        z0 = (mean + std * torch.randn(mean.shape, generator=gen)) * sf
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        cond = text_encoder(ids)[0]
-        pred = unet(zt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        z0 = (mean + std * torch.randn(mean.shape, generator=gen) - shift) * sf
+        loss = loss_fn(models, ids, z0, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text_encoder, decay)
+        for name, m in models.items():
+            ema_update(emas[name], m, decay)
         losses.append(loss.item())
         if step % 10 == 0 or step == args.steps:
             el = time.time() - t0
@@ -300,10 +318,10 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, state_p
             last_ckpt = time.time()
             log(f"checkpoint at step {step} → {state_path}")
         if args.save_every and step % args.save_every == 0 and step < args.steps:
-            save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out), world)
+            save(emas)
             log(f"saved model at step {step} → {args.out}")
     save_state()
-    return ema_unet, ema_text
+    return emas
 
 
 def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, world: dict | None = None,
@@ -381,7 +399,8 @@ def _rate(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..cli._shared import positive_int
 
-    p.add_argument("--out", default=str(Path(__file__).parent / "model"), help="diffusers folder to write")
+    p.add_argument("--out", default=None, help="diffusers folder to write (default: the shipped model's folder, "
+                                                "diffugen/toyworld/model or, with --arch mmdit, model-mmdit)")
     p.add_argument("--steps", type=positive_int, default=4200, help="UNet + text-encoder optimizer steps")
     p.add_argument("--vae-steps", type=positive_int, default=1500)
     p.add_argument("--batch", type=positive_int, default=32)
@@ -391,6 +410,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="fraction of captions dropped (for CFG)")
     p.add_argument("--design", choices=sorted(DESIGNS), default="base")
+    p.add_argument("--arch", choices=("unet", "mmdit"), default="unet",
+                   help="unet: the Stable Diffusion model (builtin:toyworld); mmdit: an SD3-style transformer on the "
+                        "shipped model's VAE and vocabulary (builtin:toyworld-mmdit, diffugen.toyworld.mmdit)")
     p.add_argument("--hollow-rate", type=_rate, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
     p.add_argument("--stretch-rate", type=_rate, default=None, help="share of the other squares and triangles drawn wide or tall")
     p.add_argument("--extra-shapes", action="store_true",
@@ -431,6 +453,10 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     world = world_settings(args)
+    if args.out is None:
+        from . import MMDIT_DIR
+
+        args.out = str(MMDIT_DIR if args.arch == "mmdit" else Path(__file__).parent / "model")
     if args.measure:
         measure(args.batch)
         return 0
@@ -454,8 +480,11 @@ def run(args) -> int:
     if args.init_from:
         tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer", world)
         diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
-        ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world)
-        return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start, world)
+        return _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world, t_start)
+    if args.arch == "mmdit":
+        from .mmdit import train_mmdit
+
+        return train_mmdit(args, state_dir, diff_state, world, t_start)
     design = DESIGNS[args.design]
     # The tokenizer is kept with the state: a resumed run must use the token ids it was trained with.
     tok_dir = state_dir / "tokenizer"
@@ -477,28 +506,45 @@ def run(args) -> int:
         f"text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M params; vocabulary {len(tokenizer)} tokens")
 
     diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
+    vae = trained_vae(vae, args, vae_state, diff_start, world)
+    return _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world, t_start)
+
+
+def trained_vae(vae, args, vae_state: Path, diff_start: dict | None, world: dict, shift: bool = False):
+    """The VAE of the diffusion checkpoint ``diff_start``, else trained (or resumed) to ``--vae-steps``, with its
+    latent normalisation measured: ``scaling_factor`` (1 / std) and, with ``shift`` (SD3's), ``shift_factor``."""
     if diff_start is not None:
         vae.load_state_dict(diff_start["vae"])
-        vae.register_to_config(scaling_factor=diff_start["scaling_factor"])
+        vae.register_to_config(scaling_factor=diff_start["scaling_factor"],
+                               **({"shift_factor": diff_start["shift_factor"]} if shift else {}))
         log(f"vae: from the diffusion checkpoint (scaling factor {diff_start['scaling_factor']:.4f})")
+        return vae.eval()
+    vae_start = torch.load(vae_state, weights_only=True) if args.resume and vae_state.exists() else None
+    if vae_start is None or vae_start["step"] < args.vae_steps:
+        vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start, world)
     else:
-        vae_start = torch.load(vae_state, weights_only=True) if args.resume and vae_state.exists() else None
-        if vae_start is None or vae_start["step"] < args.vae_steps:
-            vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start, world)
-        else:
-            vae.load_state_dict(vae_start["vae"])
-            log("vae: already trained")
-        vae.eval()
-        sf = latent_scale(vae, args.seed, world=world)
-        vae.register_to_config(scaling_factor=sf)
-        log(f"vae: latent scaling factor {sf:.4f}")
-
-    ema_unet, ema_text = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world)
-    return _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start, world)
+        vae.load_state_dict(vae_start["vae"])
+        log("vae: already trained")
+    vae.eval()
+    mean, sf = latent_scale(vae, args.seed, world=world, centred=shift)
+    vae.register_to_config(scaling_factor=sf, **({"shift_factor": mean} if shift else {}))
+    log(f"vae: latent scaling factor {sf:.4f}" + (f", shift {mean:.4f}" if shift else ""))
+    return vae
 
 
-def _finish(ema_unet, ema_text, vae, tokenizer, scheduler, args, t_start: float, world: dict) -> int:
-    save_pipeline(ema_unet, ema_text, vae, tokenizer, scheduler, Path(args.out), world)
+def _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, state_path: Path, start: dict | None,
+                world: dict, t_start: float) -> int:
+    def save(models):
+        save_pipeline(models["unet"], models["text_encoder"], vae, tokenizer, scheduler, Path(args.out), world)
+
+    emas = train_diffusion({"unet": unet, "text_encoder": text_encoder},
+                           lambda models, ids, z0, gen: unet_loss(models, ids, z0, gen, scheduler),
+                           vae, tokenizer, args, state_path, start, world, save)
+    save(emas)
+    return finish(args, t_start)
+
+
+def finish(args, t_start: float) -> int:
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     log(f"done: model in {args.out} ({size / 1e6:.1f} MB), {(time.time() - t_start) / 60:.1f} min this run")
     return 0
