@@ -6,6 +6,10 @@ Usage (from the repository root, virtualenv active)::
     python -m studies.label_scores collect --split held-out --n 200   # held-out captions
     python -m studies.label_scores fit                                # fit on train, report held-out
 
+``--model builtin:toyworld-mmdit`` (both commands) does the same for the SD3-style transformer trained on
+the toy world, in ``studies/out/label_scores/toyworld-mmdit/``: the score's weights fitted on the UNet
+model's labels are judged on its joint-attention labels, and a fit of its own is reported beside them.
+
 ``collect`` generates a dataset through DiffuGen's own ``generate`` (txt2img of toy-world captions,
 then img2img and inpaint children of them) with the shipped ``builtin:toyworld`` model and writes a
 manifest of every sample (its image, prompt and per-word heatmaps with their scale in units of
@@ -32,37 +36,44 @@ from bench._common import ROOT, private_database  # noqa: E402
 OUT = ROOT / "studies" / "out" / "label_scores"
 SHAPES = ("circle", "square", "triangle")
 TRAIN_FIRST_SEED = 0  # training captions (seeds below HELD_OUT_SEED)
+MODELS = ("builtin:toyworld", "builtin:toyworld-mmdit")
 
 
-def study_config(name: str, captions: list[str], out: Path, children: int | None):
+def model_folder(model: str) -> Path:
+    """Where a model's collected splits live: ``OUT`` for the UNet model (as before), a subfolder for another."""
+    return OUT if model == MODELS[0] else OUT / model.removeprefix("builtin:")
+
+
+def study_config(name: str, captions: list[str], out: Path, children: int | None, model: str = MODELS[0]):
     """The generate config of a split: txt2img of ``captions``, img2img and inpaint of ``children`` parents."""
     from diffugen.config import DiffuGenConfig
     from diffugen.toyworld.evaluation import child_tasks
 
     extra = child_tasks(children) if children else {}
     return DiffuGenConfig(
-        dataset_name=name, output_root=str(out), model="builtin:toyworld", device="cpu",
-        width=64, height=64, steps=25, guidance_scale=7.5, scheduler="ddim", batch_size=8, negative_prompt="",
+        dataset_name=name, output_root=str(out), model=model, device="cpu",
+        width=64, height=64, steps=25, guidance_scale=7.5, batch_size=8, negative_prompt="",
+        scheduler="ddim" if model == MODELS[0] else None,  # the MMDiT: its own flow-matching Euler
         templates=["{caption}"], attributes={"caption": captions},
         seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},
         class_words=list(SHAPES), classes=list(SHAPES), **extra,
     )
 
 
-def collect(split: str, n: int, children: int, hollow_rate: float) -> Path:
+def collect(split: str, n: int, children: int, hollow_rate: float, model: str = MODELS[0]) -> Path:
     private_database()
     import fiftyone as fo
 
     from diffugen.generation.runner import generate
     from diffugen.toyworld.evaluation import captions as make_captions, held_out_captions
 
-    folder = OUT / split
+    folder = model_folder(model) / split
     captions = (held_out_captions(n, hollow_rate) if split == "held-out"
                 else make_captions(n, TRAIN_FIRST_SEED, held_out_captions(n, hollow_rate), hollow_rate))
     name = f"diffugen-label-scores-{split}"
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
-    generate(study_config(name, captions, folder / "media", children))
+    generate(study_config(name, captions, folder / "media", children, model))
     ds = fo.load_dataset(name)
     rows = []
     for s in ds.iter_samples(progress=True):
@@ -110,7 +121,7 @@ def merged_per_word(stored):
     return out
 
 
-def judge_split(split: str, variant: str, weights=None, bias=None):
+def judge_split(split: str, variant: str, weights=None, bias=None, model: str = MODELS[0]):
     """Label every sample of a collected split with ``variant`` and judge the labels: ``(judged images,
     feature rows, right flags)``."""
     import cv2
@@ -124,7 +135,7 @@ def judge_split(split: str, variant: str, weights=None, bias=None):
 
     params, per_occurrence = VARIANTS[variant]
     params = LabelParams(**params)
-    manifest = json.loads((OUT / split / "manifest.json").read_text())
+    manifest = json.loads((model_folder(model) / split / "manifest.json").read_text())
     ids = {c: i + 1 for i, c in enumerate(SHAPES)}
     judged, rows, right = [], [], []
     for s in manifest["samples"]:
@@ -151,8 +162,9 @@ def judge_split(split: str, variant: str, weights=None, bias=None):
     return judged, rows, right
 
 
-def fit(c: float) -> dict:
-    """Fit the logistic score on the training split; print held-out metrics of every variant."""
+def fit(c: float, model_name: str = MODELS[0]) -> dict:
+    """Fit the logistic score on the training split; print held-out metrics of every variant, and of the
+    product's score as shipped (``shipped``: the "after" labels scored with :data:`~diffugen.labels.scoring.WEIGHTS`)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -161,7 +173,7 @@ def fit(c: float) -> dict:
 
     # The score says whether a found blob is its object: fitted on the blobs as found (the core cut after
     # them changes their masks, not their features).
-    _, rows, right = judge_split("train", "uncored")
+    _, rows, right = judge_split("train", "uncored", model=model_name)
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
     model = LogisticRegression(C=c, max_iter=5000).fit(x, y)
@@ -170,13 +182,16 @@ def fit(c: float) -> dict:
     print(f"fitted on {len(y)} training-side labels ({int(y.sum())} right): WEIGHTS = {weights}, BIAS = {bias}")
     report = {"weights": weights, "bias": bias, "train_labels": int(len(y))}
     for split in ("train", "held-out"):
-        for variant in VARIANTS:
-            judged, _, _ = judge_split(split, variant, weights if variant in SCORED else None, bias)
+        for variant in (*VARIANTS, "shipped"):
+            if variant == "shipped":
+                judged, _, _ = judge_split(split, "after", model=model_name)
+            else:
+                judged, _, _ = judge_split(split, variant, weights if variant in SCORED else None, bias, model_name)
             m = label_metrics(judged)
             report[f"{split}/{variant}"] = m
             print(f"{split:8s} {variant:12s} " + "  ".join(
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
-    (OUT / "fit.json").write_text(json.dumps(report, indent=1))
+    (model_folder(model_name) / "fit.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -190,11 +205,13 @@ def main(argv=None) -> int:
     c.add_argument("--hollow-rate", type=float, default=0.3)
     f = sub.add_parser("fit")
     f.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation of the logistic fit")
+    for p in (c, f):
+        p.add_argument("--model", choices=MODELS, default=MODELS[0])
     args = ap.parse_args(argv)
     if args.cmd == "collect":
-        collect(args.split, args.n, args.children, args.hollow_rate)
+        collect(args.split, args.n, args.children, args.hollow_rate, args.model)
     else:
-        fit(args.c)
+        fit(args.c, args.model)
     return 0
 
 
