@@ -33,6 +33,10 @@ are in BENCHMARKS.md. ``--hollow-rate`` and ``--stretch-rate`` change how often 
 hollow and stretched shapes; ``--extra-shapes`` adds diamonds and houses and ``--round-holes`` gives
 every hollow shape a round hole. A model trained on a world other than the default records it in
 ``world.json`` in its folder (:func:`diffugen.toyworld.load_world`).
+
+**The MMDiT** (``--arch mmdit``, ``builtin:toyworld-mmdit``): the same loop, pool, captions and checkpoints
+train an SD3-style transformer and its two CLIP encoders on a 16-channel VAE trained first (phase 1 as
+above); :mod:`diffugen.toyworld.mmdit` has the design and the exact command is in BENCHMARKS.md.
 """
 
 from __future__ import annotations
