@@ -120,7 +120,8 @@ def oracle_agreement(pipe, layers: Sequence[str] | None = None) -> dict[str, flo
     aggregation, for two prompts (64×96, 3 steps, the pipeline's own CFG or none).
 
     Theirs: its records (``heads="mean"``, ``timesteps="all"``; each ``(batch, 1, image_tokens, text_tokens)``,
-    the last rows the conditional prompts) summed over layers and steps, clamped at 0, averaged over the word's
+    the last rows the conditional prompts; a second transformer call per step, the unconditional one, left out) summed
+    over layers and steps, clamped at 0, averaged over the word's
     tokens, bicubic-upsampled, min-max normalised. ``layers``: only the layers whose name (theirs:
     ``transformer.<name>``) starts with one of these, on both sides (it does not record every layer we do).
     """
@@ -149,7 +150,10 @@ def oracle_agreement(pipe, layers: Sequence[str] | None = None) -> dict[str, flo
         run()
     with torch.no_grad(), AttentionCapture(pipe, relations=["image->text"], timesteps="all", heads="mean") as cap:
         run()
-    records = [r for r in cap.compute().records if r.relation == "image->text" and chosen(r.layer_id)]
+    # A pipeline that runs its unconditional half as a second transformer call (FLUX.2 [klein] Base) makes
+    # records with denoiser_call_index 1: only the first call's are the conditional prompts'.
+    records = [r for r in cap.compute().records if r.relation == "image->text" and chosen(r.layer_id)
+               and r.metadata.get("denoiser_call_index", 0) == 0]
     assert records, "attention-map-diffusers recorded no image->text attention"
     total = sum(r.data[:, 0].float() for r in records)  # (batch, image_tokens, text_tokens)
     collector.maps = {name: m for name, m in collector.maps.items() if chosen(name)}
@@ -203,7 +207,7 @@ def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int
     plain.set_progress_bar_config(disable=True)
     ds = fo.load_dataset(cfg.dataset_name)
     for s in ds:
-        out = plain(s.prompt, generator=torch.Generator("cpu").manual_seed(s.seed), num_inference_steps=s.steps,
+        out = plain(prompt=s.prompt, generator=torch.Generator("cpu").manual_seed(s.seed), num_inference_steps=s.steps,
                     height=height, width=width, output_type="np",
                     **({} if cfg.guidance_scale is None else {"guidance_scale": cfg.guidance_scale}), **call)
         image = (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)

@@ -64,7 +64,8 @@ def test_auto_dtype_is_float32_on_cpu_and_the_familys_own_on_a_gpu():
     from diffugen.generation.models import resolve_dtype
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert {f: resolve_dtype("auto", cuda, family_named(f)) for f in ("sd", "sdxl", "sd3", "flux")} == {
-        "sd": torch.float16, "sdxl": torch.float16, "sd3": torch.bfloat16, "flux": torch.bfloat16}
+    assert {f: resolve_dtype("auto", cuda, family_named(f)) for f in ("sd", "sdxl", "sd3", "flux", "flux2")} == {
+        "sd": torch.float16, "sdxl": torch.float16, "sd3": torch.bfloat16, "flux": torch.bfloat16,
+        "flux2": torch.bfloat16}
     assert resolve_dtype("auto", cpu, family_named("flux")) == torch.float32
     assert resolve_dtype("float16", cpu, family_named("flux")) == torch.float16  # what the config says wins

@@ -152,7 +152,7 @@ def test_saved_folder_without_t5_loads_detects_and_generates(sd3_no_t5, tmp_path
     assert type(loaded).__name__ == "StableDiffusion3Pipeline" and loaded.text_encoder_3 is None
     assert family_of(loaded).name == "sd3"
     assert family_of(load_pipeline(str(folder), model_family="sd3")).name == "sd3"
-    assert MODEL_FAMILIES == ("auto", *[f.name for f in families()]) == ("auto", "sd", "sdxl", "sd3", "flux")
+    assert MODEL_FAMILIES == ("auto", *[f.name for f in families()]) == ("auto", "sd", "sdxl", "sd3", "flux", "flux2")
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=str(folder), attributes=ONE, seeds=[5],
                                     model_family="sd3", steps=2))
     assert generate(cfg).tasks[0].made == 1

@@ -258,7 +258,7 @@ def test_a_model_of_no_served_family_is_named_in_the_error(saved, tmp_path, tiny
     class FancyPipeline:
         pass
 
-    with pytest.raises(ModelNotFoundError, match=r"FancyPipeline.*families it serves are \['sd', 'sdxl', 'sd3', 'flux'\]"):
+    with pytest.raises(ModelNotFoundError, match=r"FancyPipeline.*families it serves are \['sd', 'sdxl', 'sd3', 'flux', 'flux2'\]"):
         family_of(FancyPipeline())
     folder = tmp_path / "other"
     shutil.copytree(saved[0], folder)

@@ -20,7 +20,7 @@ from ..prompts import template_fields
 SCHEDULERS = ("ddim", "pndm", "euler", "euler_a", "dpm++", "lms", "unipc")
 # The model families of diffugen.generation.family's registry (tests check the two agree); "auto":
 # the one the model's files show.
-MODEL_FAMILIES = ("auto", "sd", "sdxl", "sd3", "flux")
+MODEL_FAMILIES = ("auto", "sd", "sdxl", "sd3", "flux", "flux2")
 
 
 def _side(default: int | None = None) -> Any:
@@ -158,7 +158,7 @@ class DiffuGenConfig(SamplingConfig):
     output_root: str = "datasets_output"
     model: str = "builtin:tiny"
     checkpoint_config: str | None = None  # diffusers config folder/hub id for single-file checkpoints
-    model_family: Literal[MODEL_FAMILIES] = "auto"  # type: ignore[valid-type]  # "sd" (1.x/2.x), "sdxl", "sd3" (3/3.5) or "flux" to override
+    model_family: Literal[MODEL_FAMILIES] = "auto"  # type: ignore[valid-type]  # "sd" (1.x/2.x), "sdxl", "sd3" (3/3.5), "flux" or "flux2" to override
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     image_format: Literal["png", "jpg"] = "png"

@@ -56,6 +56,21 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
+def _merge_whole(symbols: list[str], ranks: dict[tuple[str, str], int], vocab: list[str]) -> None:
+    # Add the merges (and their tokens to `vocab`) that make BPE join `symbols` into one token, on top of `ranks`.
+    seen = set(vocab)
+    pieces = _bpe(symbols, ranks)
+    left = pieces[0]
+    for right in pieces[1:]:
+        merged = left + right
+        ranks.setdefault((left, right), len(ranks))
+        if merged not in seen:
+            vocab.append(merged)
+            seen.add(merged)
+        left = merged
+    assert _bpe(symbols, ranks) == ["".join(symbols)], symbols
+
+
 def write_tiny_tokenizer(folder: Path, words: list[str] = TINY_WORDS) -> Path:
     """Write ``vocab.json`` and ``merges.txt`` of a word-level CLIP BPE vocabulary into ``folder``.
 
@@ -66,20 +81,9 @@ def write_tiny_tokenizer(folder: Path, words: list[str] = TINY_WORDS) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
     vocab: list[str] = chars + [c + "</w>" for c in chars]
-    merges: list[str] = []
     ranks: dict[tuple[str, str], int] = {}
-    seen = set(vocab)
     for word in dict.fromkeys(w.lower() for w in words):
-        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
-        left = pieces[0]
-        for right in pieces[1:]:
-            merged = left + right
-            ranks.setdefault((left, right), len(ranks))
-            if merged not in seen:
-                vocab.append(merged)
-                seen.add(merged)
-            left = merged
-        assert _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks) == [word + "</w>"], word
+        _merge_whole(list(word[:-1]) + [word[-1] + "</w>"], ranks, vocab)
     merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
@@ -370,3 +374,93 @@ def build_tiny_flux_pipeline(fill: bool = False):
 
 BUILTINS.update({"tiny-sd3": build_tiny_sd3_pipeline, "tiny-flux": build_tiny_flux_pipeline,
                  "tiny-flux-fill": lambda: build_tiny_flux_pipeline(fill=True)})
+
+
+# ---- FLUX.2 [klein]: a Qwen3 text encoder --------------------------------------------------------------------
+# What Qwen3's chat template renders for one user message with add_generation_prompt=True and enable_thinking=False
+# (the call Flux2KleinPipeline makes): the user turn, then an assistant turn whose thinking block is closed empty.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+QWEN3_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def tiny_qwen_tokenizer(words: list[str] = TINY_WORDS):
+    """A ``Qwen2TokenizerFast`` over the tiny vocabulary: Qwen's byte-level BPE (its pre-tokenizer regex, built by
+    transformers from a vocabulary and merges) in which each of ``words`` (and "user", "assistant") is one token,
+    both at a text's start and after a space (``Ġword``); any other text falls back to merges or single bytes.
+
+    Qwen3's special tokens (``<|endoftext|>``, the padding, ``<|im_start|>``, ``<|im_end|>``, the end) and its
+    ``<think>``/``</think>`` tokens, with :data:`QWEN3_CHAT_TEMPLATE`: the prompt Flux2KleinPipeline encodes is
+    tokenized as Qwen3's would be.
+    """
+    from tokenizers import AddedToken
+    from transformers import Qwen2TokenizerFast
+
+    byte_chars = _bytes_to_unicode()
+    vocab: list[str] = list(byte_chars.values())
+    ranks: dict[tuple[str, str], int] = {}
+    for word in dict.fromkeys([*(w.lower() for w in words), "user", "assistant"]):
+        for form in (word, byte_chars[ord(" ")] + word):
+            _merge_whole(list(form), ranks, vocab)
+    _merge_whole([byte_chars[ord("\n")]] * 2, ranks, vocab)  # "\n\n" is one token, as Qwen's
+    vocab += [*QWEN3_SPECIAL, "<think>", "</think>"]
+    tok = Qwen2TokenizerFast(vocab={t: i for i, t in enumerate(vocab)},
+                             merges=[pair for pair, _ in sorted(ranks.items(), key=lambda kv: kv[1])],
+                             eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+                             model_max_length=131072)
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN3_SPECIAL[1:])})
+    tok.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    return tok
+
+
+TINY_QWEN3 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=8)
+
+
+def build_tiny_flux2_pipeline(distilled: bool = False):
+    """Build ``builtin:tiny-flux2``: a Flux2KleinPipeline (FLUX.2 [klein]'s layout) with small random-weight components.
+
+    A Qwen3 text encoder (``Qwen3ForCausalLM``, 27 layers 16 wide, :func:`tiny_qwen_tokenizer`): the pipeline's
+    default ``text_encoder_out_layers=(9, 18, 27)`` stacks three of its hidden states per token into the 48-wide
+    sequence the transformer attends to (the chat-formatted prompt, 512 tokens); a ``Flux2Transformer2DModel`` with
+    one double-stream block and one single-stream block (fused QKV+MLP), 4-axis RoPE and no guidance embedding; an
+    ``AutoencoderKLFlux2`` (8×, 4 latent channels, the batch norm FLUX.2 normalises its patchified latents with),
+    whose latents are packed 2×2 into 16-channel tokens (the token grid is 1/16 of the image); the flow-matching
+    Euler scheduler with the pipeline's resolution-dependent shift. Random weights from fixed seeds.
+
+    ``distilled=False`` (the default) is FLUX.2 [klein] Base's configuration: real classifier-free guidance, the
+    unconditional half a second transformer call. ``distilled=True`` is FLUX.2 [klein]'s (``is_distilled``): guidance
+    is ignored and each step is one call.
+    """
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = tiny_qwen_tokenizer()
+    torch.manual_seed(5)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **TINY_QWEN3))
+    torch.manual_seed(1)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=3 * TINY_QWEN3["hidden_size"], timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False,
+    )
+    torch.manual_seed(2)
+    vae_model = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, **TINY_VAE)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096, time_shift_type="exponential")
+    _frozen(text_encoder, transformer, vae_model)
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=distilled)
+
+
+BUILTINS.update({"tiny-flux2": build_tiny_flux2_pipeline})

@@ -4,7 +4,7 @@ A :class:`ModelFamily` says, for a loaded text-to-image pipeline, how to encode 
 word's tokens sit in what the denoiser attends to), which attention layers to capture with which
 processor, and how to build the img2img and inpainting pipelines. The runner only talks to this
 interface, so a family is one module registered in :func:`_registry` (:mod:`.sd`: SD 1.x/2.x;
-:mod:`.sdxl`: SDXL; a new one, e.g. SD3 or FLUX, the same way). Loading (:mod:`.models`) asks the
+:mod:`.sdxl`: SDXL; :mod:`.sd3`, :mod:`.flux`, :mod:`.flux2` the same way). Loading (:mod:`.models`) asks the
 registry which family a model's files name and which diffusers class loads it.
 """
 
@@ -119,6 +119,11 @@ class ModelFamily(ABC):
         ``size`` ``(height, width)``; by default unchanged."""
         return kwargs
 
+    def max_batch(self, pipe: DiffusionPipeline, task: str) -> int | None:
+        """The most prompts one ``task`` call of ``pipe`` takes (``None``: any); the runner makes a larger batch
+        in calls of this many (FLUX.2 edits: every image given is a reference of every prompt of the call)."""
+        return None
+
     def word_occurrences(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[list[int]]:
         """The positions of each occurrence of ``word`` in ``encoded``: by default the runs of consecutive
         positions among :meth:`word_positions` (a family whose sequence holds a word twice, e.g. SD3's CLIP
@@ -151,11 +156,13 @@ class ModelFamily(ABC):
 
 def _registry() -> list[ModelFamily]:
     from .flux import FluxFamily
+    from .flux2 import Flux2Family
     from .sd import StableDiffusionFamily
     from .sd3 import StableDiffusion3Family
     from .sdxl import StableDiffusionXLFamily
 
-    return [StableDiffusionFamily(), StableDiffusionXLFamily(), StableDiffusion3Family(), FluxFamily()]
+    return [StableDiffusionFamily(), StableDiffusionXLFamily(), StableDiffusion3Family(), FluxFamily(),
+            Flux2Family()]
 
 
 FAMILIES: list[ModelFamily] = []

@@ -55,6 +55,12 @@ def is_fill(pipe: DiffusionPipeline) -> bool:
     return config.in_channels > (config.out_channels or config.in_channels)
 
 
+def packed_grid(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
+    """The token grid of a FLUX.1 or FLUX.2 pipeline's image: the latent grid packed 2×2."""
+    scale = pipe.vae_scale_factor * 2
+    return height // scale, width // scale
+
+
 @torch.no_grad()
 def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
     """Tokenize and encode prompts as FLUX does, emphasis applied to the T5 sequence.
@@ -134,6 +140,4 @@ class FluxFamily(ModelFamily):
         return super().call_defaults(pipe, pipeline_class or ("FluxFillPipeline" if is_fill(pipe) else None))
 
     def latent_size(self, pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, int]:
-        """The token grid: the latent grid packed 2×2."""
-        scale = pipe.vae_scale_factor * 2
-        return height // scale, width // scale
+        return packed_grid(pipe, height, width)

@@ -1,4 +1,4 @@
-"""Word heatmaps from the joint attention of MMDiT transformers (SD3/3.5, FLUX.1), as diffusers processors.
+"""Word heatmaps from the joint attention of MMDiT transformers (SD3/3.5, FLUX.1, FLUX.2), as diffusers processors.
 
 In an MMDiT block the image tokens and the text tokens attend jointly: one softmax over the keys of
 both. A word's heatmap is DAAM's carried over: the attention of the image-token queries onto the
@@ -8,11 +8,12 @@ over the word's tokens, bicubic upsampling to the image, min-max normalisation).
 those of the full joint softmax (normalised over image and text keys, then the text columns kept).
 
 The processors compute each layer's output exactly as diffusers' own (``JointAttnProcessor2_0`` for
-SD3, ``FluxAttnProcessor`` for FLUX; SDPA), so images are bit-identical with and without capture; on
-the side they hand the image queries and the keys to :class:`JointHeatmapCollector`. Every attention
-layer of the transformer records (they all work on the one token grid). Token positions index the
-text sequence the transformer sees: for SD3 the 77 CLIP tokens then the T5 tokens, for FLUX the T5
-tokens. SD3 stacks ``[image, text]`` in its joint sequence, FLUX ``[text, image]`` (and its
+SD3, ``FluxAttnProcessor`` for FLUX, ``Flux2AttnProcessor``/``Flux2ParallelSelfAttnProcessor`` for FLUX.2;
+SDPA), so images are bit-identical with and without capture; on the side they hand the image queries
+and the keys to :class:`JointHeatmapCollector`. Every attention layer of the transformer records (they
+all work on the one token grid). Token positions index the text sequence the transformer sees: for SD3
+the 77 CLIP tokens then the T5 tokens, for FLUX the T5 tokens, for FLUX.2 the chat-formatted Qwen3
+tokens. SD3 stacks ``[image, text]`` in its joint sequence, FLUX and FLUX.2 ``[text, image]`` (and their
 single-stream blocks receive that concatenation as one sequence).
 
 With ``method="concept_attention"`` the maps come from ConceptAttention (Helbling et al., ICML 2025)
@@ -39,7 +40,7 @@ the grid has at most 32×32 tokens.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -213,9 +214,11 @@ class FluxHeatmapProcessor:
     """FLUX's attention processor: the output as ``FluxAttnProcessor`` (its attention dispatch), attention to a collector.
 
     Double-stream blocks concatenate ``[text, image]`` themselves; single-stream blocks receive that
-    sequence whole. The image tokens are the ``h * w`` after the text: FLUX Kontext appends its reference
-    image's tokens after them, which keys include (the joint softmax runs over them) but no map is made
-    of. The original processor's attention backend is kept.
+    sequence whole. The image tokens are the ``h * w`` after the text: FLUX Kontext (and FLUX.2, editing or
+    inpainting) appends its reference image's tokens after them, which keys include (the joint softmax runs
+    over them) but no map is made of. The original processor's attention backend is kept. FLUX.2's
+    double-stream ``Flux2AttnProcessor`` computes the same (its projections, norms and output layers are
+    FLUX.1's), so this class serves those blocks too.
     """
 
     _attention_backend = None
@@ -228,7 +231,6 @@ class FluxHeatmapProcessor:
         self._parallel_config = getattr(original, "_parallel_config", None)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
@@ -250,23 +252,9 @@ class FluxHeatmapProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
+        image = self.observe(query, key, attn.head_dim, encoder_hidden_states)
+        hidden_states = self.attend(query, key, value, attention_mask)
         collector = self.collector
-        if collector.active:
-            # (batch, S, heads, head_dim) → (batch, heads, S, head_dim); the image tokens follow the text.
-            q, k = query.transpose(1, 2), key.transpose(1, 2)
-            if encoder_hidden_states is not None:  # double blocks run first: single blocks reuse the length
-                collector.text_length = encoder_hidden_states.shape[1]
-            image = slice(collector.text_length, collector.text_length + collector.latent_size[0] * collector.latent_size[1])
-            scale = attn.head_dim**-0.5
-            if collector.method == "cross_attention":
-                collector.record(self.name, q[:, :, image], k, scale, text_start=0)
-            if collector.refine_power:
-                collector.record_self(q[:, :, image], k[:, :, image], scale)
-
-        hidden_states = dispatch_attention_fn(query, key, value, attn_mask=attention_mask,
-                                              backend=self._attention_backend, parallel_config=self._parallel_config)
-        hidden_states = hidden_states.flatten(2, 3)
-        hidden_states = hidden_states.to(query.dtype)
         if collector.active and collector.stream is not None and encoder_hidden_states is not None:
             collector.stream.attend(self.name, attn, key[:, image].transpose(1, 2), value[:, image].transpose(1, 2),
                                     hidden_states[:, image])
@@ -278,6 +266,60 @@ class FluxHeatmapProcessor:
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+    def observe(self, query: torch.Tensor, key: torch.Tensor, head_dim: int, encoder_hidden_states=None) -> slice:
+        """Hand one layer's attention to the collector; the image tokens' slice of the joint sequence.
+
+        ``query``, ``key``: ``(batch, S, heads, head_dim)`` as the layer attends with them (norms and rotary
+        embedding applied), ``[text, image, reference image…]``; ``encoder_hidden_states``: a double-stream
+        block's text input (single-stream blocks reuse the text length the double-stream ones, run first, saw).
+        """
+        collector = self.collector
+        if encoder_hidden_states is not None:
+            collector.text_length = encoder_hidden_states.shape[1]
+        image = slice(collector.text_length, collector.text_length + collector.latent_size[0] * collector.latent_size[1])
+        if collector.active:
+            q, k = query.transpose(1, 2), key.transpose(1, 2)  # → (batch, heads, S, head_dim)
+            scale = head_dim**-0.5
+            if collector.method == "cross_attention":
+                collector.record(self.name, q[:, :, image], k, scale, text_start=0)
+            if collector.refine_power:
+                collector.record_self(q[:, :, image], k[:, :, image], scale)
+        return image
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """``(batch, S, heads * head_dim)``: the layer's attention through the original processor's backend."""
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        hidden_states = dispatch_attention_fn(query, key, value, attn_mask=attention_mask,
+                                              backend=self._attention_backend, parallel_config=self._parallel_config)
+        return hidden_states.flatten(2, 3).to(query.dtype)
+
+
+class Flux2SingleHeatmapProcessor(FluxHeatmapProcessor):
+    """FLUX.2's single-stream processor: the output as ``Flux2ParallelSelfAttnProcessor`` (one projection gives the
+    attention's QKV and the MLP's input, one projects both outputs), attention to a collector as FLUX's.
+
+    FLUX.2's double-stream blocks compute as FLUX.1's (:class:`FluxHeatmapProcessor` serves them).
+    """
+
+    def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        hidden_states = attn.to_qkv_mlp_proj(hidden_states)
+        qkv_dim = 3 * attn.inner_dim
+        mlp_dim = attn.mlp_hidden_dim * attn.mlp_mult_factor
+        local_qkv = hidden_states.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)
+        qkv, mlp_hidden_states = torch.split(hidden_states, [local_qkv, hidden_states.shape[-1] - local_qkv], dim=-1)
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        self.observe(query, key, attn.head_dim)
+        hidden_states = self.attend(query, key, value, attention_mask)
+        return attn.to_out(torch.cat([hidden_states, attn.mlp_act_fn(mlp_hidden_states)], dim=-1))
 
 
 class ConceptStream:
@@ -389,11 +431,12 @@ def concept_embedding(family: ModelFamily, pipe: DiffusionPipeline, word: str) -
 
 
 @contextmanager
-def capture_joint_heatmaps(transformer, processor_class: type, refine_power: int = 0,
+def capture_joint_heatmaps(transformer, processor_class: Callable, refine_power: int = 0,
                            method: HeatmapMethod = "cross_attention") -> Iterator[JointHeatmapCollector]:
-    """Install ``processor_class`` (:class:`JointHeatmapProcessor`, :class:`FluxHeatmapProcessor`) on every
-    attention layer of ``transformer`` (and, for ``method="concept_attention"``, the :class:`ConceptStream`
-    hooks on its joint blocks); restore the old processors on exit.
+    """Install ``processor_class`` (:class:`JointHeatmapProcessor`, :class:`FluxHeatmapProcessor`, or a function of
+    the same arguments ``(collector, name, original)`` choosing one per layer: FLUX.2's) on every attention layer
+    of ``transformer`` (and, for ``method="concept_attention"``, the :class:`ConceptStream` hooks on its joint
+    blocks); restore the old processors on exit.
 
     >>> with capture_joint_heatmaps(pipe.transformer, JointHeatmapProcessor) as collector:
     ...     collector.reset(1, [3], (32, 32)); pipe("a photo of a car", height=512, width=512)

@@ -245,6 +245,11 @@ class Runner:
         """
         cfg = self.cfg
         family = family_of(pipe)
+        limit = family.max_batch(pipe, task)
+        if limit is not None and len(items) > limit:  # the plan's batch, made in calls of `limit` prompts
+            parts = [self.run_batch(pipe, collector, task, items[i : i + limit],
+                                    None if masks is None else masks[i : i + limit]) for i in range(0, len(items), limit)]
+            return (np.concatenate([p[0] for p in parts]), *(sum((p[k] for p in parts), []) for k in (1, 2, 3)))
         with self._phase("pipeline"):
             encoded = family.encode(pipe, [it.prompt for it in items], cfg.task_value(task, "negative_prompt"))
             for it, e in zip(items, encoded.prompts):
