@@ -132,7 +132,9 @@ def test_shipped_model_loads_offline_and_generates(monkeypatch):
 
 
 @pytest.mark.skipif(not model_available(), reason="the toy-world model folder is not there")
-def test_label_accuracy_bench_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("model", [[], ["--model", "builtin:toyworld-mmdit", "--heatmap-method", "concept_attention"]],
+                         ids=["unet", "mmdit"])
+def test_label_accuracy_bench_runs_end_to_end(tmp_path, model):
     """The accuracy bench (its targets live in BENCHMARKS.md, not here) runs on a few images."""
     import json
     import os
@@ -141,11 +143,11 @@ def test_label_accuracy_bench_runs_end_to_end(tmp_path):
 
     out = tmp_path / "accuracy.json"
     bench = Path(__file__).resolve().parent.parent / "bench" / "label_accuracy.py"
-    done = subprocess.run([sys.executable, str(bench), "--quick", "--out", str(out)], env=dict(os.environ),
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--out", str(out), *model], env=dict(os.environ),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["images"] == 8
+    assert result["images"] == 8 and result["heatmap_method"] == (model[-1] if model else "cross_attention")
     assert 0 <= result["adherence"] <= 1 and 0 <= result["iou_drawn_mean"] <= 1 and 0 <= result["ap50_mean"] <= 1
     scores = result["scores"]  # txt2img and their img2img/inpaint children
     assert scores["images"] > 8 and scores["labels"] >= scores["right"] >= 0
