@@ -203,7 +203,6 @@ def capture_flux2_heatmaps(transformer, refine_power: int = 0) -> Iterator[Joint
             registry.remove_hook(_HOOK, recurse=False)
 
 
-
 class Flux2Family(ModelFamily):
     """FLUX.2 [klein] and [klein] Base (``Flux2KleinPipeline``, ``Flux2KleinInpaintPipeline``; ``builtin:tiny-flux2``)."""
 

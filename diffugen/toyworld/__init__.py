@@ -19,7 +19,7 @@ MMDIT_DIR = MODEL_DIR.parent / "model-mmdit"  # builtin:toyworld-mmdit (diffugen
 WORLD_FILE = "world.json"  # in a model folder trained on a world other than the default one
 
 __all__ = ["MMDIT_DIR", "MODEL_DIR", "load_toyworld_mmdit_pipeline", "load_toyworld_pipeline", "load_world",
-           "model_available"]
+           "model_available", "save_world"]
 
 
 def model_available(folder: str | Path | None = None) -> bool:
@@ -35,6 +35,17 @@ def load_world(folder: str | Path | None = None) -> dict:
     if not path.is_file():
         return {}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()}
+
+
+def save_world(folder: str | Path, world: dict | None) -> None:
+    """Record in a model folder the world it learned, for judging its images (:func:`load_world`); none for the
+    default world."""
+    import json
+
+    path = Path(folder) / WORLD_FILE
+    path.unlink(missing_ok=True)
+    if world:
+        path.write_text(json.dumps(world, indent=1))
 
 
 def load_toyworld_pipeline(folder: str | Path | None = None, dtype=None):

@@ -90,7 +90,7 @@ def save_pipeline(models: dict, vae, tokenizer, out: Path, world: dict | None = 
     from diffusers import StableDiffusion3Pipeline
 
     from ..generation.models import MODEL_DEFAULTS_FILE
-    from . import WORLD_FILE
+    from . import save_world
 
     parts = {name: copy.deepcopy(m).to(dtype) for name, m in models.items()}
     pipe = StableDiffusion3Pipeline(
@@ -101,9 +101,7 @@ def save_pipeline(models: dict, vae, tokenizer, out: Path, world: dict | None = 
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
     (out / MODEL_DEFAULTS_FILE).write_text(json.dumps({"max_sequence_length": T5_LENGTH}, indent=1))
-    (out / WORLD_FILE).unlink(missing_ok=True)
-    if world:
-        (out / WORLD_FILE).write_text(json.dumps(world, indent=1))
+    save_world(out, world)
 
 
 def train_mmdit(args, state_dir: Path, state_path: Path, world: dict, t_start: float) -> int:

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from ..errors import DiffuGenError
 from ..generation.builtin import write_tiny_tokenizer
-from . import WORLD_FILE
+from . import save_world
 from .scene import EXTRA_SHAPES, HOLLOW_SHAPES, SHAPES, VOCABULARY, make_caption, make_scene
 
 HELD_OUT_SEED = 1_000_000_000  # evaluation scenes/prompts use seeds from here on
@@ -339,10 +339,7 @@ def save_pipeline(unet, text_encoder, vae, tokenizer, scheduler, out: Path, worl
     )
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    # The world it learned, for judging its images (``diffugen.toyworld.load_world``); none: the default world.
-    (out / WORLD_FILE).unlink(missing_ok=True)
-    if world:
-        (out / WORLD_FILE).write_text(json.dumps(world, indent=1))
+    save_world(out, world)
 
 
 # ---- measuring -----------------------------------------------------------------------------------
@@ -415,8 +412,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uncond", type=float, default=0.1, help="fraction of captions dropped (for CFG)")
     p.add_argument("--design", choices=sorted(DESIGNS), default="base")
     p.add_argument("--arch", choices=("unet", "mmdit"), default="unet",
-                   help="unet: the Stable Diffusion model (builtin:toyworld); mmdit: an SD3-style transformer on the "
-                        "shipped model's VAE and vocabulary (builtin:toyworld-mmdit, diffugen.toyworld.mmdit)")
+                   help="unet: the Stable Diffusion model (builtin:toyworld); mmdit: an SD3-style transformer with a "
+                        "16-channel VAE of its own and the shipped model's vocabulary (builtin:toyworld-mmdit, "
+                        "diffugen.toyworld.mmdit)")
     p.add_argument("--hollow-rate", type=_rate, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
     p.add_argument("--stretch-rate", type=_rate, default=None, help="share of the other squares and triangles drawn wide or tall")
     p.add_argument("--extra-shapes", action="store_true",
