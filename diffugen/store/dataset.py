@@ -71,9 +71,13 @@ def class_heatmap_field(cls: str) -> str:
 def _load_or_create(name: str) -> fo.Dataset:
     if fo.dataset_exists(name):
         return fo.load_dataset(name)
+    from pymongo.errors import DuplicateKeyError
+
     try:
         return fo.Dataset(name, persistent=True)
-    except ValueError:  # another run created it between the two calls
+    # Another run created it between the two calls: FiftyOne says so (ValueError) when it sees the name, the
+    # database's unique name index (DuplicateKeyError) when both inserted at once.
+    except (ValueError, DuplicateKeyError):
         return fo.load_dataset(name)
 
 
