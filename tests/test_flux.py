@@ -20,6 +20,7 @@ from conftest import (
 from diffusers import FluxFillPipeline
 
 from diffugen.config import parse_config
+from diffugen.errors import DiffuGenError
 from diffugen.generation.builtin import build_tiny_flux_pipeline
 from diffugen.generation.family import family_of
 from diffugen.generation.models import load_pipeline
@@ -94,6 +95,27 @@ def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_
     assert cfg.guidance_scale is None
     assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 112, 80)
     assert set(fo.load_dataset(dataset_name).values("guidance_scale")) == {3.5}
+
+
+def test_config_max_sequence_length_is_the_t5_length_the_pipeline_is_given(flux, tmp_path, dataset_name):
+    """``max_sequence_length: 24`` (FLUX.1 schnell's users set 256): the images are the plain pipeline's with
+    ``max_sequence_length=24``, not its default 512's, and the words are still found in the shorter sequence."""
+    batch = family_of(flux).encode(flux, ["a rear view of a car at noon"], "", 24)
+    assert batch.pipeline_kwargs["prompt_embeds"].shape[1] == 24 == batch.context_length
+    assert family_of(flux).word_positions(flux, batch.prompts[0], "car")
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=64, height=64,
+                                    seeds=[11], steps=2, attributes=ONE, max_sequence_length=24))
+    assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 64, 64, max_sequence_length=24)
+    sample = fo.load_dataset(dataset_name).first()
+    assert len(sample.word_heatmaps) == 1 and sample.daam_detections.detections
+
+
+def test_max_sequence_length_is_refused_for_a_model_without_a_long_sequence(tmp_path, dataset_name):
+    cfg = parse_config(small_config(dataset_name, tmp_path / "out", max_sequence_length=256))
+    with pytest.raises(DiffuGenError, match=r"max_sequence_length 256: model builtin:tiny is a 'sd' model, whose "
+                                            r"prompts have no long text sequence; it applies to \['sd3', 'flux', 'flux2'\]"):
+        generate(cfg)
+    assert not fo.dataset_exists(dataset_name) and not (tmp_path / "out").exists()
 
 
 def test_shards_make_each_image_once(tmp_path, dataset_name):

@@ -117,6 +117,20 @@ def test_word_positions_cover_clip_and_t5_tokens_and_emphasis_acts(sd3, sd3_no_t
     assert family.word_occurrences(sd3, twice, "car") == [[3, 77 + 2], [7, 77 + 6]]  # CLIP and T5 tokens together
 
 
+def test_max_sequence_length_sets_the_t5_part_as_diffusers_does(sd3, sd3_no_t5):
+    """A config's ``max_sequence_length`` is the T5 part's length, with T5 and (zeros, as diffusers pads) without;
+    the embeddings are the pipeline's own ``encode_prompt`` at that length."""
+    family = family_of(sd3)
+    for pipe in (sd3, sd3_no_t5):
+        batch = family.encode(pipe, ["a red car on a road"], "", 16)
+        theirs = pipe.encode_prompt("a red car on a road", "a red car on a road", "a red car on a road",
+                                    do_classifier_free_guidance=False, max_sequence_length=16)[0]
+        assert batch.pipeline_kwargs["prompt_embeds"].shape == theirs.shape == (1, 77 + 16, theirs.shape[2])
+        torch.testing.assert_close(batch.pipeline_kwargs["prompt_embeds"], theirs)
+    car = family.word_positions(sd3, family.encode(sd3, ["a red car"], "", 16).prompts[0], "car")
+    assert car == [3, 77 + 2]
+
+
 def test_capture_leaves_images_bit_identical_and_restores_processors(sd3):
     collector = assert_capture_is_invisible(sd3)  # every processor replaced: SD3.5's image-only attn2 too
     assert collector.latent_size == (4, 7) and collector.refine_grid() == (4, 7)

@@ -168,6 +168,10 @@ class DiffuGenConfig(SamplingConfig):
     negative_prompt: str = ""
     seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(min=0, max=2**31 - 1))
     batch_size: int = Field(1, ge=1, le=256)
+    # The length of the long text sequence SD3/FLUX (T5) and FLUX.2 (Qwen3) models attend over; not set: the
+    # model's own (its folder's diffugen.json, else the pipeline's default: SD3 256, FLUX 512). FLUX.1 schnell
+    # was trained with 256, and shorter sequences are faster; a prompt longer than this is truncated.
+    max_sequence_length: int | None = Field(None, ge=1, le=512)
 
     class_words: list[str] = Field(default_factory=list)
     class_map: dict[str, str] = Field(default_factory=dict)

@@ -89,14 +89,17 @@ class ModelFamily(ABC):
     own_classes: ClassVar[tuple[str, ...]] = ()  # class names loaded as themselves, not as ``pipeline_class``
     heatmap_methods: ClassVar[tuple[str, ...]] = ("cross_attention",)  # what :meth:`capture`'s ``method`` takes
     cuda_dtype: ClassVar[str] = "float16"  # what ``dtype: "auto"`` loads on a GPU
+    long_encoder: ClassVar[str | None] = None  # the encoder whose sequence length :meth:`encode` takes (e.g. "T5")
 
     @abstractmethod
     def matches(self, pipe: DiffusionPipeline) -> bool:
         """Whether ``pipe`` (a loaded text-to-image pipeline) is of this family."""
 
     @abstractmethod
-    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
-        """Encode a batch of prompts (emphasis applied) and the shared negative prompt."""
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
+               max_sequence_length: int | None = None) -> EncodedBatch:
+        """Encode a batch of prompts (emphasis applied) and the shared negative prompt; ``max_sequence_length``:
+        the length of the :attr:`long_encoder`'s sequence (``None``: the model's own; ignored without one)."""
 
     @abstractmethod
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:

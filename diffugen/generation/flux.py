@@ -32,7 +32,7 @@ from .attention import LayerChoice, RefineLayers
 from .family import EncodedBatch, ModelFamily
 from .joint_attention import FluxHeatmapProcessor, HeatmapMethod, capture_joint_heatmaps
 from .sd import tokenize
-from .sd3 import max_sequence_length, t5_embed, t5_tokenize, t5_word_positions
+from .sd3 import sequence_length, t5_embed, t5_tokenize, t5_word_positions
 from .tokens import EncodedPrompt
 
 if TYPE_CHECKING:
@@ -62,8 +62,10 @@ def packed_grid(pipe: DiffusionPipeline, height: int, width: int) -> tuple[int, 
 
 
 @torch.no_grad()
-def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
-    """Tokenize and encode prompts as FLUX does, emphasis applied to the T5 sequence.
+def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str], max_length: int | None = None
+                   ) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
+    """Tokenize and encode prompts as FLUX does, emphasis applied to the T5 sequence of ``max_length``
+    (:func:`~.sd3.sequence_length`).
 
     Returns:
         encoded: the T5 ids of each prompt (what word positions index).
@@ -73,7 +75,8 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[lis
     clip = [tokenize(pipe, p) for p in prompts]
     ids = torch.tensor([e.ids for e in clip], device=pipe.text_encoder.device)
     pooled = pipe.text_encoder(ids, output_hidden_states=False).pooler_output.to(pipe.text_encoder.dtype)
-    encoded = [t5_tokenize(pipe.tokenizer_2, p, max_sequence_length(pipe)) for p in prompts]
+    length = sequence_length(pipe, max_length)
+    encoded = [t5_tokenize(pipe.tokenizer_2, p, length) for p in prompts]
     return encoded, t5_embed(pipe.text_encoder_2, encoded), pooled
 
 
@@ -87,18 +90,20 @@ class FluxFamily(ModelFamily):
     own_classes = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
     heatmap_methods = get_args(HeatmapMethod)
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
+    long_encoder = "T5"
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import FluxTransformer2DModel
 
         return isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel)
 
-    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
+               max_sequence_length: int | None = None) -> EncodedBatch:
         if negative_prompt:
             logger.info("FLUX is guidance-distilled: the negative prompt %r is not used", negative_prompt)
-        encoded, embeds, pooled = encode_prompts(pipe, prompts)
+        encoded, embeds, pooled = encode_prompts(pipe, prompts, max_sequence_length)
         return EncodedBatch(pipeline_kwargs={"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
-                            prompts=encoded, context_length=max_sequence_length(pipe))
+                            prompts=encoded, context_length=sequence_length(pipe, max_sequence_length))
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
         return t5_word_positions(pipe.tokenizer_2, encoded.ids, word)

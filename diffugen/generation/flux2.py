@@ -52,7 +52,7 @@ from .joint_attention import (
     capture_joint_heatmaps,
 )
 from .sd import apply_emphasis
-from .sd3 import max_sequence_length
+from .sd3 import sequence_length
 from .tokens import EncodedPrompt
 
 if TYPE_CHECKING:
@@ -122,14 +122,16 @@ def out_layers(pipe: DiffusionPipeline) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[list[ChatPrompt], torch.Tensor]:
-    """Tokenize and encode prompts as Flux2KleinPipeline does, emphasis applied.
+def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str], max_length: int | None = None
+                   ) -> tuple[list[ChatPrompt], torch.Tensor]:
+    """Tokenize and encode prompts as Flux2KleinPipeline does, emphasis applied, to ``max_length`` tokens
+    (:func:`~.sd3.sequence_length`).
 
     Returns:
         encoded: each prompt's chat-formatted ids (what word positions index).
         prompt_embeds: ``(batch, length, 3 * qwen_hidden)``: the pipeline's ``encode_prompt`` of the prompts.
     """
-    length = max_sequence_length(pipe)
+    length = sequence_length(pipe, max_length)
     encoded = [chat_tokenize(pipe.tokenizer, p, length) for p in prompts]
     embeds, _ = pipe.encode_prompt([e.content for e in encoded], device=pipe._execution_device,
                                    max_sequence_length=length, text_encoder_out_layers=out_layers(pipe))
@@ -210,21 +212,25 @@ class Flux2Family(ModelFamily):
     pipeline_class = "Flux2KleinPipeline"
     class_names = ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline")
     cuda_dtype = "bfloat16"  # as the model cards load them
+    long_encoder = "Qwen3"
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
 
         return isinstance(pipe, (Flux2KleinPipeline, Flux2KleinInpaintPipeline))
 
-    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
-        encoded, embeds = encode_prompts(pipe, prompts)
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
+               max_sequence_length: int | None = None) -> EncodedBatch:
+        encoded, embeds = encode_prompts(pipe, prompts, max_sequence_length)
         kwargs = {"prompt_embeds": embeds}
         if pipe.config.is_distilled:
             if negative_prompt:
                 logger.info("FLUX.2 [klein] is step-distilled: the negative prompt %r is not used", negative_prompt)
         else:
-            kwargs["negative_prompt_embeds"] = encode_prompts(pipe, [negative_prompt] * len(prompts))[1]
-        return EncodedBatch(pipeline_kwargs=kwargs, prompts=encoded, context_length=max_sequence_length(pipe))
+            kwargs["negative_prompt_embeds"] = encode_prompts(pipe, [negative_prompt] * len(prompts),
+                                                              max_sequence_length)[1]
+        return EncodedBatch(pipeline_kwargs=kwargs, prompts=encoded,
+                            context_length=sequence_length(pipe, max_sequence_length))
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
         return chat_word_positions(encoded, word)

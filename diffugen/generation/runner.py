@@ -42,7 +42,7 @@ from ..store.repair import drop_incomplete
 from ..store.writer import SampleWriter
 from .attention import HeatmapCollector
 from .embeddings import load_textual_inversions
-from .family import family_of
+from .family import families, family_of
 from .joint_attention import concept_embedding
 from .models import cached_pipeline, resolve_device, set_scheduler
 from .planner import inpaint_mask, plan, plan_warnings
@@ -199,6 +199,10 @@ class Runner:
             if self.cfg.heatmap_method not in family.heatmap_methods:
                 raise DiffuGenError(f"heatmap_method {self.cfg.heatmap_method!r}: model {model} is a {family.name!r} "
                                     f"model, which offers {list(family.heatmap_methods)}")
+            if self.cfg.max_sequence_length is not None and family.long_encoder is None:
+                raise DiffuGenError(f"max_sequence_length {self.cfg.max_sequence_length}: model {model} is a "
+                                    f"{family.name!r} model, whose prompts have no long text sequence; it applies "
+                                    f"to {[f.name for f in families() if f.long_encoder]} models")
             self._models[model] = base
             self._defaults[model] = family.call_defaults(base)
         base = self._models[model]
@@ -251,7 +255,8 @@ class Runner:
                                     None if masks is None else masks[i : i + limit]) for i in range(0, len(items), limit)]
             return (np.concatenate([p[0] for p in parts]), *(sum((p[k] for p in parts), []) for k in (1, 2, 3)))
         with self._phase("pipeline"):
-            encoded = family.encode(pipe, [it.prompt for it in items], cfg.task_value(task, "negative_prompt"))
+            encoded = family.encode(pipe, [it.prompt for it in items], cfg.task_value(task, "negative_prompt"),
+                                    cfg.max_sequence_length)
             for it, e in zip(items, encoded.prompts):
                 if e.truncated:
                     logger.warning("prompt longer than the model's %d tokens, truncated: %r", encoded.context_length,

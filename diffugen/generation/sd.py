@@ -106,7 +106,8 @@ class StableDiffusionFamily(ModelFamily):
         return (isinstance(unet, UNet2DConditionModel) and getattr(pipe, "text_encoder", None) is not None
                 and getattr(pipe, "text_encoder_2", None) is None)
 
-    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
+               max_sequence_length: int | None = None) -> EncodedBatch:
         encoded = [tokenize(pipe, p) for p in prompts]
         negative = tokenize(pipe, negative_prompt)
         return EncodedBatch(

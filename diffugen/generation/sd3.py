@@ -36,9 +36,12 @@ if TYPE_CHECKING:
 
 
 
-def max_sequence_length(pipe: DiffusionPipeline) -> int:
-    """The T5 length of the model: the one its folder records (:func:`~.family.model_defaults`; the toy-world
-    MMDiT's is 0), else the pipeline's default (its ``__call__``'s ``max_sequence_length``: SD3 256, FLUX 512)."""
+def sequence_length(pipe: DiffusionPipeline, asked: int | None = None) -> int:
+    """The T5 (FLUX.2: Qwen3) length to encode with: ``asked`` (a config's ``max_sequence_length``), else the one
+    the model's folder records (:func:`~.family.model_defaults`; the toy-world MMDiT's is 0), else the pipeline's
+    default (its ``__call__``'s ``max_sequence_length``: SD3 256, FLUX 512)."""
+    if asked is not None:
+        return asked
     own = model_defaults(pipe).get("max_sequence_length")
     return own if own is not None else inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
 
@@ -83,8 +86,10 @@ def t5_word_positions(tokenizer, ids: Sequence[int], word: str) -> list[int]:
 
 
 @torch.no_grad()
-def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
-    """Tokenize and encode prompts as SD3 does, emphasis applied.
+def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str], max_length: int | None = None
+                   ) -> tuple[list[EncodedPrompt], torch.Tensor, torch.Tensor]:
+    """Tokenize and encode prompts as SD3 does, emphasis applied; ``max_length``: the T5 part's
+    (:func:`sequence_length`).
 
     Returns:
         encoded: per prompt, the CLIP ids (77, as the first CLIP tokenizer split them) followed by the
@@ -107,7 +112,7 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str]) -> tuple[lis
         out = encoder(torch.tensor([e.ids for e in encoded], device=encoder.device), output_hidden_states=True)
         pooled.append(out[0])
         hidden.append(apply_emphasis(out.hidden_states[-2], encoded).to(pipe.text_encoder.dtype))
-    length = max_sequence_length(pipe)
+    length = sequence_length(pipe, max_length)
     if pipe.text_encoder_3 is None:
         t5 = torch.zeros(len(prompts), length, pipe.transformer.config.joint_attention_dim,
                          device=pipe.text_encoder.device, dtype=pipe.text_encoder.dtype)
@@ -130,6 +135,7 @@ class StableDiffusion3Family(ModelFamily):
     class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
     heatmap_methods = get_args(HeatmapMethod)
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
+    long_encoder = "T5"
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import SD3Transformer2DModel
@@ -139,9 +145,10 @@ class StableDiffusion3Family(ModelFamily):
     def text_encoders(self, pipe: DiffusionPipeline) -> list[tuple[str | None, Any, Any]]:
         return text_encoders(pipe)
 
-    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
-        encoded, embeds, pooled = encode_prompts(pipe, prompts)
-        _, negative, negative_pooled = encode_prompts(pipe, [negative_prompt] * len(prompts))
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
+               max_sequence_length: int | None = None) -> EncodedBatch:
+        encoded, embeds, pooled = encode_prompts(pipe, prompts, max_sequence_length)
+        _, negative, negative_pooled = encode_prompts(pipe, [negative_prompt] * len(prompts), max_sequence_length)
         return EncodedBatch(
             pipeline_kwargs={"prompt_embeds": embeds, "negative_prompt_embeds": negative,
                              "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled},

@@ -103,7 +103,8 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     def text_encoders(self, pipe: DiffusionPipeline) -> list[tuple[str | None, Any, Any]]:
         return text_encoders(pipe)
 
-    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str) -> EncodedBatch:
+    def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
+               max_sequence_length: int | None = None) -> EncodedBatch:
         encoded, embeds, pooled = encode_prompts(pipe, prompts)
         if not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
