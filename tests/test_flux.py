@@ -101,7 +101,7 @@ def test_config_max_sequence_length_is_the_t5_length_the_pipeline_is_given(flux,
     """``max_sequence_length: 24`` (FLUX.1 schnell's users set 256): the images are the plain pipeline's with
     ``max_sequence_length=24``, not its default 512's, and the words are still found in the shorter sequence."""
     batch = family_of(flux).encode(flux, ["a rear view of a car at noon"], "", 24)
-    assert batch.pipeline_kwargs["prompt_embeds"].shape[1] == 24 == batch.context_length
+    assert batch.pipeline_kwargs["prompt_embeds"].shape[1] == 24 == batch.context_limits["T5"]
     assert family_of(flux).word_positions(flux, batch.prompts[0], "car")
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=64, height=64,
                                     seeds=[11], steps=2, attributes=ONE, max_sequence_length=24))

@@ -83,13 +83,15 @@ def test_encode_is_the_pipelines_own_and_words_are_chat_tokens(flux2):
     ours = family.encode(flux2, prompts, "")
     embeds, _ = flux2.encode_prompt(prompts, device=flux2.device)
     negative, _ = flux2.encode_prompt(["", ""], device=flux2.device)  # the pipeline's own CFG negative
-    assert ours.pipeline_kwargs.keys() == {"prompt_embeds", "negative_prompt_embeds"} and ours.context_length == 512
+    assert ours.pipeline_kwargs.keys() == {"prompt_embeds", "negative_prompt_embeds"} and ours.context_limits == {"Qwen3": 512}
     assert torch.equal(ours.pipeline_kwargs["prompt_embeds"], embeds) and embeds.shape == (2, 512, 48)
     assert torch.equal(ours.pipeline_kwargs["negative_prompt_embeds"], negative)
     short = family.encode(flux2, prompts, "", 40)  # a config's max_sequence_length
-    assert short.context_length == 40 and torch.equal(short.pipeline_kwargs["prompt_embeds"], flux2.encode_prompt(
+    assert short.context_limits == {"Qwen3": 40} and torch.equal(short.pipeline_kwargs["prompt_embeds"], flux2.encode_prompt(
         prompts, device=flux2.device, max_sequence_length=40)[0])
     assert family.word_positions(flux2, short.prompts[0], "car") == [5]
+    assert not any(e.truncated for e in short.prompts)
+    assert family.encode(flux2, [" ".join(prompts * 4)], "", 40).prompts[0].truncated  # its chat template cut at 40
     blurry, _ = flux2.encode_prompt(["blurry"] * 2, device=flux2.device)
     assert torch.equal(family.encode(flux2, prompts, "blurry").pipeline_kwargs["negative_prompt_embeds"], blurry)
     # <|im_start|> user \n a Ġred Ġcar: the word's token inside the template; "Car" and "car" alike, "carts" not

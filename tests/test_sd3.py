@@ -129,6 +129,10 @@ def test_max_sequence_length_sets_the_t5_part_as_diffusers_does(sd3, sd3_no_t5):
         torch.testing.assert_close(batch.pipeline_kwargs["prompt_embeds"], theirs)
     car = family.word_positions(sd3, family.encode(sd3, ["a red car"], "", 16).prompts[0], "car")
     assert car == [3, 77 + 2]
+    # The truncation warning names both limits: a prompt CLIP keeps whole can lose its end in T5's 16 tokens.
+    long = family.encode(sd3, [" ".join(["a red car on a road"] * 4)], "", 16)
+    assert long.context_limits == {"CLIP": 77, "T5": 16} and long.prompts[0].truncated
+    assert family.encode(sd3_no_t5, ["a red car"], "", 16).context_limits == {"CLIP": 77}
 
 
 def test_capture_leaves_images_bit_identical_and_restores_processors(sd3):

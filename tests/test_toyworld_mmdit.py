@@ -94,3 +94,32 @@ def test_mmdit_trainer_runs_resumes_and_writes_a_loadable_sd3_folder(tmp_path):
     pipe = load_pipeline(str(out))
     assert family_of(pipe).name == "sd3" and model_defaults(pipe) == {"max_sequence_length": 0}
     assert pipe.transformer.config.patch_size == 1 and pipe.vae.config.shift_factor is not None
+
+
+@shipped
+def test_mmdit_fine_tunes_from_a_model_folder_on_its_frozen_vae(tmp_path):
+    import torch
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    assert main(["toyworld", "train", "--arch", "mmdit", "--init-from", str(MMDIT_DIR), "--state", str(state),
+                 "--out", str(out), "--steps", "1", "--pool", "64", "--batch", "4", "--save-every", "0"]) == 0
+    shipped_pipe, tuned = load_toyworld_mmdit_pipeline(), load_toyworld_mmdit_pipeline(out)
+    assert not (state / "vae.pt").exists()  # no VAE phase: the folder's VAE is kept as it is
+    for a, b in zip(shipped_pipe.vae.state_dict().values(), tuned.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    assert tuned.vae.config.shift_factor == shipped_pipe.vae.config.shift_factor
+    assert torch.load(state / "diffusion.pt", weights_only=True)["step"] == 1
+
+
+@shipped
+@pytest.mark.parametrize("arch", ["unet", "mmdit"])
+def test_fine_tuning_a_folder_of_the_other_architecture_is_refused_before_anything_is_written(tmp_path, arch, capsys):
+    from diffugen.toyworld import MODEL_DIR
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    folder = MMDIT_DIR if arch == "unet" else MODEL_DIR
+    assert main(["toyworld", "train", "--arch", arch, "--init-from", str(folder), "--state", str(state),
+                 "--out", str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder) in err and f"--arch {'mmdit' if arch == 'unet' else 'unet'}" in err
+    assert not state.exists() and not out.exists()

@@ -36,7 +36,8 @@ class EncodedBatch:
 
     pipeline_kwargs: dict[str, Any]
     prompts: list[EncodedPrompt]
-    context_length: int = 0
+    # What the text encoders keep, for the truncation warning: ``{"CLIP": 77, "T5": 256}`` (SD3 with T5).
+    context_limits: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -103,7 +103,7 @@ class FluxFamily(ModelFamily):
             logger.info("FLUX is guidance-distilled: the negative prompt %r is not used", negative_prompt)
         encoded, embeds, pooled = encode_prompts(pipe, prompts, max_sequence_length)
         return EncodedBatch(pipeline_kwargs={"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
-                            prompts=encoded, context_length=sequence_length(pipe, max_sequence_length))
+                            prompts=encoded, context_limits={"T5": sequence_length(pipe, max_sequence_length)})
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
         return t5_word_positions(pipe.tokenizer_2, encoded.ids, word)

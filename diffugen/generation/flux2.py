@@ -104,7 +104,7 @@ def chat_tokenize(tokenizer, prompt: str, length: int) -> ChatPrompt:
     enc = tokenizer(text, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True)
     spans = [(s - start, e - start) for s, e in enc.offset_mapping]
     weights = [char_weights[min(e, len(content)) - 1] if e > max(s, 0) and s < len(content) else 1.0 for s, e in spans]
-    truncated = len(tokenizer(text).input_ids) > length
+    truncated = bool(enc.encodings[0].overflowing)  # what truncation cut off, kept by the tokenizers backend
     return ChatPrompt(ids=list(enc.input_ids), weights=weights, truncated=truncated, content=content, spans=spans)
 
 
@@ -230,7 +230,7 @@ class Flux2Family(ModelFamily):
             kwargs["negative_prompt_embeds"] = encode_prompts(pipe, [negative_prompt] * len(prompts),
                                                               max_sequence_length)[1]
         return EncodedBatch(pipeline_kwargs=kwargs, prompts=encoded,
-                            context_length=sequence_length(pipe, max_sequence_length))
+                            context_limits={"Qwen3": sequence_length(pipe, max_sequence_length)})
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
         return chat_word_positions(encoded, word)

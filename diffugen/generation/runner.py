@@ -259,8 +259,8 @@ class Runner:
                                     cfg.max_sequence_length)
             for it, e in zip(items, encoded.prompts):
                 if e.truncated:
-                    logger.warning("prompt longer than the model's %d tokens, truncated: %r", encoded.context_length,
-                                   it.prompt[:80])
+                    limits = " and ".join(f"{n} tokens of {k}" for k, n in encoded.context_limits.items())
+                    logger.warning("prompt longer than the model's %s, truncated: %r", limits, it.prompt[:80])
             positions = [[family.word_positions(pipe, e, w) for w, _ in it.class_words]
                          for it, e in zip(items, encoded.prompts)]
             # Each occurrence's positions, as the family groups them (SD3: its CLIP and its T5 tokens together).

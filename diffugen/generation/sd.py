@@ -113,7 +113,7 @@ class StableDiffusionFamily(ModelFamily):
         return EncodedBatch(
             pipeline_kwargs={"prompt_embeds": embed(pipe, encoded),
                              "negative_prompt_embeds": embed(pipe, [negative] * len(encoded))},
-            prompts=encoded, context_length=pipe.tokenizer.model_max_length,
+            prompts=encoded, context_limits={"CLIP": pipe.tokenizer.model_max_length},
         )
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:

@@ -152,7 +152,8 @@ class StableDiffusion3Family(ModelFamily):
         return EncodedBatch(
             pipeline_kwargs={"prompt_embeds": embeds, "negative_prompt_embeds": negative,
                              "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled},
-            prompts=encoded, context_length=clip_length(pipe),
+            prompts=encoded, context_limits={"CLIP": clip_length(pipe)} | (
+                {"T5": sequence_length(pipe, max_sequence_length)} if pipe.text_encoder_3 is not None else {}),
         )
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:

@@ -113,7 +113,7 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
         return EncodedBatch(
             pipeline_kwargs={"prompt_embeds": embeds, "negative_prompt_embeds": negative,
                              "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled},
-            prompts=encoded, context_length=text_encoders(pipe)[0][1].model_max_length,
+            prompts=encoded, context_limits={"CLIP": text_encoders(pipe)[0][1].model_max_length},
         )
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:

@@ -105,17 +105,24 @@ def save_pipeline(models: dict, vae, tokenizer, out: Path, world: dict | None = 
 
 
 def train_mmdit(args, state_dir: Path, state_path: Path, world: dict, t_start: float) -> int:
-    """Train the VAE (16 latent channels), then the MMDiT and its text encoders (``--arch mmdit``)."""
-    from . import load_toyworld_pipeline
+    """Train the VAE (16 latent channels), then the MMDiT and its text encoders (``--arch mmdit``); with
+    ``--init-from`` an MMDiT model folder's transformer and text encoders continue on its frozen VAE."""
+    from . import load_toyworld_mmdit_pipeline, load_toyworld_pipeline
     from .train import build_vae, finish, log, train_diffusion, trained_vae
 
-    base = load_toyworld_pipeline()  # its vocabulary and first text encoder
-    tokenizer = base.tokenizer
-    tokenizer.save_pretrained(str(state_dir / "tokenizer"))
     start = torch.load(state_path, weights_only=True) if args.resume and state_path.exists() else None
     torch.manual_seed(args.seed)
-    vae = trained_vae(build_vae(LATENT_CHANNELS), args, state_dir / "vae.pt", start, world, shift=True)
-    models = build_components(tokenizer, base.text_encoder.float())
+    if args.init_from:
+        init = load_toyworld_mmdit_pipeline(args.init_from)
+        tokenizer, vae = init.tokenizer, init.vae.eval()
+        models = {name: getattr(init, name) for name in ("transformer", "text_encoder", "text_encoder_2")}
+        log(f"fine-tuning {args.init_from}")
+    else:
+        base = load_toyworld_pipeline()  # its vocabulary and first text encoder
+        tokenizer = base.tokenizer
+        vae = trained_vae(build_vae(LATENT_CHANNELS), args, state_dir / "vae.pt", start, world, shift=True)
+        models = build_components(tokenizer, base.text_encoder.float())
+    tokenizer.save_pretrained(str(state_dir / "tokenizer"))
     sizes = ", ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for n, m in models.items())
     log(f"mmdit: {sizes} params")
     out = Path(args.out)

@@ -27,7 +27,9 @@ times the designs). ``--threads 1`` is the fast choice on a CPU shared with othe
 
 **Fine-tuning** (``--init-from FOLDER``): the UNet and text encoder of a trained model continue on
 the current world, the VAE is kept, words the tokenizer lacks become added tokens; the state,
-checkpoints and ``--resume`` work as for a run from scratch. The shipped model is a 4,200-step base
+checkpoints and ``--resume`` work as for a run from scratch; with ``--arch mmdit`` a folder of that model's
+transformer and text encoders continues on its frozen VAE (a folder of the other architecture is refused).
+The shipped model is a 4,200-step base
 model fine-tuned with hollow shapes for 3,800 steps (``--pool 8192 --lr 3e-4``); the exact commands
 are in BENCHMARKS.md. ``--hollow-rate`` and ``--stretch-rate`` change how often the world draws
 hollow and stretched shapes; ``--extra-shapes`` adds diamonds and houses and ``--round-holes`` gives
@@ -469,6 +471,12 @@ def run(args) -> int:
         if not model_available(args.init_from):  # before anything is written
             raise ModelNotFoundError(f"--init-from: no toy-world model in {Path(args.init_from).resolve()} "
                                      "(expected a diffusers folder with model_index.json)")
+        found = pipeline_class(args.init_from)
+        wanted = ARCH_PIPELINES[args.arch]
+        if found != wanted:
+            arch = next((a for a, c in ARCH_PIPELINES.items() if c == found), None)
+            raise DiffuGenError(f"--init-from {args.init_from}: a {found}, not the {wanted} that --arch {args.arch} "
+                                "trains" + (f" (pass --arch {arch})" if arch else ""))
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     state_dir = Path(args.state)
@@ -479,14 +487,14 @@ def run(args) -> int:
     # (`diffugen toyworld train` adds its handler function to the arguments: not a setting)
     (state_dir / "args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if not callable(v)}, indent=1))
     t_start = time.time()
-    if args.init_from:
-        tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer", world)
-        diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
-        return _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world, t_start)
     if args.arch == "mmdit":
         from .mmdit import train_mmdit
 
         return train_mmdit(args, state_dir, diff_state, world, t_start)
+    if args.init_from:
+        tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer", world)
+        diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
+        return _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world, t_start)
     design = DESIGNS[args.design]
     # The tokenizer is kept with the state: a resumed run must use the token ids it was trained with.
     tok_dir = state_dir / "tokenizer"
@@ -544,6 +552,14 @@ def _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, state_path:
                            vae, tokenizer, args, state_path, start, world, save)
     save(emas)
     return finish(args, t_start)
+
+
+ARCH_PIPELINES = {"unet": "StableDiffusionPipeline", "mmdit": "StableDiffusion3Pipeline"}  # what --arch trains
+
+
+def pipeline_class(folder: str | Path) -> str | None:
+    """The pipeline class a diffusers model folder names in its ``model_index.json``."""
+    return json.loads(Path(folder, "model_index.json").read_text()).get("_class_name")
 
 
 def finish(args, t_start: float) -> int:
