@@ -6,7 +6,7 @@ Usage::
                                   [--n 6] [--reps 3] [--size 512] [--steps 5] [--guidance G]
                                   [--refine-power N] [--refine-layers down|all] [--peers auto|none|daam,amd]
                                   [--model-sized [VARIANT]] [--sd-unet] [--device cpu|cuda|meta] [--dtype D]
-                                  [--threads N] [--verbose] [--quick]
+                                  [--softmax-record] [--threads N] [--verbose] [--quick]
 
 The same pipeline, prompts and seeds are generated one image at a time in these modes:
 
@@ -23,6 +23,8 @@ The same pipeline, prompts and seeds are generated one image at a time in these 
 * ``refined`` (with ``--refine-power N``): ``ours`` with Dataset Diffusion's self-attention refinement
   (``family.capture(..., refine_power=N, refine_layers=...)``; UNet families record it in the down
   blocks, the default, or all layers; SD3/FLUX on their token grid);
+* ``softmax`` (with ``--softmax-record``, SD3 and FLUX): ``ours`` with the joint record's full softmax over
+  all keys, in place of the attention kernel's logsumexp (how the record worked before it took it);
 * ``daam`` (SD 1.x and SDXL): daam 0.2.0's ``with trace(pipe)``, the pipeline call, the global heat map
   and each class word's ``expand_as`` map (for SDXL with ``output_type="pil"``: daam's ``expand_as``
   reads a PIL image's size);
@@ -338,6 +340,19 @@ def run_ours(b: Bench, prompt, words, seed, refine_power=0):
     return out.images, info
 
 
+def run_softmax(b: Bench, prompt, words, seed):
+    """``ours`` with the joint record's full softmax (no logsumexp from the attention kernel): the record before
+    it took the kernel's (``--softmax-record``, SD3 and FLUX)."""
+    from diffugen.generation import joint_attention
+
+    real = joint_attention.attention_with_lse
+    joint_attention.attention_with_lse = lambda *args: (real(*args)[0], None)
+    try:
+        return run_ours(b, prompt, words, seed)
+    finally:
+        joint_attention.attention_with_lse = real
+
+
 def run_refined(b: Bench, prompt, words, seed):
     return run_ours(b, prompt, words, seed, refine_power=b.a.refine_power)
 
@@ -428,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refine-power", type=int, default=0, help="also time the self-attention refinement with this power")
     ap.add_argument("--refine-layers", default="down", choices=["down", "all"],
                     help="self-attention layers the refinement records in a UNet (the config's self_attention_layers)")
+    ap.add_argument("--softmax-record", action="store_true",
+                    help="also time ours with the joint record's full softmax in place of the kernel's logsumexp (SD3, FLUX)")
     ap.add_argument("--verbose", action="store_true", help="print every timing")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true", help="a smoke run (1 image, 1 repetition, 64², 2 steps, refined "
@@ -462,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     modes = {"bare": run_bare, "ours": run_ours}
+    if a.softmax_record:
+        modes["softmax"] = run_softmax
     if a.refine_power:
         modes["refined"] = run_refined
     for name in choose_peers(a.peers, family, a.size):

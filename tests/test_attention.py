@@ -246,3 +246,36 @@ def test_refinement_over_all_layers_records_the_up_blocks_too_and_keeps_images(t
         image, _ = _run(tiny_pipe, collector, "a red car", ["car"], 64, 64, seed=3)
         assert collector.self_counts[64] == 9  # + the two up-block layers at 8×8, 3 steps
     assert np.array_equal(bare, image[None])
+
+
+@pytest.mark.parametrize("build", ["build_tiny_sd3_pipeline", "build_tiny_flux_pipeline", "build_tiny_flux2_pipeline"])
+def test_joint_record_from_the_kernels_logsumexp_is_the_full_softmaxs(build, monkeypatch):
+    """The joint processors take each row's logsumexp from the CPU attention kernel and compute only the class
+    words' columns; the maps equal those of the full joint softmax, and the kernel path is the one taken."""
+    from diffugen.generation import builtin, joint_attention
+    from diffugen.generation.family import family_of
+
+    pipe = getattr(builtin, build)()
+    family = family_of(pipe)
+    encoded = family.encode(pipe, ["a red car on a road"], "")
+    positions = family.word_positions(pipe, encoded.prompts[0], "car")
+    real, used = joint_attention.attention_with_lse, []
+
+    def counted(*args):
+        out, lse = real(*args)
+        used.append(lse is not None)
+        return out, lse
+
+    def maps(attention):
+        monkeypatch.setattr(joint_attention, "attention_with_lse", attention)
+        with torch.no_grad(), family.capture(pipe) as collector:
+            collector.reset(1, positions, family.latent_size(pipe, 64, 64))
+            pipe(**encoded.pipeline_kwargs, generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                 height=64, width=64, output_type="np")
+            return {k: v.clone() for k, v in collector.maps.items()}
+
+    fast = maps(counted)
+    full = maps(lambda *args: (real(*args)[0], None))
+    assert used and all(used) and fast.keys() == full.keys()
+    for k in fast:
+        torch.testing.assert_close(fast[k], full[k], rtol=1e-4, atol=1e-7)

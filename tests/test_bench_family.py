@@ -30,10 +30,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("model", ["builtin:tiny", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux"])
 def test_capture_bench_quick(bench_capture, model, capsys):
-    bench_capture.main(["--model", model, "--quick", "--device", "cpu"])
+    bench_capture.main(["--model", model, "--quick", "--device", "cpu", "--softmax-record"])
     out = capsys.readouterr().out
     assert "warm-up: image max |ours - bare| = 0, |refined - bare| = 0" in out, out
     assert "ours/bare = " in out and "refined/bare = " in out and "target ours/bare <= 1.05" in out, out
+    assert "softmax/bare = " in out, out
 
 
 @pytest.mark.parametrize("model, sized, part, billions", [

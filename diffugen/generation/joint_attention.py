@@ -58,6 +58,24 @@ HeatmapMethod = Literal["cross_attention", "concept_attention"]
 # Query rows per softmax chunk are chosen so that one chunk's scores hold at most this many floats
 # (a FLUX layer at 1024² has 4096 image queries × 4608 keys × 24 heads per image).
 CHUNK_ELEMENTS = 1 << 26
+_CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SDPA's output of ``(batch, heads, S, head_dim)`` inputs and, where the kernel SDPA runs returns it, each
+    query row's logsumexp ``(batch, heads, S)`` (float32) that the record then needs in place of its own softmax.
+
+    On the CPU SDPA runs its flash kernel whenever these checks (PyTorch's ``use_flash_attention_cpp``) hold;
+    calling that kernel directly is the same call, so the output is SDPA's bit for bit. Elsewhere (CUDA picks
+    among several kernels) this is plain SDPA and the logsumexp is ``None``.
+    """
+    if (query.device.type == "cpu" and torch.backends.cuda.flash_sdp_enabled()
+            and all(t.dim() == 4 and t.stride(-1) == 1 and t.dtype == query.dtype for t in (query, key, value))
+            and query.dtype in _CPU_FLASH_DTYPES and query.shape[-1] == key.shape[-1] == value.shape[-1]
+            and query.shape[2] > 0 and key.shape[2] > 0 and not torch.is_grad_enabled()):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, False)
+        return out, lse
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False), None
 
 
 class JointHeatmapCollector(HeatmapCollector):
@@ -128,7 +146,8 @@ class JointHeatmapCollector(HeatmapCollector):
         return 1, h, w
 
     @torch.no_grad()
-    def record(self, name: str, query: torch.Tensor, key: torch.Tensor, scale: float, text_start: int = 0) -> None:
+    def record(self, name: str, query: torch.Tensor, key: torch.Tensor, scale: float, text_start: int = 0,
+               lse: torch.Tensor | None = None) -> None:
         """Add one layer's image→text attention for this step.
 
         Args:
@@ -137,6 +156,10 @@ class JointHeatmapCollector(HeatmapCollector):
             key: ``(batch, heads, S, head_dim)``: every key of the joint attention (image and text).
             scale: the softmax scale (SDPA's default ``head_dim ** -0.5``).
             text_start: where the text tokens begin among the ``S`` keys.
+            lse: ``(batch, heads, N)``: the image rows' logsumexp of the joint scores, as the attention kernel
+                computed it (:func:`attention_with_lse`). With it only the class words' ``T`` columns are
+                computed, ``exp(q·kᵀ·scale - lse)``, not all ``S`` (on tiny SD3's 256 image and 333 text keys:
+                0.7 ms in place of 5.3 ms at batch 4); without it, the full softmax.
         """
         _, h, w = self.grid(query.shape[2])
         b = self.batch_size
@@ -145,10 +168,13 @@ class JointHeatmapCollector(HeatmapCollector):
             self._index = self._index.to(q.device)  # once, not per layer and step
         columns = self._index + text_start
         heads, n, s = q.shape[1], q.shape[2], k.shape[2]
-        rows = max(1, CHUNK_ELEMENTS // (b * heads * s))
-        kt = k.transpose(-1, -2)
-        probs = torch.cat([torch.softmax(q[:, :, i : i + rows] @ kt * scale, dim=-1).index_select(-1, columns)
-                           for i in range(0, n, rows)], dim=2)  # (b, heads, N, T)
+        if lse is not None:
+            probs = torch.exp(q @ k.index_select(2, columns).transpose(-1, -2) * scale - lse[-b:, :, :, None].float())
+        else:
+            rows = max(1, CHUNK_ELEMENTS // (b * heads * s))
+            kt = k.transpose(-1, -2)
+            probs = torch.cat([torch.softmax(q[:, :, i : i + rows] @ kt * scale, dim=-1).index_select(-1, columns)
+                               for i in range(0, n, rows)], dim=2)  # (b, heads, N, T)
         self.add(name, probs.transpose(-1, -2).reshape(b, heads, len(self.token_indices), h, w))
 
 
@@ -186,14 +212,15 @@ class JointHeatmapProcessor:
             value = torch.cat([value, context_value], dim=2)
 
         collector = self.collector
+        hidden_states, lse = attention_with_lse(query, key, value)
         if collector.active:
             scale = head_dim**-0.5
+            n = image_query.shape[2]
             if encoder_hidden_states is not None and collector.method == "cross_attention":
-                collector.record(self.name, image_query, key, scale, text_start=image_query.shape[2])
+                collector.record(self.name, image_query, key, scale, text_start=n, lse=None if lse is None else lse[:, :, :n])
             if collector.refine_power:
                 collector.record_self(image_query, image_key, scale)
 
-        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         if collector.active and collector.stream is not None and encoder_hidden_states is not None:
@@ -252,8 +279,8 @@ class FluxHeatmapProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        image = self.observe(query, key, attn.head_dim, encoder_hidden_states)
-        hidden_states = self.attend(query, key, value, attention_mask)
+        hidden_states, lse = self.attend(query, key, value, attention_mask)
+        image = self.observe(query, key, attn.head_dim, encoder_hidden_states, lse)
         collector = self.collector
         if collector.active and collector.stream is not None and encoder_hidden_states is not None:
             collector.stream.attend(self.name, attn, key[:, image].transpose(1, 2), value[:, image].transpose(1, 2),
@@ -267,12 +294,14 @@ class FluxHeatmapProcessor:
             return hidden_states, encoder_hidden_states
         return hidden_states
 
-    def observe(self, query: torch.Tensor, key: torch.Tensor, head_dim: int, encoder_hidden_states=None) -> slice:
+    def observe(self, query: torch.Tensor, key: torch.Tensor, head_dim: int, encoder_hidden_states=None,
+                lse: torch.Tensor | None = None) -> slice:
         """Hand one layer's attention to the collector; the image tokens' slice of the joint sequence.
 
         ``query``, ``key``: ``(batch, S, heads, head_dim)`` as the layer attends with them (norms and rotary
         embedding applied), ``[text, image, reference image…]``; ``encoder_hidden_states``: a double-stream
-        block's text input (single-stream blocks reuse the text length the double-stream ones, run first, saw).
+        block's text input (single-stream blocks reuse the text length the double-stream ones, run first, saw);
+        ``lse``: ``(batch, heads, S)`` from :meth:`attend`, or ``None``.
         """
         collector = self.collector
         if encoder_hidden_states is not None:
@@ -282,18 +311,29 @@ class FluxHeatmapProcessor:
             q, k = query.transpose(1, 2), key.transpose(1, 2)  # → (batch, heads, S, head_dim)
             scale = head_dim**-0.5
             if collector.method == "cross_attention":
-                collector.record(self.name, q[:, :, image], k, scale, text_start=0)
+                collector.record(self.name, q[:, :, image], k, scale, text_start=0,
+                                 lse=None if lse is None else lse[:, :, image])
             if collector.refine_power:
                 collector.record_self(q[:, :, image], k[:, :, image], scale)
         return image
 
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask=None) -> torch.Tensor:
-        """``(batch, S, heads * head_dim)``: the layer's attention through the original processor's backend."""
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask=None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(batch, S, heads * head_dim)``: the layer's attention through the original processor's backend, and
+        the rows' logsumexp ``(batch, heads, S)`` where diffusers' backend is SDPA (its ``native``, as diffusers
+        runs it: inputs permuted to ``(batch, heads, S, head_dim)``) and :func:`attention_with_lse` has it."""
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 
-        hidden_states = dispatch_attention_fn(query, key, value, attn_mask=attention_mask,
-                                              backend=self._attention_backend, parallel_config=self._parallel_config)
-        return hidden_states.flatten(2, 3).to(query.dtype)
+        backend = self._attention_backend or _AttentionBackendRegistry.get_active_backend()[0]
+        lse = None
+        if (AttentionBackendName(backend) == AttentionBackendName.NATIVE and attention_mask is None
+                and self._parallel_config is None):
+            hidden_states, lse = attention_with_lse(*(x.permute(0, 2, 1, 3) for x in (query, key, value)))
+            hidden_states = hidden_states.permute(0, 2, 1, 3)
+        else:
+            hidden_states = dispatch_attention_fn(query, key, value, attn_mask=attention_mask,
+                                                  backend=self._attention_backend, parallel_config=self._parallel_config)
+        return hidden_states.flatten(2, 3).to(query.dtype), lse
 
 
 class Flux2SingleHeatmapProcessor(FluxHeatmapProcessor):
@@ -317,8 +357,8 @@ class Flux2SingleHeatmapProcessor(FluxHeatmapProcessor):
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        self.observe(query, key, attn.head_dim)
-        hidden_states = self.attend(query, key, value, attention_mask)
+        hidden_states, lse = self.attend(query, key, value, attention_mask)
+        self.observe(query, key, attn.head_dim, lse=lse)
         return attn.to_out(torch.cat([hidden_states, attn.mlp_act_fn(mlp_hidden_states)], dim=-1))
 
 
