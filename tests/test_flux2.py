@@ -200,6 +200,32 @@ def test_saved_folder_loads_and_is_detected_and_its_tokenizer_reloads_offline(fl
         family_of_class("Flux2Pipeline", "black-forest-labs/FLUX.2-dev")
 
 
+def test_single_file_is_detected_by_its_keys_and_needs_its_layout(flux2, tmp_path):
+    """A FLUX.2 file has FLUX.1's double_blocks and its own single_stream_modulation; diffusers loads a FLUX.2
+    pipeline from a folder only (the transformer alone from a file), so a file without checkpoint_config, or one
+    holding more than the transformer, gets one clear error instead of an AttributeError."""
+    from safetensors.torch import save_file
+
+    from diffugen.errors import ModelNotFoundError
+    from diffugen.generation.models import checkpoint_family
+
+    for name, prefix in (("bare", ""), ("prefixed", "model.diffusion_model.")):
+        keys = {f"{prefix}double_blocks.0.img_attn.norm.key_norm.scale": torch.ones(2),
+                f"{prefix}single_stream_modulation.lin.weight": torch.ones(2)}
+        save_file(keys, str(tmp_path / f"{name}.safetensors"))
+        assert checkpoint_family(tmp_path / f"{name}.safetensors").name == "flux2"
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.ones(2)}, str(tmp_path / "flux1.safetensors"))
+    assert checkpoint_family(tmp_path / "flux1.safetensors").name == "flux"
+    with pytest.raises(ModelNotFoundError, match=r"Flux2KleinPipeline model.*set 'checkpoint_config'"):
+        load_pipeline(str(tmp_path / "bare.safetensors"))
+    folder = tmp_path / "layout"
+    flux2.save_pretrained(folder)
+    save_file({"single_stream_modulation.lin.weight": torch.ones(2), "text_encoders.qwen3.x": torch.ones(2)},
+              str(tmp_path / "all-in-one.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="holds only the transformer"):
+        load_pipeline(str(tmp_path / "all-in-one.safetensors"), checkpoint_config=str(folder))
+
+
 # ---- the oracle: attention-map-diffusers' image->text maps ------------------------------------------------
 def test_heatmaps_agree_with_attention_map_diffusers(flux2):
     """attention-map-diffusers records FLUX.2's double- and single-stream blocks' image->text attention, the

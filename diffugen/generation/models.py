@@ -113,11 +113,14 @@ def folder_defaults(folder: str | Path) -> dict:
 
 def _family_by_keys(keys: list[str]) -> str:
     # The original layouts: SD3's MMDiT has joint_blocks, FLUX's transformer double_blocks (either with or
-    # without the "model.diffusion_model." prefix: FLUX files often hold the transformer alone); SDXL keeps its
-    # text encoders under conditioner.embedders., SD 1.x/2.x under cond_stage_model.
+    # without the "model.diffusion_model." prefix: FLUX files often hold the transformer alone), FLUX.2's as well,
+    # with one shared single_stream_modulation (diffusers' own test for a FLUX.2 file); SDXL keeps its text
+    # encoders under conditioner.embedders., SD 1.x/2.x under cond_stage_model.
     blocks = {k.removeprefix("model.diffusion_model.").split(".", 1)[0] for k in keys}
     if "joint_blocks" in blocks:
         return "sd3"
+    if "single_stream_modulation" in blocks:
+        return "flux2"
     if "double_blocks" in blocks:
         return "flux"
     return "sdxl" if any(k.startswith("conditioner.embedders.") for k in keys) else "sd"
@@ -243,6 +246,13 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", checkpo
             absent = _absent_components(checkpoint_config) if checkpoint_config else {}
             if checkpoint_config and _denoiser_only(path):
                 pipe = _with_denoiser_from_file(family, path, checkpoint_config, torch_dtype, absent)
+            elif not hasattr(_pipeline_class(family), "from_single_file"):
+                raise ModelNotFoundError(
+                    f"the checkpoint {path.resolve()} is a {family.pipeline_class} model, whose pipeline diffusers loads "
+                    "from a folder only: from a single file it loads the transformer alone, so set 'checkpoint_config' "
+                    "to a diffusers folder (or a hub id already in the cache) of the same base model, and give a file "
+                    "that holds only the transformer"
+                )
             else:
                 pipe = _pipeline_class(family).from_single_file(str(path), config=checkpoint_config, dtype=torch_dtype,
                                                                 **{**absent, **family.load_kwargs})
