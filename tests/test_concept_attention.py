@@ -1,4 +1,4 @@
-"""ConceptAttention (``heatmap_method: "concept_attention"``) on the MMDiT families (tiny SD3 and FLUX): the
+"""ConceptAttention (``heatmap_method: "concept_attention"``) on the MMDiT families (tiny SD3, FLUX and FLUX.2): the
 concept tokens' stream is the joint blocks' own text stream (replayed through diffusers' blocks), images stay
 bit-identical, maps do not depend on the batch, the three tasks label, and other families refuse it."""
 
@@ -17,7 +17,7 @@ from diffugen.generation.family import family_of
 from diffugen.generation.planner import plan
 from diffugen.generation.runner import Runner, generate
 
-MMDIT = ["builtin:tiny-sd3", "builtin:tiny-flux"]
+MMDIT = ["builtin:tiny-sd3", "builtin:tiny-flux", "builtin:tiny-flux2"]
 TWO = {"view": ["rear"], "object": ["car", "bus"], "time": ["noon"]}
 
 
@@ -37,9 +37,11 @@ def test_concept_stream_is_the_blocks_own_text_stream(model, tmp_path):
     with family.capture(pipe, method="concept_attention") as col:
         stream, handles = col.stream, []
         for block in pipe.transformer.transformer_blocks:  # after the stream's own hooks: they see its states
+            # (FLUX.2 Base runs its unconditional half as a call of its own, which the capture skips)
             handles.append(block.register_forward_pre_hook(
-                lambda m, a, kw: calls.append([m, kw, stream.hidden]), with_kwargs=True))
-            handles.append(block.register_forward_hook(lambda m, a, out: calls[-1].append(stream.hidden)))
+                lambda m, a, kw: None if not col.active else calls.append([m, kw, stream.hidden]), with_kwargs=True))
+            handles.append(block.register_forward_hook(
+                lambda m, a, out: None if not col.active else calls[-1].append(stream.hidden)))
         runner.run_batch(pipe, col, "txt2img", item)
         for h in handles:
             h.remove()
@@ -50,12 +52,16 @@ def test_concept_stream_is_the_blocks_own_text_stream(model, tmp_path):
         for block, kw, before, after in calls:
             concepts = before.shape[1]
             assert concepts == 2  # "car" and "bus"; they attend to each other
-            image, temb = kw["hidden_states"][-1:], kw["temb"][-1:]
-            extra = {}
-            if "image_rotary_emb" in kw:  # FLUX: concept positions are 0, as FLUX's text ids are
+            image = kw["hidden_states"][-1:]
+            if "temb_mod_txt" in kw:  # FLUX.2: the modulation is the transformer's, given to every block
+                extra = {k: kw[k][-1:] for k in ("temb_mod_img", "temb_mod_txt")}
+            else:
+                extra = {"temb": kw["temb"][-1:]}
+            if "image_rotary_emb" in kw:  # FLUX: concepts sit at position 0 (FLUX.1's text ids all are; FLUX.2's first)
                 text = kw["encoder_hidden_states"].shape[1]
-                extra["image_rotary_emb"] = tuple(torch.cat([r[:concepts], r[text:]]) for r in kw["image_rotary_emb"])
-            replayed, _ = block(hidden_states=image, encoder_hidden_states=before, temb=temb, **extra)
+                extra["image_rotary_emb"] = tuple(torch.cat([r[:1].expand(concepts, -1), r[text:]])
+                                                  for r in kw["image_rotary_emb"])
+            replayed, _ = block(hidden_states=image, encoder_hidden_states=before, **extra)  # (text, image)
             if replayed is None:  # SD3's last block: its text stream ends there
                 continue
             torch.testing.assert_close(after, replayed, rtol=1e-4, atol=1e-5)

@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import torch
 
@@ -48,6 +48,7 @@ from .flux import packed_grid
 from .joint_attention import (
     Flux2SingleHeatmapProcessor,
     FluxHeatmapProcessor,
+    HeatmapMethod,
     JointHeatmapCollector,
     capture_joint_heatmaps,
 )
@@ -192,11 +193,12 @@ def _pause_unconditional_hook(collector: JointHeatmapCollector):
 
 
 @contextmanager
-def capture_flux2_heatmaps(transformer, refine_power: int = 0) -> Iterator[JointHeatmapCollector]:
+def capture_flux2_heatmaps(transformer, refine_power: int = 0, method: HeatmapMethod = "cross_attention"
+                           ) -> Iterator[JointHeatmapCollector]:
     """:func:`~.joint_attention.capture_joint_heatmaps` with FLUX.2's processors, paused on unconditional calls."""
     from diffusers.hooks import HookRegistry
 
-    with capture_joint_heatmaps(transformer, flux2_processor, refine_power) as collector:
+    with capture_joint_heatmaps(transformer, flux2_processor, refine_power, method) as collector:
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(_pause_unconditional_hook(collector), _HOOK)
         try:
@@ -213,6 +215,7 @@ class Flux2Family(ModelFamily):
     class_names = ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline")
     cuda_dtype = "bfloat16"  # as the model cards load them
     long_encoder = "Qwen3"
+    heatmap_methods = get_args(HeatmapMethod)
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
         from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
@@ -237,9 +240,7 @@ class Flux2Family(ModelFamily):
 
     def capture(self, pipe: DiffusionPipeline, layers: LayerChoice = "daam", refine_power: int = 0,
                 refine_layers: RefineLayers = "down", method: str = "cross_attention"):
-        if method not in self.heatmap_methods:
-            raise DiffuGenError(f"heatmap_method {method!r}: FLUX.2 offers {list(self.heatmap_methods)}")
-        return capture_flux2_heatmaps(pipe.transformer, refine_power)
+        return capture_flux2_heatmaps(pipe.transformer, refine_power, method)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
         from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline

@@ -25,7 +25,8 @@ image or text token attends to them, so images stay bit-identical. A layer's map
 softmax over the image tokens of ``image_output · concept_output / sqrt(width)``, both attention
 outputs taken before the output projections (the value space the joint attention shares: SD3's last
 block has no text output projection); maps are averaged over the joint blocks and steps as the
-cross-attention ones are. FLUX's single-stream blocks have no text stream and add nothing. A word said
+cross-attention ones are. FLUX's single-stream blocks (FLUX.1's and FLUX.2's) have no text stream and add
+nothing; concept tokens take no rotary embedding (position 0, as FLUX.1's text ids all are). A word said
 twice has one concept, so both occurrences get its map. Departures from the paper's code, for a
 dataset tool: a concept token is the word's embedding at its first token when the word is encoded
 alone as the family encodes a prompt; it uses the prompt's ``temb`` (the paper's code embeds the
@@ -367,7 +368,7 @@ class ConceptStream:
 
     Hooks on the transformer (each call restarts the stream from ``context_embedder(tokens)``) and on each
     joint block: before it, the block's ``norm1_context`` of the concept states with the conditional rows'
-    ``temb``; in its attention (:meth:`attend`, called by the processor), the concepts' attention and the
+    ``temb`` (FLUX.2: modulated by the ``temb_mod_txt`` the transformer hands every block); in its attention (:meth:`attend`, called by the processor), the concepts' attention and the
     maps; after it, the block's residual, ``norm2_context`` and ``ff_context`` update (none in SD3's last,
     ``context_pre_only`` block).
     """
@@ -412,7 +413,15 @@ class ConceptStream:
     def _before_block(self, block, args, kwargs) -> None:
         if not self._running():
             return
-        temb = kwargs["temb"][-self.hidden.shape[0]:]
+        b = self.hidden.shape[0]
+        if "temb_mod_txt" in kwargs:  # FLUX.2: the text stream's modulation is the transformer's, shared by the blocks
+            from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
+
+            mod = kwargs["temb_mod_txt"]
+            (shift_msa, scale_msa, gate_msa), mlp = Flux2Modulation.split(mod[-b:] if mod.shape[0] > 1 else mod, 2)
+            self._pending = (block.norm1_context(self.hidden) * (1 + scale_msa) + shift_msa, ("flux2", gate_msa, *mlp))
+            return
+        temb = kwargs["temb"][-b:]
         if getattr(block, "context_pre_only", False):
             self._pending = (block.norm1_context(self.hidden, temb), None)
         else:
@@ -444,7 +453,7 @@ class ConceptStream:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         out = out.transpose(1, 2).reshape(b, count, heads * head_dim)
         self.collector.record_concepts(name, out, image_out[-b:])
-        self._output = None if attn.context_pre_only else attn.to_add_out(out)
+        self._output = None if getattr(attn, "context_pre_only", False) else attn.to_add_out(out)
 
     def _after_block(self, block, args, output) -> None:
         if not self._running() or self._pending is None:
@@ -452,6 +461,12 @@ class ConceptStream:
         gates, out = self._pending[1], self._output
         self._pending = self._output = None
         if gates is None or out is None:
+            return
+        if gates[0] == "flux2":  # its modulation is (b, 1, D), already broadcast over the tokens
+            _, gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
+            h = self.hidden + gate_msa * out
+            normed = block.norm2_context(h) * (1 + scale_mlp) + shift_mlp
+            self.hidden = h + gate_mlp * block.ff_context(normed)
             return
         gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
         h = self.hidden + gate_msa.unsqueeze(1) * out
