@@ -91,13 +91,14 @@ def collect(split: str, n: int, children: int, hollow_rate: float, model: str = 
 VARIANTS = {
     # name: (label parameters, per-occurrence maps, score) — "before": what DiffuGen did until the score
     # rework (one map per word, words not resolved, the paper's score).
-    "before": ({"resolve": False, "score": "size_intensity", "core": False}, False),
-    "occurrences": ({"resolve": False, "score": "size_intensity", "core": False}, True),
-    "resolved": ({"resolve": True, "score": "size_intensity", "core": False}, True),
-    "uncored": ({"resolve": True, "score": "attention", "core": False}, True),
-    "after": ({"resolve": True, "score": "attention"}, True),  # instances cut to their map's core (labels.core)
+    "before": ({"resolve": False, "score": "size_intensity", "core": False, "snap": 0}, False),
+    "occurrences": ({"resolve": False, "score": "size_intensity", "core": False, "snap": 0}, True),
+    "resolved": ({"resolve": True, "score": "size_intensity", "core": False, "snap": 0}, True),
+    "uncored": ({"resolve": True, "score": "attention", "core": False, "snap": 0}, True),
+    "after": ({"resolve": True, "score": "attention", "snap": 0}, True),  # cut to their map's core (labels.core)
+    "snapped": ({"resolve": True, "score": "attention"}, True),  # then to the image's edges (labels.snap): the defaults
 }
-SCORED = ("uncored", "after")  # the variants the fitted weights score
+SCORED = ("uncored", "after", "snapped")  # the variants the fitted weights score
 
 
 def merged_per_word(stored):
@@ -145,7 +146,7 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
         if not per_occurrence and stored.maps:
             stored = merged_per_word(stored)
         image = np.asarray(Image.open(s["filepath"]).convert("RGB"))
-        labels = label_stored(stored, ids, params) if stored.maps else None
+        labels = label_stored(stored, ids, params, image) if stored.maps else None
         classes, scores, masks, feats = [], [], [], []
         for cls, wl in zip(labels.classes if labels else [], labels.word_labels if labels else []):
             for inst in wl.instances:
@@ -164,7 +165,8 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
 
 def fit(c: float, model_name: str = MODELS[0]) -> dict:
     """Fit the logistic score on the training split; print held-out metrics of every variant, and of the
-    product's score as shipped (``shipped``: the "after" labels scored with :data:`~diffugen.labels.scoring.WEIGHTS`)."""
+    product's score as shipped (``shipped``: the default labels, "snapped", scored with
+    :data:`~diffugen.labels.scoring.WEIGHTS`)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -184,7 +186,7 @@ def fit(c: float, model_name: str = MODELS[0]) -> dict:
     for split in ("train", "held-out"):
         for variant in (*VARIANTS, "shipped"):
             if variant == "shipped":
-                judged, _, _ = judge_split(split, "after", model=model_name)
+                judged, _, _ = judge_split(split, "snapped", model=model_name)
             else:
                 judged, _, _ = judge_split(split, variant, weights if variant in SCORED else None, bias, model_name)
             m = label_metrics(judged)

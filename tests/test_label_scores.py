@@ -4,16 +4,20 @@ labels), and the toy-world judge that measures them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import fiftyone as fo
 import numpy as np
 import pytest
 from conftest import small_config
 
 from diffugen.config import parse_config
+from diffugen.errors import DatasetError
 from diffugen.generation.family import token_runs
 from diffugen.generation.runner import generate
 from diffugen.labels.daam import LabelParams, label_heatmaps
-from diffugen.labels.relabel import relabel
+from diffugen.labels.relabel import preview_relabel, relabel
 from diffugen.labels.scoring import FEATURES, attention_score, instance_features
 from diffugen.toyworld.evaluation import auroc, judge_labels, label_metrics
 
@@ -125,10 +129,21 @@ def test_one_heatmap_per_occurrence_and_relabel_reproduces_labels(tmp_path, data
         assert all(0 <= h["floor"] < h["peak"] <= 1 for h in hms)
     before = [(d.label, round(d.confidence, 6), d.bounding_box) for s in ds for d in s.daam_detections.detections]
     assert before and all(d.confidence is not None for s in ds for d in s.daam_detections.detections)
-    relabel(ds, parse_config(cfg).labels)
+    relabel(ds, parse_config(cfg).labels)  # the labels are snapped to the image read back from its file
     ds.reload()
     after = [(d.label, round(d.confidence, 6), d.bounding_box) for s in ds for d in s.daam_detections.detections]
     assert after == before
+    unsnapped = parse_config({**cfg, "labels": {"snap": 0}}).labels
+    assert preview_relabel(ds, unsnapped).labels_after == len(before)  # the same blobs, with their halo
+    first = ds.first()
+    Path(first.filepath).unlink()
+    with pytest.raises(DatasetError, match=f"image file missing or unreadable for sample {first.id}"):
+        relabel(ds.select(first.id), parse_config(cfg).labels)
+    relabel(ds.select(first.id), unsnapped)  # without the snap the image is not needed
+    last = ds.last()
+    cv2.imwrite(last.filepath, np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError, match=f"image of sample {last.id} is 8x8 px, its heatmaps"):
+        preview_relabel(ds.select(last.id), parse_config(cfg).labels)
 
 
 def test_judge_matches_one_to_one_by_score():

@@ -314,3 +314,54 @@ def test_semantic_mask_overlap_rules():
     with pytest.raises(ValueError):
         semantic_mask([wl_left], [1, 2], (H, W))
     assert not semantic_mask([], [], (H, W)).any()
+
+
+# ---- snapping to the image's edges (labels.snap) -------------------------------------------------
+def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red square on grey ground and a map of it as attention gives one: on a grid 8 times coarser than the
+    image, upsampled, so its blob is rounder and wider than the square."""
+    image = np.full((64, 96, 3), 120, np.uint8)
+    square = np.zeros((64, 96), bool)
+    square[18:38, 30:50] = True
+    image[square] = (200, 30, 30)
+    coarse = cv2.resize(square.astype(np.float32), (12, 8), interpolation=cv2.INTER_AREA)
+    heat = cv2.resize(cv2.GaussianBlur(coarse, (3, 3), 0), (96, 64), interpolation=cv2.INTER_CUBIC)
+    return image, square, np.round(normalize_heatmap(heat) * 255).astype(np.uint8)
+
+
+def test_guided_filter_takes_the_guides_edges():
+    from diffugen.labels.daam import guided_filter
+
+    image, square, heat = _scene()
+    guide = image.astype(np.float32) / 255
+    src = heat.astype(np.float32) / 255
+    (out,) = guided_filter(guide, [src], radius=8)
+    assert out.shape == src.shape and out.dtype == np.float32
+    assert iou(normalize_heatmap(out) > 0.5, square) > 0.95 > iou(src > 0.5, square)
+    (fast,) = guided_filter(guide, [src], radius=8, scale=4)  # the fits on a 4x coarser grid, upsampled
+    assert iou(normalize_heatmap(fast) > 0.5, square) > 0.9
+    (flat,) = guided_filter(np.full_like(guide, 0.5), [src], radius=2)  # no edges to take: a box blur of the map
+    box = cv2.boxFilter(cv2.boxFilter(src, -1, (5, 5), borderType=cv2.BORDER_REFLECT), -1, (5, 5),
+                        borderType=cv2.BORDER_REFLECT)
+    np.testing.assert_allclose(flat, box, atol=1e-5)
+
+
+def test_snap_cuts_labels_to_the_image_and_never_adds_pixels():
+    from diffugen.labels.daam import instance_mask, label_heatmaps
+
+    image, square, heat = _scene()
+    args = ([heat], ["box"], ["box"], {"box": 1})
+    plain = label_heatmaps(*args, LabelParams(snap=0), [(0.0, 1.0)], image)
+    snapped = label_heatmaps(*args, LabelParams(), [(0.0, 1.0)], image)
+    assert label_heatmaps(*args, LabelParams(), [(0.0, 1.0)]).mask.tolist() == plain.mask.tolist()  # no image
+    (a,), (b,) = plain.word_labels[0].instances, snapped.word_labels[0].instances
+    ma, mb = instance_mask(a, square.shape), instance_mask(b, square.shape)
+    assert not (mb & ~ma).any() and not (mb & ~square).any() and (ma & ~square).any()  # the halo is gone
+    assert iou(mb, square) > iou(ma, square)
+    blob = label_heatmaps(*args, LabelParams(core=False), [(0.0, 1.0)], image).word_labels[0].instances[0]
+    assert iou(instance_mask(blob, square.shape), square) > 0.95  # the Otsu blob, cut to the square's edges
+    assert b.score == a.score and b.features == a.features  # the score is the blob's, as found
+    assert (snapped.mask == 1).tolist() == mb.tolist()
+    assert LabelParams().snap == 0.125 and LabelParams(snap=0).snap == 0
+    with pytest.raises(ValidationError):
+        LabelParams(snap=1.0)

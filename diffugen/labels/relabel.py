@@ -49,9 +49,22 @@ def read_word_heatmaps(sample_id: str, word_heatmaps) -> StoredHeatmaps:
     return out
 
 
-def label_stored(stored: StoredHeatmaps, ids: dict[str, int], params: LabelParams) -> DaamLabels:
-    """:func:`label_heatmaps` of stored heatmaps."""
-    return label_heatmaps(stored.maps, stored.words, stored.classes, ids, params, stored.ranges)
+def read_image(sample_id: str, filepath: str, shape: tuple[int, int]) -> np.ndarray:
+    """A sample's image as ``(H, W, 3)`` uint8 RGB, what its labels are snapped to (``labels.snap``); ``shape``:
+    its heatmaps' ``(H, W)``, which the image must have."""
+    image = cv2.imread(filepath, cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"image file missing or unreadable for sample {sample_id}: {filepath}")
+    if image.shape[:2] != tuple(shape):
+        raise DatasetError(f"image of sample {sample_id} is {image.shape[1]}x{image.shape[0]} px, its heatmaps "
+                           f"{shape[1]}x{shape[0]}: {filepath} is not the image they were made with")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def label_stored(stored: StoredHeatmaps, ids: dict[str, int], params: LabelParams,
+                 image: np.ndarray | None = None) -> DaamLabels:
+    """:func:`label_heatmaps` of stored heatmaps (and of their sample's ``image``, :func:`read_image`)."""
+    return label_heatmaps(stored.maps, stored.words, stored.classes, ids, params, stored.ranges, image)
 
 
 def relabel(collection: SampleCollection, params: LabelParams,
@@ -74,7 +87,8 @@ def relabel(collection: SampleCollection, params: LabelParams,
         stored = read_word_heatmaps(sample.id, sample["word_heatmaps"])
         words = stored.words
         if stored.maps:
-            labels = label_stored(stored, ids, params)
+            image = read_image(sample.id, sample.filepath, stored.maps[0].shape) if params.snap > 0 else None
+            labels = label_stored(stored, ids, params, image)
             old = sample["daam_segmentation"]
             if old is not None and old.mask_path:
                 folder, stem = Path(old.mask_path).parent, Path(old.mask_path).name.split(".")[0]
@@ -114,11 +128,12 @@ def preview_relabel(collection: SampleCollection, params: LabelParams, limit: in
         raise DatasetError(f"{collection.name!r} has no 'word_heatmaps' field: it was not made by diffugen generate")
     ids = class_ids(collection._root_dataset)
     view = collection.exists("word_heatmaps").limit(limit)
-    sample_ids, heatmaps, before = view.values(["id", "word_heatmaps", "daam_detections.detections"])
+    sample_ids, paths, heatmaps, before = view.values(["id", "filepath", "word_heatmaps", "daam_detections.detections"])
     per_sample = []
-    for sid, hms, old in zip(sample_ids, heatmaps, before):
+    for sid, path, hms, old in zip(sample_ids, paths, heatmaps, before):
         stored = read_word_heatmaps(sid, hms)
-        labels = label_stored(stored, ids, params) if stored.maps else None
+        image = read_image(sid, path, stored.maps[0].shape) if stored.maps and params.snap > 0 else None
+        labels = label_stored(stored, ids, params, image) if stored.maps else None
         after = sum(len(wl.instances) for wl in labels.word_labels) if labels else 0
         per_sample.append({"id": sid, "before": len(old or []), "after": after})
     return RelabelPreview(len(per_sample), sum(p["before"] for p in per_sample),

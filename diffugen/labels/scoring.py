@@ -29,8 +29,9 @@ The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with
 wrong against the truth in the pixels; held-out prompts measure it (``bench/label_accuracy.py``). It
 estimates the probability that the label is right (IoU ≥ 0.5 with an object of its class), so a
 reviewer's default threshold 0.5 keeps labels more likely right than not. The contrast and the blob's
-share of the word's attention carry the score. It is fitted on the blobs as found (``labels.core: false``):
-it says whether a blob is its object; the cut to the map's core that follows sharpens the mask only.
+share of the word's attention carry the score. It is fitted on the blobs as found (``labels.core: false``,
+``labels.snap: 0``): it says whether a blob is its object; the cuts to the map's core and to the image's edges
+that follow sharpen the mask only.
 It was fitted on a UNet (SD 1.x) model; for the other families it is the same formula, not refitted.
 """
 
