@@ -4,7 +4,7 @@ Usage::
 
     python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
                                    [--guidance 7.5] [--batch-size 8] [--tolerance 60] [--children 80]
-                                   [--hollow-rate R] [--heatmap-method concept_attention] [--keep]
+                                   [--hollow-rate R] [--heatmap-method concept_attention] [--labels JSON] [--keep]
 
 ``--model builtin:toyworld-mmdit`` judges the SD3-style transformer trained on the same world
 (joint-attention heatmaps; ``--heatmap-method concept_attention`` for ConceptAttention's).
@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--self-attention-layers", default=None, choices=["down", "all"],
                     help="self-attention layers the refinement averages (default: the config default)")
     ap.add_argument("--heatmap-layers", default="daam", choices=["daam", "all"])
+    ap.add_argument("--labels", default=None, metavar="JSON",
+                    help='the config\'s "labels" settings, e.g. \'{"snap": 0}\' (default: the defaults)')
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tolerance", type=float, default=60.0, help="colour distance for the truth read-back")
     ap.add_argument("--min-area", type=int, default=12, help="pixels for a blob to count as an object")
@@ -136,6 +138,7 @@ def main(argv=None) -> int:
         **(child_tasks(min(args.children, n)) if args.children else {}),
         **({} if args.self_attention_power is None else {"self_attention_power": args.self_attention_power}),
         **({} if args.self_attention_layers is None else {"self_attention_layers": args.self_attention_layers}),
+        **({} if args.labels is None else {"labels": json.loads(args.labels)}),
     )
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)
