@@ -173,9 +173,9 @@ def fit(c: float, model_name: str = MODELS[0]) -> dict:
     from diffugen.labels.scoring import FEATURES
     from diffugen.toyworld.evaluation import label_metrics
 
-    # The score says whether a found blob is its object: fitted on the blobs as found (the core cut after
-    # them changes their masks, not their features).
-    _, rows, right = judge_split("train", "uncored", model=model_name)
+    # The score says whether a label as the defaults make it (found, then cut to its map's core and to the
+    # image's edges) is right: fitted on those labels.
+    _, rows, right = judge_split("train", "snapped", model=model_name)
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
     model = LogisticRegression(C=c, max_iter=5000).fit(x, y)

@@ -183,7 +183,8 @@ def test_label_metrics_not_drawn_and_merged():
 
 def test_core_cuts_a_blurred_map_back_to_its_object():
     """A map blurred beyond its object (as a 16×16 attention grid upsampled is): Otsu's mask is too large; the
-    instance cut to the three-class Otsu core fits the object better, with the same score and features."""
+    instance cut to the three-class Otsu core fits the object better; its blob's features are the same, and the
+    score also reads what the cut kept."""
     import cv2
 
     obj = disc(32, 24, 8)
@@ -196,7 +197,9 @@ def test_core_cuts_a_blurred_map_back_to_its_object():
         return (mask & obj).sum() / (mask | obj).sum()
 
     assert len(cored.instances) == len(plain.instances)
-    assert [i.score for i in cored.instances] == [i.score for i in plain.instances]
-    assert [i.features for i in cored.instances] == [i.features for i in plain.instances]
+    blob = FEATURES[:5]  # the blob as found, before the cut
+    assert [[i.features[k] for k in blob] for i in cored.instances] == [[i.features[k] for k in blob] for i in plain.instances]
+    assert all(c.features["cut_kept"] < 0.9 and p.features["cut_kept"] == pytest.approx(1)
+               for c, p in zip(cored.instances, plain.instances))
     assert plain.mask.sum() > 1.3 * obj.sum() and iou(plain.mask) < 0.65 and iou(cored.mask) > 0.85
     assert cored.mask.sum() == sum(int(i.mask.sum()) for i in cored.instances)

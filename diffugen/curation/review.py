@@ -308,8 +308,8 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
 
     Reasons: no score, a score below ``min_score`` (the review threshold), ``matched == False``
     (:func:`diffugen.labels.compare.compare_labels` found no label of the other labeler over its
-    IoU threshold; ``match_iou`` is the best IoU it had), the attention score's features ``share`` and
-    ``blob_share`` below one half (:mod:`diffugen.labels.scoring`), and an area (the DAAM ``area``,
+    IoU threshold; ``match_iou`` is the best IoU it had), the attention score's features ``share``,
+    ``blob_share``, ``cut_kept`` and ``core_share`` below one half (:mod:`diffugen.labels.scoring`), and an area (the DAAM ``area``,
     else the box) below ``small_area`` of the image. An empty list: nothing is wrong with it by these rules.
     """
     reasons = []
@@ -327,6 +327,11 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
         reasons.append(f"other class words draw most of the attention here (this word's share {share:.0%})")
     if isinstance(blob_share, (int, float)) and blob_share < 0.5:
         reasons.append(f"the word's attention is spread over several blobs (this one holds {blob_share:.0%})")
+    cut_kept, core_share = label.get("cut_kept"), label.get("core_share")
+    if isinstance(cut_kept, (int, float)) and cut_kept < 0.5:
+        reasons.append(f"the image's edges cut most of its blob away (it kept {cut_kept:.0%})")
+    if isinstance(core_share, (int, float)) and core_share < 0.5:
+        reasons.append(f"it holds a small part of its word's object pixels ({core_share:.0%})")
     area, what = label.get("area"), "its mask"
     if area is None and label.get("bounding_box"):
         box = label["bounding_box"]
@@ -338,7 +343,7 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
 
 # What the queue listing reads of each label (not its mask).
 _ENTRY_KEYS = ("_id", "label", "confidence", "tags", "matched", "match_iou", "area", "bounding_box", "share",
-               "blob_share")
+               "blob_share", "cut_kept", "core_share")
 
 
 def review_queue(collection: SampleCollection, field: str | None = None, min_score: float | None = None) -> list[QueueEntry]:

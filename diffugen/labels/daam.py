@@ -68,7 +68,7 @@ from ..store.files import write_png
 
 DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")  # the labels (daam_params: how)
 # Score features kept on each detection, so the review can say why a score is low.
-REVIEW_FEATURES = ("share", "blob_share")
+REVIEW_FEATURES = ("share", "blob_share", "cut_kept", "core_share")
 
 __all__ = [
     "DAAM_FIELDS",
@@ -508,12 +508,13 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
        occurrences, each pixel to the occurrence whose map has the most attention there: each
        occurrence's token attends to its own object, so each gets its own instances.
     4. The instances of each occurrence's mask (:func:`mask_instances`).
-    5. Scores: with ``params.score == "attention"`` and ``ranges``, :mod:`.scoring`'s score; otherwise
-       the paper's size × intensity.
+    5. Scores: with ``params.score == "attention"`` and ``ranges``, :mod:`.scoring`'s score (made at step 8);
+       otherwise the paper's size × intensity.
     6. With ``params.core``, each instance is cut to the core of its word's map (:func:`cut_to_core`).
     7. With ``params.snap`` and the ``image``, each instance is cut to its largest piece inside its word's
-       map snapped to the image's edges (:func:`image_cores`). Like step 6 it only removes pixels, and the
-       scores stay those of step 5: they say whether a blob is its object; steps 6–7 sharpen its mask.
+       map snapped to the image's edges (:func:`image_cores`). Like step 6 it only removes pixels.
+    8. The attention score of each instance: the features of its blob as found (step 4) and of what steps
+       6–7 left of it (:func:`~.scoring.cut_features`).
 
     Args:
         word_maps: uint8 ``(H, W)`` per map (one per occurrence of a class word), min-max normalised.
@@ -550,14 +551,13 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     for k, (m, n) in enumerate(zip(masks, norms)):
         union, instances = mask_instances(m, n, params)
         word_labels.append(WordLabels(mask=union, instances=instances, threshold=word_masks[words[k]][1]))
-    if params.score == "attention" and raws is not None:
+    attention = params.score == "attention" and raws is not None
+    if attention:  # what each blob as found says of itself; scored after the cuts (8.)
         total = np.sum(raws, axis=0)
         for k, (wl, raw, (lo, _)) in enumerate(zip(word_labels, raws, ranges)):
             for inst in wl.instances:
                 inst.features = scoring.instance_features(raw, total, before[words[k]], instance_mask(inst, raw.shape), lo)
-                inst.score = scoring.attention_score(inst.features)
-            wl.instances.sort(key=lambda inst: inst.score, reverse=True)
-    # 6. Each instance cut to the core of its word's map (found and scored on the coarser mask above).
+    # 6. Each instance cut to the core of its word's map (found on the coarser mask above).
     cores: list[dict[str, np.ndarray]] = []
     if params.core:
         cores.append({w: word_norm[w] > t for w in groups if (t := core_threshold(word_norm[w])) is not None})
@@ -572,6 +572,17 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
             wl.mask = np.zeros_like(wl.mask)
             for inst in wl.instances:
                 wl.mask |= instance_mask(inst, wl.mask.shape)
+    # 8. The attention score, from the blob as found and what the cuts left of it.
+    if attention:
+        last = dict(resolved)  # each word's pixels as the cuts end: its last core, else its resolved mask
+        for core in cores:
+            last.update(core)
+        for k, wl in enumerate(word_labels):
+            for inst in wl.instances:
+                inst.features = {**inst.features, **scoring.cut_features(
+                    inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]])}
+                inst.score = scoring.attention_score(inst.features)
+            wl.instances.sort(key=lambda inst: inst.score, reverse=True)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
     return DaamLabels(list(words), list(classes), word_labels, mask)
 

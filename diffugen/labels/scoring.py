@@ -15,7 +15,11 @@ the word's mask ``M`` before resolution, the features are:
 * ``blob_share``: the blob's part of the attention above the map's floor inside ``M``: a word whose
   mass breaks into many blobs is unsure of each;
 * ``kept``: the share of the blob's pixels in ``M`` that resolution left to this word;
-* ``log_area``: ``log`` of the blob's area as a fraction of the image.
+* ``log_area``: ``log`` of the blob's area as a fraction of the image;
+* ``cut_kept``: the share of the blob that the cuts to its map's core and to the image's edges left
+  (``labels.core``, ``labels.snap``): a blob that the image says is mostly not an object keeps little;
+* ``core_share``: the instance's share of its word's pixels as the cuts end: a word whose object is this
+  instance holds most of them here, a word whose pixels spread over several blobs holds a part of them.
 
 Every feature is a ratio or a share, so the score does not depend on the attention's overall scale,
 which differs between families (an MMDiT's softmax runs over image and text keys together, so its text
@@ -29,9 +33,10 @@ The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with
 wrong against the truth in the pixels; held-out prompts measure it (``bench/label_accuracy.py``). It
 estimates the probability that the label is right (IoU ≥ 0.5 with an object of its class), so a
 reviewer's default threshold 0.5 keeps labels more likely right than not. The contrast and the blob's
-share of the word's attention carry the score. It is fitted on the blobs as found (``labels.core: false``,
-``labels.snap: 0``): it says whether a blob is its object; the cuts to the map's core and to the image's edges
-that follow sharpen the mask only.
+share of the word's attention carry the score. It is fitted on the labels as the defaults make them (the blob
+as found, then cut to its map's core and to the image's edges): it says whether the label a reviewer sees is
+right. Without the cuts (``labels.core: false``, ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is
+the blob's share of its word's mask, which the fit has not seen as often.
 It was fitted on a UNet (SD 1.x) model; for the other families it is the same formula, not refitted.
 """
 
@@ -42,10 +47,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area")
+FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area", "cut_kept", "core_share")
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -0.8673, "log_contrast": 4.359, "blob_share": 5.2188, "kept": 0.8043, "log_area": -0.3086}
-BIAS = -6.2013
+WEIGHTS = {"share": -1.2291, "log_contrast": 2.6056, "blob_share": 3.938, "kept": 0.6068, "log_area": 0.4071,
+           "cut_kept": 3.3038, "core_share": 1.9867}
+BIAS = -5.3035
 _EPS = 1e-9
 
 
@@ -70,6 +76,23 @@ def instance_features(raw: np.ndarray, total: np.ndarray, word_mask: np.ndarray,
         "blob_share": float(above[blob].sum() / (mass + _EPS)),
         "kept": float(blob.sum() / max(1, _components_under(word_mask, blob).sum())),
         "log_area": float(np.log(blob.mean() + _EPS)),
+    }
+
+
+def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word_core: np.ndarray) -> dict[str, float]:
+    """The features of what the cuts to the map's core and to the image (``labels.core``, ``labels.snap``) left of a
+    blob (module docstring): ``cut_kept`` and ``core_share``.
+
+    Args:
+        features: the blob's :func:`instance_features` (its ``log_area`` before the cuts).
+        area: the instance's area after them, as a fraction of the image.
+        mask: ``bool (H, W)`` the instance's pixels after them.
+        word_core: ``bool (H, W)`` its word's pixels as the cuts end (the last core; the resolved mask without cuts).
+    """
+    core = int(word_core.sum())
+    return {
+        "cut_kept": float(min(1.0, area / max(np.exp(features["log_area"]), _EPS))),
+        "core_share": float(np.count_nonzero(mask & word_core) / core) if core else 0.0,
     }
 
 
