@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_capture.py [--model builtin:tiny|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux]
+    python bench/bench_capture.py [--model builtin:tiny|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2]
                                   [--n 6] [--reps 3] [--size 512] [--steps 5] [--guidance G]
                                   [--refine-power N] [--refine-layers down|all] [--peers auto|none|daam,amd]
                                   [--model-sized [VARIANT]] [--sd-unet] [--device cpu|cuda|meta] [--dtype D]
@@ -90,11 +90,14 @@ TARGET = 1.05
 TARGET_REFINED = 1.10
 TARGET_MEMORY = 1.10
 
-MODELS = {"builtin:tiny": "sd", "builtin:tiny-sdxl": "sdxl", "builtin:tiny-sd3": "sd3", "builtin:tiny-flux": "flux"}
+MODELS = {"builtin:tiny": "sd", "builtin:tiny-sdxl": "sdxl", "builtin:tiny-sd3": "sd3", "builtin:tiny-flux": "flux",
+          "builtin:tiny-flux2": "flux2"}
 MODELS_INV = {f: m for m, f in MODELS.items()}
-GUIDANCE = {"sd": 7.5, "sdxl": 7.5, "sd3": 7.5, "flux": 3.5}  # FLUX dev's embedded guidance (no CFG)
-SIZED = {"sd": ("sd1.5",), "sdxl": ("sdxl-base",), "sd3": ("sd3.5-large", "sd3.5-medium"), "flux": ("flux.1-dev",)}
-AUTO_PEERS = {"sd": ["daam"], "sdxl": ["daam"], "sd3": ["amd"], "flux": ["amd"]}
+GUIDANCE = {"sd": 7.5, "sdxl": 7.5, "sd3": 7.5, "flux": 3.5,  # FLUX dev's embedded guidance (no CFG)
+            "flux2": 4.0}  # FLUX.2 [klein] Base's CFG (the tiny one is not step-distilled)
+SIZED = {"sd": ("sd1.5",), "sdxl": ("sdxl-base",), "sd3": ("sd3.5-large", "sd3.5-medium"), "flux": ("flux.1-dev",),
+         "flux2": ()}
+AUTO_PEERS = {"sd": ["daam"], "sdxl": ["daam"], "sd3": ["amd"], "flux": ["amd"], "flux2": ["amd"]}
 
 PROMPTS = [
     ("a photo of a red car on a road", ["car"]),
@@ -314,7 +317,7 @@ def to_uint8(m: torch.Tensor) -> np.ndarray:
 
 
 def run_bare(b: Bench, prompt, words, seed):
-    return b.pipe(prompt, output_type="np", **b.call_kwargs(seed)).images, {}
+    return b.pipe(prompt=prompt, output_type="np", **b.call_kwargs(seed)).images, {}
 
 
 def run_ours(b: Bench, prompt, words, seed, refine_power=0):
@@ -363,7 +366,7 @@ def run_daam(b: Bench, prompt, words, seed):
     # daam's expand_as reads a PIL image's size; for SD 1.x it records the image whatever the output type.
     output_type = "pil" if b.family.name == "sdxl" else "np"
     with trace(b.pipe) as tc:
-        images = b.pipe(prompt, output_type=output_type, **b.call_kwargs(seed)).images
+        images = b.pipe(prompt=prompt, output_type=output_type, **b.call_kwargs(seed)).images
         global_map = tc.compute_global_heat_map()
         _ = [global_map.compute_word_heat_map(w).expand_as(tc.last_image) for w in words]
     return images, {}
@@ -377,7 +380,7 @@ def run_amd(b: Bench, prompt, words, seed):
     grid = b.family.latent_size(b.pipe, *b.size)
     with AttentionCapture(b.pipe, relations=["image->text"], timesteps="all", heads="mean",
                           key_indices=tokens) as cap:
-        images = b.pipe(prompt, output_type="np", **b.call_kwargs(seed)).images
+        images = b.pipe(prompt=prompt, output_type="np", **b.call_kwargs(seed)).images
         maps = cap.compute()
     total = None
     for r in maps.records:
