@@ -117,9 +117,10 @@ def test_heatmaps_without_scale_get_the_papers_score():
     assert not inst.features and 0 < inst.score <= 1
 
 
-def test_one_heatmap_per_occurrence_and_relabel_reproduces_labels(tmp_path, dataset_name):
+@pytest.mark.parametrize("image_format", ["png", "jpg"])  # a JPEG is snapped to as stored, as relabel reads it
+def test_one_heatmap_per_occurrence_and_relabel_reproduces_labels(tmp_path, dataset_name, image_format):
     cfg = small_config(dataset_name, tmp_path / "out", templates=["a red {object} and a blue {object} at {time}"],
-                       attributes={"object": ["car"], "time": ["noon"]})
+                       attributes={"object": ["car"], "time": ["noon"]}, image_format=image_format)
     generate(parse_config(cfg))
     ds = fo.load_dataset(dataset_name)
     for s in ds:

@@ -419,14 +419,14 @@ class ConceptStream:
 
             mod = kwargs["temb_mod_txt"]
             (shift_msa, scale_msa, gate_msa), mlp = Flux2Modulation.split(mod[-b:] if mod.shape[0] > 1 else mod, 2)
-            self._pending = (block.norm1_context(self.hidden) * (1 + scale_msa) + shift_msa, ("flux2", gate_msa, *mlp))
+            self._pending = (block.norm1_context(self.hidden) * (1 + scale_msa) + shift_msa, (gate_msa, *mlp))
             return
         temb = kwargs["temb"][-b:]
         if getattr(block, "context_pre_only", False):
             self._pending = (block.norm1_context(self.hidden, temb), None)
         else:
             normed, *gates = block.norm1_context(self.hidden, emb=temb)
-            self._pending = (normed, gates)
+            self._pending = (normed, [g.unsqueeze(1) for g in gates])  # (b, 1, D), as FLUX.2's modulation is
 
     def attend(self, name: str, attn, image_key: torch.Tensor, image_value: torch.Tensor, image_out: torch.Tensor) -> None:
         """The concepts' attention in one joint layer, and its maps.
@@ -462,16 +462,10 @@ class ConceptStream:
         self._pending = self._output = None
         if gates is None or out is None:
             return
-        if gates[0] == "flux2":  # its modulation is (b, 1, D), already broadcast over the tokens
-            _, gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
-            h = self.hidden + gate_msa * out
-            normed = block.norm2_context(h) * (1 + scale_mlp) + shift_mlp
-            self.hidden = h + gate_mlp * block.ff_context(normed)
-            return
-        gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
-        h = self.hidden + gate_msa.unsqueeze(1) * out
-        normed = block.norm2_context(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        self.hidden = h + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = gates  # each (b, 1, D)
+        h = self.hidden + gate_msa * out
+        normed = block.norm2_context(h) * (1 + scale_mlp) + shift_mlp
+        self.hidden = h + gate_mlp * block.ff_context(normed)
 
 
 def concept_embedding(family: ModelFamily, pipe: DiffusionPipeline, word: str) -> torch.Tensor:

@@ -471,7 +471,9 @@ def run(args) -> int:
         if not model_available(args.init_from):  # before anything is written
             raise ModelNotFoundError(f"--init-from: no toy-world model in {Path(args.init_from).resolve()} "
                                      "(expected a diffusers folder with model_index.json)")
-        found = pipeline_class(args.init_from)
+        from ..generation.models import _class_name
+
+        found = _class_name(args.init_from)
         wanted = ARCH_PIPELINES[args.arch]
         if found != wanted:
             arch = next((a for a, c in ARCH_PIPELINES.items() if c == found), None)
@@ -555,11 +557,6 @@ def _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, state_path:
 
 
 ARCH_PIPELINES = {"unet": "StableDiffusionPipeline", "mmdit": "StableDiffusion3Pipeline"}  # what --arch trains
-
-
-def pipeline_class(folder: str | Path) -> str | None:
-    """The pipeline class a diffusers model folder names in its ``model_index.json``."""
-    return json.loads(Path(folder, "model_index.json").read_text()).get("_class_name")
 
 
 def finish(args, t_start: float) -> int:
