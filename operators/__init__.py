@@ -75,7 +75,8 @@ def _label_params(params: dict):
 
     threshold = "otsu" if params.get("threshold_mode", "otsu") == "otsu" else params.get("threshold", 0.5)
     return LabelParams(threshold=threshold, erode=params.get("erode", 0.01), dilate=params.get("dilate", 0.02),
-                       min_area=params.get("min_area", 0.001), snap=params.get("snap", 0.125))
+                       min_area=params.get("min_area", 0.001), snap=params.get("snap", 0.125),
+                       max_area=params.get("max_area", 0.5))
 
 
 def _label_daam_inputs(ctx, inputs) -> None:
@@ -95,6 +96,8 @@ def _label_daam_inputs(ctx, inputs) -> None:
     forms.number(inputs, ctx, "dilate", 0.02, "Dilation", lo=0, hi=1, hi_open=True, description="kernel, fraction of min(W, H)")
     forms.number(inputs, ctx, "min_area", 0.001, "Minimum area", lo=0, hi=1, hi_open=True,
             description="drop instances smaller than this fraction of the image")
+    forms.number(inputs, ctx, "max_area", 0.5, "Maximum area", lo=0, hi=1, lo_open=True,
+            description="drop instances larger than this fraction of the image (the background); 1: keep all")
     forms.number(inputs, ctx, "snap", 0.125, "Snap to the image", lo=0, hi=1, hi_open=True,
             description="cut each label to the image's edges: guided-filter radius, fraction of min(W, H); 0: off")
     inputs.bool("preview", default=False, label="Preview only",

@@ -262,6 +262,8 @@ def test_hole_is_background_but_polygon_external():
         ({"polygon_epsilon": 2}, "polygon_epsilon"),
         ({"full_score_area": -0.5}, "full_score_area"),
         ({"blur": 3}, "blur"),
+        ({"max_area": 0}, "max_area"),
+        ({"max_area": 1.5}, "max_area"),
     ],
 )
 def test_invalid_params(kwargs, field):
@@ -368,3 +370,20 @@ def test_snap_cuts_labels_to_the_image_and_never_adds_pixels():
     assert LabelParams().snap == 0.125 and LabelParams(snap=0).snap == 0
     with pytest.raises(ValidationError):
         LabelParams(snap=1.0)
+
+
+def test_a_map_spread_over_the_background_is_no_label():
+    """A word whose object was not drawn: its map covers the background around the other word's object. The
+    cuts keep that region whole (one colour); ``max_area`` drops it, and the word is missing."""
+    from diffugen.labels.daam import label_heatmaps, missing_words
+
+    image, square, heat = _scene()
+    args = ([heat, 255 - heat], ["box", "ball"], ["box", "ball"], {"box": 1, "ball": 2})
+    ranges = [(0.0, 1.0), (0.0, 0.8)]
+    dropped = label_heatmaps(*args, LabelParams(), ranges, image)
+    kept = label_heatmaps(*args, LabelParams(max_area=1), ranges, image)
+    (ball,) = kept.word_labels[1].instances
+    assert ball.area > 0.5 and not dropped.word_labels[1].instances and not dropped.word_labels[1].mask.any()
+    assert not (dropped.mask == 2).any() and (kept.mask == 2).any()
+    assert [len(w.instances) for w in dropped.word_labels][0] == 1  # the drawn word keeps its label
+    assert missing_words(dropped, ["box", "ball"], 0.0) == ["ball"] and missing_words(kept, ["box", "ball"], 0.0) == []

@@ -116,6 +116,10 @@ class LabelParams(BaseModel):
         snap: Radius of the guided filter that snaps each instance to the image's edges
             (:func:`image_cores`), as a fraction of ``min(H, W)``; ``0`` disables it. It only removes
             pixels, and only where the image is known (generate, relabel).
+        max_area: Instances that still cover more than ``max_area * H * W`` after the cuts are dropped:
+            the map of a word whose object was not drawn spreads over the background, which the cuts
+            keep whole where it is one region. ``1`` keeps every instance (prompts of objects that fill
+            the frame).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -130,6 +134,7 @@ class LabelParams(BaseModel):
     resolve: bool = True
     core: bool = True
     snap: _Fraction = 0.125
+    max_area: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
 
 
 @dataclass
@@ -513,7 +518,9 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     6. With ``params.core``, each instance is cut to the core of its word's map (:func:`cut_to_core`).
     7. With ``params.snap`` and the ``image``, each instance is cut to its largest piece inside its word's
        map snapped to the image's edges (:func:`image_cores`). Like step 6 it only removes pixels.
-    8. The attention score of each instance: the features of its blob as found (step 4) and of what steps
+    8. Instances larger than ``params.max_area`` of the image are dropped: a word's map spread over the
+       background, not an object.
+    9. The attention score of each instance: the features of its blob as found (step 4) and of what steps
        6–7 left of it (:func:`~.scoring.cut_features`).
 
     Args:
@@ -552,7 +559,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         union, instances = mask_instances(m, n, params)
         word_labels.append(WordLabels(mask=union, instances=instances, threshold=word_masks[words[k]][1]))
     attention = params.score == "attention" and raws is not None
-    if attention:  # what each blob as found says of itself; scored after the cuts (8.)
+    if attention:  # what each blob as found says of itself; scored after the cuts (9.)
         total = np.sum(raws, axis=0)
         for k, (wl, raw, (lo, _)) in enumerate(zip(word_labels, raws, ranges)):
             for inst in wl.instances:
@@ -566,13 +573,15 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         cores.append(image_cores(image, word_heat, params.snap, params.resolve))
     for core in cores:
         for k, wl in enumerate(word_labels):
-            if words[k] not in core:
-                continue
-            wl.instances = [cut_to_core(inst, core[words[k]], norms[k], params) for inst in wl.instances]
-            wl.mask = np.zeros_like(wl.mask)
-            for inst in wl.instances:
-                wl.mask |= instance_mask(inst, wl.mask.shape)
-    # 8. The attention score, from the blob as found and what the cuts left of it.
+            if words[k] in core:
+                wl.instances = [cut_to_core(inst, core[words[k]], norms[k], params) for inst in wl.instances]
+    # 8. The background is not an object.
+    for wl in word_labels:
+        wl.instances = [inst for inst in wl.instances if inst.area <= params.max_area]
+        wl.mask = np.zeros_like(wl.mask)
+        for inst in wl.instances:
+            wl.mask |= instance_mask(inst, wl.mask.shape)
+    # 9. The attention score, from the blob as found and what the cuts left of it.
     if attention:
         last = dict(resolved)  # each word's pixels as the cuts end: its last core, else its resolved mask
         for core in cores:
