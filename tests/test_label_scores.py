@@ -18,7 +18,7 @@ from diffugen.generation.family import token_runs
 from diffugen.generation.runner import generate
 from diffugen.labels.daam import LabelParams, label_heatmaps
 from diffugen.labels.relabel import preview_relabel, relabel
-from diffugen.labels.scoring import FEATURES, attention_score, instance_features
+from diffugen.labels.scoring import BLOB_FEATURES, FEATURES, attention_score, instance_features
 from diffugen.toyworld.evaluation import auroc, judge_labels, label_metrics
 
 H, W = 48, 64
@@ -84,7 +84,7 @@ def test_attention_decides_between_words_the_papers_score_cannot():
     assert np.abs(ms.astype(int) - mw.astype(int)).max() <= 1
     labels = label_heatmaps([ms, mw], ["circle", "square"], ["circle", "square"], IDS, LabelParams(), [rs, rw])
     circle, square = labels.word_labels
-    assert circle.instances and set(circle.instances[0].features) == set(FEATURES)
+    assert circle.instances and set(circle.instances[0].features) == {*FEATURES, *BLOB_FEATURES}
     assert circle.instances[0].features["share"] > 0.7
     assert not (square.mask & blob).any()
     paper = label_heatmaps([ms, mw], ["circle", "square"], ["circle", "square"], IDS,
@@ -198,7 +198,7 @@ def test_core_cuts_a_blurred_map_back_to_its_object():
         return (mask & obj).sum() / (mask | obj).sum()
 
     assert len(cored.instances) == len(plain.instances)
-    blob = FEATURES[:5]  # the blob as found, before the cut
+    blob = BLOB_FEATURES  # the blob as found, before the cut
     assert [[i.features[k] for k in blob] for i in cored.instances] == [[i.features[k] for k in blob] for i in plain.instances]
     assert all(c.features["cut_kept"] < 0.9 and p.features["cut_kept"] == pytest.approx(1)
                for c, p in zip(cored.instances, plain.instances))

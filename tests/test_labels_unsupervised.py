@@ -363,8 +363,9 @@ def test_snap_cuts_labels_to_the_image_and_never_adds_pixels():
     blob = label_heatmaps(*args, LabelParams(core=False), [(0.0, 1.0)], image).word_labels[0].instances[0]
     assert iou(instance_mask(blob, square.shape), square) > 0.95  # the Otsu blob, cut to the square's edges
     # The blob's own features are those of the blob as found; what the cuts left of it is scored too.
-    blob_features = ("share", "log_contrast", "blob_share", "kept", "log_area")
-    assert all(b.features[k] == a.features[k] for k in blob_features)
+    from diffugen.labels.scoring import BLOB_FEATURES
+
+    assert all(b.features[k] == a.features[k] for k in BLOB_FEATURES)
     assert b.features["cut_kept"] < a.features["cut_kept"] <= 1 and b.score != a.score
     assert (snapped.mask == 1).tolist() == mb.tolist()
     assert LabelParams().snap == 0.125 and LabelParams(snap=0).snap == 0
