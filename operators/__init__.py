@@ -74,9 +74,16 @@ def _label_params(params: dict):
     from diffugen.labels.daam import LabelParams
 
     threshold = "otsu" if params.get("threshold_mode", "otsu") == "otsu" else params.get("threshold", 0.5)
-    return LabelParams(threshold=threshold, erode=params.get("erode", 0.01), dilate=params.get("dilate", 0.02),
-                       min_area=params.get("min_area", 0.001), snap=params.get("snap", 0.125),
-                       max_area=params.get("max_area", 0.5))
+    return LabelParams(threshold=threshold, **{k: params.get(k, _label_default(k)) for k in _FORM_LABEL_PARAMS})
+
+
+_FORM_LABEL_PARAMS = ("erode", "dilate", "min_area", "max_area", "snap")  # the form's numbers besides the threshold
+
+
+def _label_default(name: str) -> float:
+    from diffugen.labels.daam import LabelParams
+
+    return LabelParams.model_fields[name].default
 
 
 def _label_daam_inputs(ctx, inputs) -> None:
@@ -92,13 +99,13 @@ def _label_daam_inputs(ctx, inputs) -> None:
     if ctx.params.get("threshold_mode", "otsu") == "fixed":
         forms.number(inputs, ctx, "threshold", 0.5, "Threshold", lo=0, hi=1, lo_open=True, hi_open=True,
                 description="on the min-max normalised heatmap; foreground is value > threshold")
-    forms.number(inputs, ctx, "erode", 0.01, "Erosion", lo=0, hi=1, hi_open=True, description="kernel, fraction of min(W, H)")
-    forms.number(inputs, ctx, "dilate", 0.02, "Dilation", lo=0, hi=1, hi_open=True, description="kernel, fraction of min(W, H)")
-    forms.number(inputs, ctx, "min_area", 0.001, "Minimum area", lo=0, hi=1, hi_open=True,
+    forms.number(inputs, ctx, "erode", _label_default("erode"), "Erosion", lo=0, hi=1, hi_open=True, description="kernel, fraction of min(W, H)")
+    forms.number(inputs, ctx, "dilate", _label_default("dilate"), "Dilation", lo=0, hi=1, hi_open=True, description="kernel, fraction of min(W, H)")
+    forms.number(inputs, ctx, "min_area", _label_default("min_area"), "Minimum area", lo=0, hi=1, hi_open=True,
             description="drop instances smaller than this fraction of the image")
-    forms.number(inputs, ctx, "max_area", 0.5, "Maximum area", lo=0, hi=1, lo_open=True,
+    forms.number(inputs, ctx, "max_area", _label_default("max_area"), "Maximum area", lo=0, hi=1, lo_open=True,
             description="drop instances larger than this fraction of the image (the background); 1: keep all")
-    forms.number(inputs, ctx, "snap", 0.125, "Snap to the image", lo=0, hi=1, hi_open=True,
+    forms.number(inputs, ctx, "snap", _label_default("snap"), "Snap to the image", lo=0, hi=1, hi_open=True,
             description="cut each label to the image's edges: guided-filter radius, fraction of min(W, H); 0: off")
     inputs.bool("preview", default=False, label="Preview only",
                 description="count the labels before/after without writing anything")

@@ -368,7 +368,7 @@ def test_snap_cuts_labels_to_the_image_and_never_adds_pixels():
     assert all(b.features[k] == a.features[k] for k in BLOB_FEATURES)
     assert b.features["cut_kept"] < a.features["cut_kept"] <= 1 and b.score != a.score
     assert (snapped.mask == 1).tolist() == mb.tolist()
-    assert LabelParams().snap == 0.125 and LabelParams(snap=0).snap == 0
+    assert LabelParams().snap == 0.25 and LabelParams(snap=0).snap == 0
     with pytest.raises(ValidationError):
         LabelParams(snap=1.0)
 

@@ -115,7 +115,10 @@ class LabelParams(BaseModel):
             objects (on the toy world a wrong label covered its object whole at 0.43 precision).
         snap: Radius of the guided filter that snaps each instance to the image's edges
             (:func:`image_cores`), as a fraction of ``min(H, W)``; ``0`` disables it. It only removes
-            pixels, and only where the image is known (generate, relabel).
+            pixels, and only where the image is known (generate, relabel). A window wider than the object
+            (a quarter of the image) fits the map as a function of the object's colour against its
+            surroundings, so an object of one colour gets one value across it; a narrow one only blurs the
+            map inside the object, keeping its attention's off-centre peak as the core.
         max_area: Instances that still cover more than ``max_area * H * W`` after the cuts are dropped:
             the map of a word whose object was not drawn spreads over the background, which the cuts
             keep whole where it is one region. ``1`` keeps every instance (prompts of objects that fill
@@ -133,7 +136,7 @@ class LabelParams(BaseModel):
     score: Literal["attention", "size_intensity"] = "attention"
     resolve: bool = True
     core: bool = True
-    snap: _Fraction = 0.125
+    snap: _Fraction = 0.25
     max_area: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
 
 

@@ -29,8 +29,8 @@ the toy world's held-out prompts it changed the AUROC by 0.001 and left more jun
 not drawn (0.29 per pair instead of 0.21). The blob's size is not scored either: fitted, its weight came
 out positive (on the toy world the many small wrong fragments make larger blobs more often right), which
 doubts every small object and made a map spread over the background the surest label; without it the
-held-out figures are the same (AUROC 0.967, precision at 0.5 0.864). Labels larger than half the image are
-dropped instead (``labels.max_area``).
+held-out figures were the same. Labels larger than half the image are dropped instead
+(``labels.max_area``).
 
 The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with ``w`` and ``b`` fitted
 (``studies/label_scores.py fit``) on the toy world's training-side prompts, where each label is right or
@@ -54,9 +54,9 @@ import numpy as np
 FEATURES = ("share", "log_contrast", "blob_share", "kept", "cut_kept", "core_share")  # scored
 BLOB_FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area")  # of the blob as found
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -1.98, "log_contrast": 2.5282, "blob_share": 5.059, "kept": 0.9829, "cut_kept": 3.1753,
-           "core_share": 2.2932}
-BIAS = -7.0591
+WEIGHTS = {"share": -2.3763, "log_contrast": 2.4033, "blob_share": 5.1941, "kept": 0.9908, "cut_kept": 3.1726,
+           "core_share": 2.7493}
+BIAS = -6.9423
 _EPS = 1e-9
 
 
