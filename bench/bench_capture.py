@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_capture.py [--model builtin:tiny|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2]
+    python bench/bench_capture.py [--model builtin:tiny|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2|builtin:tiny-flux2-dev]
                                   [--n 6] [--reps 3] [--size 512] [--steps 5] [--guidance G]
                                   [--refine-power N] [--refine-layers down|all] [--peers auto|none|daam,amd]
                                   [--model-sized [VARIANT]] [--sd-unet] [--device cpu|cuda|meta] [--dtype D]
@@ -91,10 +91,10 @@ TARGET_REFINED = 1.10
 TARGET_MEMORY = 1.10
 
 MODELS = {"builtin:tiny": "sd", "builtin:tiny-sdxl": "sdxl", "builtin:tiny-sd3": "sd3", "builtin:tiny-flux": "flux",
-          "builtin:tiny-flux2": "flux2"}
+          "builtin:tiny-flux2": "flux2", "builtin:tiny-flux2-dev": "flux2"}
 MODELS_INV = {f: m for m, f in MODELS.items()}
 GUIDANCE = {"sd": 7.5, "sdxl": 7.5, "sd3": 7.5, "flux": 3.5,  # FLUX dev's embedded guidance (no CFG)
-            "flux2": 4.0}  # FLUX.2 [klein] Base's CFG (the tiny one is not step-distilled)
+            "flux2": 4.0}  # FLUX.2 [klein] Base's CFG (the tiny one is not step-distilled); [dev]'s distilled guidance
 SIZED = {"sd": ("sd1.5",), "sdxl": ("sdxl-base",), "sd3": ("sd3.5-large", "sd3.5-medium"), "flux": ("flux.1-dev",),
          "flux2": ()}
 AUTO_PEERS = {"sd": ["daam"], "sdxl": ["daam"], "sd3": ["amd"], "flux": ["amd"], "flux2": ["amd"]}

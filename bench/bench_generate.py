@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_generate.py [--model builtin:tiny|builtin:toyworld|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2]
+    python bench/bench_generate.py [--model builtin:tiny|builtin:toyworld|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2|builtin:tiny-flux2-dev]
                                    [--size 256] [--steps 5] [--guidance G] [--batch-size 4] [--reps 5]
                                    [--device cpu|cuda] [--threads N]
 
@@ -32,7 +32,7 @@ inserts; the remainder: pipeline lookup, planning, the resume query, building th
 around the pipeline: its heatmaps are noise, so each image gets ~25 detections with ~1,000 polygon
 points, 10× what a trained model's maps give. ``--model builtin:toyworld`` (the trained toy model,
 toy-world prompts; use ``--size 64 --steps 25``) has realistic labels. ``builtin:tiny-sdxl``,
-``builtin:tiny-sd3``, ``builtin:tiny-flux`` and ``builtin:tiny-flux2`` are the other families' random-weight tiny pipelines
+``builtin:tiny-sd3``, ``builtin:tiny-flux``, ``builtin:tiny-flux2`` and ``builtin:tiny-flux2-dev`` are the other families' random-weight tiny pipelines
 (the same prompts as ``builtin:tiny``), for the loop's overhead per family.
 """
 
@@ -68,9 +68,11 @@ PHASES = {  # Runner.timings keys → how they are printed
 }
 
 
-MODELS = ["builtin:tiny", "builtin:toyworld", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux", "builtin:tiny-flux2"]
+MODELS = ["builtin:tiny", "builtin:toyworld", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux", "builtin:tiny-flux2",
+          "builtin:tiny-flux2-dev"]
 GUIDANCE = {"builtin:tiny-flux": 3.5,  # FLUX dev's embedded guidance; 7.5 (classifier-free) for the others
-            "builtin:tiny-flux2": 4.0}  # FLUX.2 [klein] Base's classifier-free default
+            "builtin:tiny-flux2": 4.0,  # FLUX.2 [klein] Base's classifier-free default
+            "builtin:tiny-flux2-dev": 4.0}  # FLUX.2 [dev]'s distilled guidance
 
 
 def write_config(folder: Path, size: int, steps: int, batch_size: int, device: str, model: str,
@@ -97,7 +99,7 @@ def write_config(folder: Path, size: int, steps: int, batch_size: int, device: s
         cfg.update(templates=["a {color} {object} on the {place}", "{place} with a {color} {object} and a white square"],
                    attributes={"color": ["red", "yellow"], "object": ["circle", "triangle"], "place": ["road", "grass"]},
                    class_words=["circle", "square", "triangle"], negative_prompt="")
-    if model in ("builtin:tiny-flux", "builtin:tiny-flux2"):  # FLUX: guidance-distilled; FLUX.2's pipeline takes none
+    if model in ("builtin:tiny-flux", "builtin:tiny-flux2", "builtin:tiny-flux2-dev"):  # FLUX: guidance-distilled; FLUX.2's pipeline takes none
         cfg["negative_prompt"] = ""
     path = folder / "bench_generate.json"
     path.write_text(json.dumps(cfg, indent=2))

@@ -218,10 +218,11 @@ def assert_plain_diffusers_images_and_resume(cfg, plain, height: int, width: int
     assert generate(cfg).tasks[0].made == 1 and sorted(ds.values("key")) == keys
 
 
-def assert_all_tasks_labeled(model: str, root: Path, name: str, **overrides) -> None:
-    """txt2img → img2img → inpaint with ``model`` (4 prompts, 96×64, 2 steps): every sample has its image, one
-    word heatmap per class word and DAAM labels; img2img children have their new attribute; inpaint changes
-    some pixels of its parent, not all. ``overrides``: config values."""
+def assert_all_tasks_labeled(model: str, root: Path, name: str, inpaint_model: str | None = None, **overrides) -> None:
+    """txt2img → img2img → inpaint with ``model`` (4 prompts, 96×64, 2 steps; ``inpaint_model``: the inpaint
+    section's own model): every sample has its image, one word heatmap per class word and DAAM labels; img2img
+    children have their new attribute; inpaint changes some pixels of its parent, not all. ``overrides``: config
+    values."""
     import fiftyone as fo
     import numpy as np
     from PIL import Image
@@ -232,14 +233,16 @@ def assert_all_tasks_labeled(model: str, root: Path, name: str, **overrides) -> 
     cfg = parse_config(small_config(
         name, root / "out", model=model, steps=2, seeds=[11],
         img2img={"attributes": {"time": ["night"]}, "strength": 0.7},
-        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]}}, **overrides,
+        inpaint={"replacements": {"car": ["red suv"], "bus": ["white van"]},
+                 **({"model": inpaint_model} if inpaint_model else {})}, **overrides,
     ))
     summary = generate(cfg)
     assert [(t.task, t.made) for t in summary.tasks][:2] == [("txt2img", 4), ("img2img", 4)]
     ds = fo.load_dataset(name)
     assert ds.count_values("task").get("inpaint", 0) == summary.tasks[2].made > 0
     for s in ds:
-        assert s.model == model and Image.open(s.filepath).size == (96, 64)
+        assert s.model == (inpaint_model or model if s.task == "inpaint" else model)
+        assert Image.open(s.filepath).size == (96, 64)
         assert len(s.word_heatmaps) == len(s.class_words) == 1
         assert np.asarray(Image.open(s.word_heatmaps[0].map_path)).max() == 255
         assert s.daam_segmentation.get_mask().shape == (64, 96)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("model", ["builtin:tiny", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux",
-                                   "builtin:tiny-flux2"])
+                                   "builtin:tiny-flux2", "builtin:tiny-flux2-dev"])
 def test_capture_bench_quick(bench_capture, model, capsys):
     bench_capture.main(["--model", model, "--quick", "--device", "cpu", "--softmax-record"])
     out = capsys.readouterr().out

@@ -9,6 +9,7 @@ it exists so that every config, test and example exercises the real code paths o
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -424,7 +425,7 @@ TINY_QWEN3 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=27, nu
                   num_key_value_heads=1, head_dim=8)
 
 
-def build_tiny_flux2_pipeline(distilled: bool = False):
+def build_tiny_flux2_pipeline(distilled: bool = False, guidance_embeds: bool = False):
     """Build ``builtin:tiny-flux2``: a Flux2KleinPipeline (FLUX.2 [klein]'s layout) with small random-weight components.
 
     A Qwen3 text encoder (``Qwen3ForCausalLM``, 27 layers 16 wide, :func:`tiny_qwen_tokenizer`): the pipeline's
@@ -437,7 +438,8 @@ def build_tiny_flux2_pipeline(distilled: bool = False):
 
     ``distilled=False`` (the default) is FLUX.2 [klein] Base's configuration: real classifier-free guidance, the
     unconditional half a second transformer call. ``distilled=True`` is FLUX.2 [klein]'s (``is_distilled``): guidance
-    is ignored and each step is one call.
+    is ignored and each step is one call. ``guidance_embeds``: the transformer takes the guidance scale as an input
+    (FLUX.2 [dev]'s, :func:`build_tiny_flux2_dev_pipeline`).
     """
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -451,7 +453,7 @@ def build_tiny_flux2_pipeline(distilled: bool = False):
     transformer = Flux2Transformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=3 * TINY_QWEN3["hidden_size"], timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
     )
     torch.manual_seed(2)
     vae_model = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, **TINY_VAE)
@@ -463,4 +465,84 @@ def build_tiny_flux2_pipeline(distilled: bool = False):
                               transformer=transformer, is_distilled=distilled)
 
 
-BUILTINS.update({"tiny-flux2": build_tiny_flux2_pipeline})
+# Mistral 3 (Mistral Small 3.1, FLUX.2 [dev]'s text encoder): its instruct format, the system prompt then the user's
+# instruction, with content given as blocks (what diffusers' ``format_input`` writes); an image block is ``[IMG]``.
+MISTRAL3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set parts = namespace(text='') %}"
+    "{%- for block in message['content'] %}"
+    "{%- if block['type'] == 'text' %}{%- set parts.text = parts.text + block['text'] %}"
+    "{%- else %}{%- set parts.text = parts.text + '[IMG]' %}{%- endif %}"
+    "{%- endfor %}{%- set text = parts.text %}{%- endif %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- else %}{{- text + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+MISTRAL3_SPECIAL = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+                    "[IMG_BREAK]", "[IMG_END]")
+
+
+def tiny_mistral_processor(words: list[str] = TINY_WORDS):
+    """A ``PixtralProcessor`` (what FLUX.2 [dev] tokenizes with) around a byte-level BPE tokenizer over the tiny
+    vocabulary and the words of Flux2Pipeline's system prompt (each one token, at a text's start and after a space),
+    with Mistral 3's special tokens and :data:`MISTRAL3_CHAT_TEMPLATE`; any other text falls back to single bytes.
+    The tokenizer writes ``<s>`` first, as Mistral's does (the template writes it too, and the processor then adds
+    none)."""
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PixtralImageProcessor, PixtralProcessor, PreTrainedTokenizerFast
+
+    byte_chars = _bytes_to_unicode()
+    vocab: list[str] = [*MISTRAL3_SPECIAL, *byte_chars.values()]
+    ranks: dict[tuple[str, str], int] = {}
+    for word in dict.fromkeys([*(w.lower() for w in words), *re.findall(r"\w+", SYSTEM_MESSAGE.lower())]):
+        for form in (word, byte_chars[ord(" ")] + word):
+            _merge_whole(list(form), ranks, vocab)
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)},
+                                   merges=[pair for pair, _ in sorted(ranks.items(), key=lambda kv: kv[1])]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>", model_max_length=131072)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(MISTRAL3_SPECIAL[4:])})
+    tokenizer.chat_template = MISTRAL3_CHAT_TEMPLATE
+    return PixtralProcessor(image_processor=PixtralImageProcessor(), tokenizer=tokenizer, patch_size=16,
+                            spatial_merge_size=2, chat_template=MISTRAL3_CHAT_TEMPLATE)
+
+
+TINY_MISTRAL3 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=30, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=8)
+
+
+def build_tiny_flux2_dev_pipeline():
+    """Build ``builtin:tiny-flux2-dev``: a Flux2Pipeline (FLUX.2 [dev]'s layout) with small random-weight components.
+
+    A Mistral 3 text encoder (``Mistral3ForConditionalGeneration``: a language model 30 layers 16 wide, so the
+    pipeline's default ``text_encoder_out_layers=(10, 20, 30)`` stack three of its hidden states per token into the
+    48-wide sequence, and a one-layer Pixtral vision tower, unused for text) with :func:`tiny_mistral_processor`; the
+    transformer, VAE and scheduler of :func:`build_tiny_flux2_pipeline`, with the guidance embedding [dev] is distilled
+    with. Random weights from fixed seeds.
+    """
+    from diffusers import Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    processor = tiny_mistral_processor()
+    tok = processor.tokenizer
+    torch.manual_seed(5)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        vision_config=PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, head_dim=8, image_size=64, patch_size=16),
+        text_config=MistralConfig(vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **TINY_MISTRAL3),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
+    klein = build_tiny_flux2_pipeline(guidance_embeds=True)
+    _frozen(text_encoder)
+    return Flux2Pipeline(scheduler=klein.scheduler, vae=klein.vae, text_encoder=text_encoder, tokenizer=processor,
+                         transformer=klein.transformer)
+
+
+BUILTINS.update({"tiny-flux2": build_tiny_flux2_pipeline, "tiny-flux2-dev": build_tiny_flux2_dev_pipeline})

@@ -25,7 +25,11 @@ reference image (``image=``, no ``strength``) and the child's prompt the edit; i
 the image's in the joint sequence and make no map. Flux2KleinPipeline takes ``image`` as the references
 of every prompt of a call, so img2img makes one image per call (:meth:`Flux2Family.max_batch`).
 
-FLUX.2 [dev] (``Flux2Pipeline``, a Mistral 3 text encoder) is not served.
+FLUX.2 [dev] (``Flux2Pipeline``, loaded as itself) has the same transformer and VAE and a Mistral 3 text
+encoder (``Mistral3ForConditionalGeneration``, read through its ``PixtralProcessor``): the prompt is the user's
+instruction after the pipeline's system prompt (diffusers' own ``format_input``), the hidden states of layers
+10, 20 and 30 side by side. It is guidance-distilled (the guidance scale is an input of the transformer, one call
+per step, no negative prompt), edits for img2img as [klein] does, and has no inpainting pipeline in diffusers.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, get_args
@@ -74,16 +78,38 @@ class ChatPrompt(EncodedPrompt):
     spans: list[tuple[int, int]]
 
 
-def chat_text(tokenizer, prompt: str) -> tuple[str, int]:
-    """The chat-formatted text Flux2KleinPipeline encodes for ``prompt``, and where ``prompt`` begins in it.
+def is_dev(pipe: DiffusionPipeline) -> bool:
+    """Whether ``pipe`` is FLUX.2 [dev]'s ``Flux2Pipeline`` (a Mistral 3 text encoder), not a [klein] one."""
+    from diffusers import Flux2Pipeline
+
+    return isinstance(pipe, Flux2Pipeline)
+
+
+def text_tokenizer(pipe: DiffusionPipeline):
+    """The fast tokenizer of the pipeline's text encoder ([dev]'s ``tokenizer`` is a processor around it)."""
+    return getattr(pipe.tokenizer, "tokenizer", pipe.tokenizer)
+
+
+def chat_render(pipe: DiffusionPipeline) -> Callable[[str], str]:
+    """How the pipeline puts a prompt in its text encoder's chat format: [klein], Qwen3's user turn, then an assistant
+    turn whose thinking is closed empty; [dev], Mistral 3's system prompt (the pipeline's ``system_message``), then
+    the prompt as the user's instruction."""
+    if is_dev(pipe):
+        from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+        return lambda content: pipe.tokenizer.apply_chat_template(
+            format_input([content], pipe.system_message)[0], tokenize=False, add_generation_prompt=False)
+    return lambda content: pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+
+
+def chat_text(render: Callable[[str], str], prompt: str) -> tuple[str, int]:
+    """The chat-formatted text the pipeline encodes for ``prompt`` (``render``: :func:`chat_render`), and where
+    ``prompt`` begins in it.
 
     Raises:
-        DiffuGenError: the tokenizer's chat template does not put the prompt in the text as it is.
+        DiffuGenError: the chat template does not put the prompt in the text as it is.
     """
-    def render(content: str) -> str:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True, enable_thinking=False)
-
     text = render(prompt)
     before, _, after = render(_MARK).partition(_MARK)
     if text != before + prompt + after:
@@ -92,17 +118,21 @@ def chat_text(tokenizer, prompt: str) -> tuple[str, int]:
     return text, len(before)
 
 
-def chat_tokenize(tokenizer, prompt: str, length: int) -> ChatPrompt:
+def chat_tokenize(pipe: DiffusionPipeline, prompt: str, length: int) -> ChatPrompt:
     """Tokenize a prompt in its chat template (emphasis markers removed, weights kept), padded to ``length``.
 
-    The ids are the pipeline's own (``padding="max_length"``, ``truncation=True``); a token's weight is that of
+    The ids are the pipeline's own (``padding="max_length"``, ``truncation=True``; no second beginning-of-text
+    token where the template writes one, as transformers' ``apply_chat_template`` does); a token's weight is that of
     its last character in the prompt (a ``Ġword`` token's space belongs to the text before it), 1 outside it.
     """
     chunks = parse_emphasis(prompt)
     content = "".join(c.text for c in chunks)
     char_weights = [c.weight for c in chunks for _ in c.text]
-    text, start = chat_text(tokenizer, content)
-    enc = tokenizer(text, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True)
+    text, start = chat_text(chat_render(pipe), content)
+    tokenizer = text_tokenizer(pipe)
+    bos = tokenizer.bos_token
+    enc = tokenizer(text, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True,
+                    add_special_tokens=not (bos and text.startswith(bos)))
     spans = [(s - start, e - start) for s, e in enc.offset_mapping]
     weights = [char_weights[min(e, len(content)) - 1] if e > max(s, 0) and s < len(content) else 1.0 for s, e in spans]
     truncated = bool(enc.encodings[0].overflowing)  # what truncation cut off, kept by the tokenizers backend
@@ -118,22 +148,23 @@ def chat_word_positions(encoded: ChatPrompt, word: str) -> list[int]:
 
 
 def out_layers(pipe: DiffusionPipeline) -> tuple[int, ...]:
-    """The Qwen3 layers whose hidden states the pipeline stacks (its ``__call__``'s default: 9, 18, 27)."""
+    """The text encoder's layers whose hidden states the pipeline stacks (its ``__call__``'s default: [klein] 9, 18,
+    27; [dev] 10, 20, 30)."""
     return inspect.signature(type(pipe).__call__).parameters["text_encoder_out_layers"].default
 
 
 @torch.no_grad()
 def encode_prompts(pipe: DiffusionPipeline, prompts: Sequence[str], max_length: int | None = None
                    ) -> tuple[list[ChatPrompt], torch.Tensor]:
-    """Tokenize and encode prompts as Flux2KleinPipeline does, emphasis applied, to ``max_length`` tokens
+    """Tokenize and encode prompts as the FLUX.2 pipeline does, emphasis applied, to ``max_length`` tokens
     (:func:`~.sd3.sequence_length`).
 
     Returns:
         encoded: each prompt's chat-formatted ids (what word positions index).
-        prompt_embeds: ``(batch, length, 3 * qwen_hidden)``: the pipeline's ``encode_prompt`` of the prompts.
+        prompt_embeds: ``(batch, length, 3 * text_hidden)``: the pipeline's ``encode_prompt`` of the prompts.
     """
     length = sequence_length(pipe, max_length)
-    encoded = [chat_tokenize(pipe.tokenizer, p, length) for p in prompts]
+    encoded = [chat_tokenize(pipe, p, length) for p in prompts]
     embeds, _ = pipe.encode_prompt([e.content for e in encoded], device=pipe._execution_device,
                                    max_sequence_length=length, text_encoder_out_layers=out_layers(pipe))
     return encoded, apply_emphasis(embeds, encoded).to(embeds.dtype)
@@ -208,32 +239,36 @@ def capture_flux2_heatmaps(transformer, refine_power: int = 0, method: HeatmapMe
 
 
 class Flux2Family(ModelFamily):
-    """FLUX.2 [klein] and [klein] Base (``Flux2KleinPipeline``, ``Flux2KleinInpaintPipeline``; ``builtin:tiny-flux2``)."""
+    """FLUX.2 [klein] and [klein] Base (``Flux2KleinPipeline``, ``Flux2KleinInpaintPipeline``; ``builtin:tiny-flux2``)
+    and FLUX.2 [dev] (``Flux2Pipeline``; ``builtin:tiny-flux2-dev``)."""
 
     name = "flux2"
     pipeline_class = "Flux2KleinPipeline"
-    class_names = ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline")
+    class_names = ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline", "Flux2Pipeline")
+    own_classes = ("Flux2Pipeline",)  # [dev]: its own text encoder, loaded as itself
     cuda_dtype = "bfloat16"  # as the model cards load them
-    long_encoder = "Qwen3"
+    long_encoder = "Qwen3"  # [dev]: Mistral 3
     heatmap_methods = get_args(HeatmapMethod)
 
     def matches(self, pipe: DiffusionPipeline) -> bool:
-        from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
+        from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline, Flux2Pipeline
 
-        return isinstance(pipe, (Flux2KleinPipeline, Flux2KleinInpaintPipeline))
+        return isinstance(pipe, (Flux2KleinPipeline, Flux2KleinInpaintPipeline, Flux2Pipeline))
 
     def encode(self, pipe: DiffusionPipeline, prompts: Sequence[str], negative_prompt: str,
                max_sequence_length: int | None = None) -> EncodedBatch:
         encoded, embeds = encode_prompts(pipe, prompts, max_sequence_length)
         kwargs = {"prompt_embeds": embeds}
-        if pipe.config.is_distilled:
+        if is_dev(pipe) or pipe.config.is_distilled:
             if negative_prompt:
-                logger.info("FLUX.2 [klein] is step-distilled: the negative prompt %r is not used", negative_prompt)
+                logger.info("FLUX.2 [%s] is %s-distilled: the negative prompt %r is not used",
+                            *(("dev", "guidance") if is_dev(pipe) else ("klein", "step")), negative_prompt)
         else:
             kwargs["negative_prompt_embeds"] = encode_prompts(pipe, [negative_prompt] * len(prompts),
                                                               max_sequence_length)[1]
+        encoder = "Mistral3" if is_dev(pipe) else "Qwen3"
         return EncodedBatch(pipeline_kwargs=kwargs, prompts=encoded,
-                            context_limits={"Qwen3": sequence_length(pipe, max_sequence_length)})
+                            context_limits={encoder: sequence_length(pipe, max_sequence_length)})
 
     def word_positions(self, pipe: DiffusionPipeline, encoded: EncodedPrompt, word: str) -> list[int]:
         return chat_word_positions(encoded, word)
@@ -243,10 +278,21 @@ class Flux2Family(ModelFamily):
         return capture_flux2_heatmaps(pipe.transformer, refine_power, method)
 
     def task_pipeline(self, pipe: DiffusionPipeline, task: str):
-        from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
+        from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline, Flux2Pipeline
 
-        cls = Flux2KleinInpaintPipeline if task == "inpaint" else Flux2KleinPipeline
+        if is_dev(pipe):
+            if task == "inpaint":
+                raise DiffuGenError(
+                    "inpaint: FLUX.2 [dev] (Flux2Pipeline) has no inpainting pipeline in diffusers; give the inpaint "
+                    "task a FLUX.2 [klein] model or a model of another family (the task section's 'model')")
+            cls = Flux2Pipeline
+        else:
+            cls = Flux2KleinInpaintPipeline if task == "inpaint" else Flux2KleinPipeline
         return cls.from_pipe(pipe)  # a new object sharing the weights: a scheduler set on it leaves pipe's alone
+
+    def call_defaults(self, pipe: DiffusionPipeline, pipeline_class: str | None = None) -> dict:
+        """The [klein] pipeline's defaults; a [dev] model's are Flux2Pipeline's."""
+        return super().call_defaults(pipe, pipeline_class or ("Flux2Pipeline" if is_dev(pipe) else None))
 
     def task_kwargs(self, pipe: DiffusionPipeline, task: str, kwargs: dict, size: tuple[int, int]) -> dict:
         """img2img: the parent is the reference image of an edit, which has no ``strength``."""

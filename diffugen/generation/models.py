@@ -185,8 +185,8 @@ def _with_denoiser_from_file(family: ModelFamily, path: Path, checkpoint_config:
     name = "transformer" if "transformer" in index else "unet"
     denoiser = getattr(diffusers, index[name][1]).from_single_file(str(path), config=checkpoint_config, subfolder=name,
                                                                    torch_dtype=torch_dtype)
-    return _pipeline_class(family).from_pretrained(checkpoint_config, dtype=torch_dtype,
-                                                   **{**absent, **family.load_kwargs, name: denoiser})
+    return _pipeline_class(family, index.get("_class_name", "")).from_pretrained(
+        checkpoint_config, dtype=torch_dtype, **{**absent, **family.load_kwargs, name: denoiser})
 
 
 def _pipeline_class(family: ModelFamily, class_name: str = ""):
