@@ -196,8 +196,9 @@ def test_saved_folder_loads_and_is_detected_and_its_tokenizer_reloads_offline(fl
     inpaint = tmp_path / "tiny-flux2-inpaint"
     Flux2KleinInpaintPipeline.from_pipe(flux2).save_pretrained(inpaint)
     assert family_of(load_pipeline(str(inpaint))).name == "flux2"
-    with pytest.raises(ModelNotFoundError, match="Flux2Pipeline"):  # FLUX.2 [dev] (Mistral 3) is not served
-        family_of_class("Flux2Pipeline", "black-forest-labs/FLUX.2-dev")
+    assert family_of_class("Flux2Pipeline", "black-forest-labs/FLUX.2-dev").name == "flux2"  # [dev]: test_flux2_dev
+    with pytest.raises(ModelNotFoundError, match="Flux2KontextPipeline.*Flux2KleinPipeline"):
+        family_of_class("Flux2KontextPipeline", "a model of a pipeline DiffuGen does not know")
 
 
 def test_single_file_is_detected_by_its_keys_and_needs_its_layout(flux2, tmp_path):
