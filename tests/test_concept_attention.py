@@ -1,6 +1,7 @@
-"""ConceptAttention (``heatmap_method: "concept_attention"``) on the MMDiT families (tiny SD3, FLUX and FLUX.2): the
-concept tokens' stream is the joint blocks' own text stream (replayed through diffusers' blocks), images stay
-bit-identical, maps do not depend on the batch, the three tasks label, and other families refuse it."""
+"""ConceptAttention (``heatmap_method: "concept_attention"``) on the MMDiT families (tiny SD3, FLUX, FLUX.2
+[klein] and [dev]): the concept tokens' stream is the joint blocks' own text stream (replayed through diffusers'
+blocks), images stay bit-identical, maps do not depend on the batch, the three tasks label, and other families
+refuse it."""
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from diffugen.generation.family import family_of
 from diffugen.generation.planner import plan
 from diffugen.generation.runner import Runner, generate
 
-MMDIT = ["builtin:tiny-sd3", "builtin:tiny-flux", "builtin:tiny-flux2"]
+MMDIT = ["builtin:tiny-sd3", "builtin:tiny-flux", "builtin:tiny-flux2", "builtin:tiny-flux2-dev"]
 TWO = {"view": ["rear"], "object": ["car", "bus"], "time": ["noon"]}
 
 
