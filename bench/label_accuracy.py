@@ -3,7 +3,7 @@
 Usage::
 
     python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
-                                   [--guidance 7.5] [--batch-size 8] [--tolerance 60] [--children 80]
+                                   [--guidance G] [--batch-size 8] [--tolerance 60] [--children 80]
                                    [--hollow-rate R] [--heatmap-method concept_attention] [--labels JSON] [--keep]
 
 ``--model builtin:toyworld-mmdit`` judges the SD3-style transformer trained on the same world
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="diffusers folder, or builtin:toyworld / builtin:toyworld-mmdit "
                                                   "(default: the shipped toy-world model)")
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="default: the model's own (the UNet model 7.5, the MMDiT 3.0, its diffugen.json)")
     ap.add_argument("--scheduler", default=None, help="default: the model's own (DDIM; the MMDiT's flow-matching Euler)")
     ap.add_argument("--heatmap-method", default="cross_attention", choices=["cross_attention", "concept_attention"])
     ap.add_argument("--self-attention-power", type=int, default=None,
@@ -149,6 +150,8 @@ def main(argv=None) -> int:
     params = cfg.labels
     scores = label_metrics([judge_sample(s) for s in ds.iter_samples(progress=False)])
     ds = ds.match(fo.ViewField("task") == "txt2img")  # the mask and box figures: txt2img images, as before
+    guidance = sorted(set(ds.values("guidance_scale")))  # as asked, else the model's own
+    guidance = guidance[0] if len(guidance) == 1 else guidance
 
     asked = present = shape_ok = prompts_all = extras = 0
     ious: dict[str, list[float]] = {c: [] for c in SHAPES}
@@ -217,7 +220,7 @@ def main(argv=None) -> int:
     ratio = float(np.median(area_ratio)) if area_ratio else float("nan")
     adherence = present / max(1, asked)
     out = {
-        "model": str(model), "images": len(ds), "prompts": n, "steps": args.steps, "guidance_scale": args.guidance,
+        "model": str(model), "images": len(ds), "prompts": n, "steps": args.steps, "guidance_scale": guidance,
         "scheduler": args.scheduler, "tolerance": args.tolerance, "min_area": args.min_area,
         "generate_seconds": round(gen_s, 1), "summary": str(summary),
         "adherence": adherence, "prompts_all_present": prompts_all / max(1, len(ds)),
@@ -232,7 +235,7 @@ def main(argv=None) -> int:
         "yolo": yolo, "scores": scores,
     }
     print(machine_line(args.device))
-    print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {args.guidance}, "
+    print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {guidance}, "
           f"generated and labeled in {gen_s:.0f} s")
     print(f"prompt adherence: {adherence:.1%} of {asked} requested objects present "
           f"[{mark(adherence, TARGET_ADHERENCE, True)} target >= {TARGET_ADHERENCE:.0%}]; "

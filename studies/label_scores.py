@@ -52,7 +52,7 @@ def study_config(name: str, captions: list[str], out: Path, children: int | None
     extra = child_tasks(children) if children else {}
     return DiffuGenConfig(
         dataset_name=name, output_root=str(out), model=model, device="cpu",
-        width=64, height=64, steps=25, guidance_scale=7.5, batch_size=8, negative_prompt="",
+        width=64, height=64, steps=25, batch_size=8, negative_prompt="",  # guidance: the model's own (7.5; MMDiT 3)
         scheduler="ddim" if model == MODELS[0] else None,  # the MMDiT: its own flow-matching Euler
         templates=["{caption}"], attributes={"caption": captions},
         seeds={"min": 0, "max": 1_000_000, "count_per_prompt": 1},

@@ -64,6 +64,7 @@ def test_shipped_mmdit_loads_offline_as_sd3_without_t5_and_its_own_sizes():
     assert family.name == "sd3" and pipe.text_encoder_3 is None and pipe.vae.config.latent_channels == 16
     defaults = family.call_defaults(pipe)
     assert defaults["max_sequence_length"] == 0 and (defaults["height"], defaults["width"]) == (64, 64)
+    assert defaults["guidance_scale"] == 3.0  # its own (diffugen.json), not SD3's 7.0
     assert family.encode(pipe, ["a red circle"], "").pipeline_kwargs["prompt_embeds"].shape[1] == 32
     total = sum(f.stat().st_size for f in MMDIT_DIR.rglob("*") if f.is_file())
     assert total < 25e6, total
@@ -72,7 +73,8 @@ def test_shipped_mmdit_loads_offline_as_sd3_without_t5_and_its_own_sizes():
 @shipped
 def test_mmdit_images_are_the_plain_sd3_pipelines_and_rerun_resumes(tmp_path, dataset_name):
     cfg = parse_config(_shape_config(dataset_name, tmp_path / "out", width=64, height=64, batch_size=1))
-    assert_plain_diffusers_images_and_resume(cfg, load_toyworld_mmdit_pipeline(), 64, 64, max_sequence_length=0)
+    assert_plain_diffusers_images_and_resume(cfg, load_toyworld_mmdit_pipeline(), 64, 64, max_sequence_length=0,
+                                             guidance_scale=3.0)  # what its diffugen.json records
 
 
 @shipped
@@ -90,9 +92,9 @@ def test_mmdit_trainer_runs_resumes_and_writes_a_loadable_sd3_folder(tmp_path):
     import torch
 
     assert torch.load(state / "diffusion.pt", weights_only=True)["step"] == 2
-    assert json.loads((out / "diffugen.json").read_text()) == {"max_sequence_length": 0}
+    assert json.loads((out / "diffugen.json").read_text()) == {"max_sequence_length": 0, "guidance_scale": 3.0}
     pipe = load_pipeline(str(out))
-    assert family_of(pipe).name == "sd3" and model_defaults(pipe) == {"max_sequence_length": 0}
+    assert family_of(pipe).name == "sd3" and model_defaults(pipe) == {"max_sequence_length": 0, "guidance_scale": 3.0}
     assert pipe.transformer.config.patch_size == 1 and pipe.vae.config.shift_factor is not None
 
 

@@ -89,8 +89,8 @@ _DEFAULT_KEYS = ("steps", "guidance_scale", "height", "width", "max_sequence_len
 
 
 def folder_defaults(folder: str | Path) -> dict:
-    """The call defaults a model folder records for itself in ``diffugen.json`` (``{"max_sequence_length": 0}`` for
-    the toy-world MMDiT, trained without SD3's zero T5 positions); ``{}`` when it has none.
+    """The call defaults a model folder records for itself in ``diffugen.json`` (``{"max_sequence_length": 0,
+    "guidance_scale": 3.0}`` for the toy-world MMDiT, trained without SD3's zero T5 positions); ``{}`` when it has none.
 
     Raises:
         ModelNotFoundError: the file is not a JSON object mapping some of ``steps``, ``guidance_scale``,

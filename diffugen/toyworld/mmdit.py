@@ -10,7 +10,8 @@ checkpoints and ``--resume`` as the UNet model). It is a ``StableDiffusion3Pipel
   shipped model's text encoder (width 128), the second is small (width 32); their penultimate hidden
   states, concatenated, are the 160-wide text sequence, and their projected end tokens the pooled
   embedding. No T5: the model is trained with none of SD3's zero T5 positions
-  (``max_sequence_length`` 0, recorded in the folder's ``diffugen.json`` so DiffuGen encodes prompts so);
+  (``max_sequence_length`` 0, recorded in the folder's ``diffugen.json`` so DiffuGen encodes prompts so, beside
+  its guidance scale, :data:`GUIDANCE`);
 - an ``SD3Transformer2DModel`` with patch size 1 (a 16×16 token grid, the resolution the UNet model's
   finest cross-attention has), 4 joint blocks of width 128 (4 heads of 32);
 - rectified flow, as SD3 (``FlowMatchEulerDiscreteScheduler``, shift 1 for 64-px images): the
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 
 LATENT_CHANNELS = 16  # SD3's: its inpainting pipeline takes no other count
 T5_LENGTH = 0  # the zero T5 positions SD3 appends without T5: none here, trained so
+# Its guidance scale: on held-out prompts (bench/label_accuracy.py, 60 prompts) 3 drew 86.5% of the requested objects,
+# against 85.0% at 2, 81.2% at 5 and 73.7% at 7.5 (the UNet model's); recorded as the model's own call default.
+GUIDANCE = 3.0
 
 
 def build_components(tokenizer, text_encoder_1):
@@ -100,7 +104,8 @@ def save_pipeline(models: dict, vae, tokenizer, out: Path, world: dict | None = 
     )
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    (out / MODEL_DEFAULTS_FILE).write_text(json.dumps({"max_sequence_length": T5_LENGTH}, indent=1))
+    (out / MODEL_DEFAULTS_FILE).write_text(json.dumps({"max_sequence_length": T5_LENGTH, "guidance_scale": GUIDANCE},
+                                                      indent=1))
     save_world(out, world)
 
 
