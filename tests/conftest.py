@@ -285,6 +285,23 @@ def assert_capture_is_invisible(pipe, refine_power: int = 1, size: tuple[int, in
     return collector
 
 
+def saved_and_loaded(pipe, folder: Path, family: str):
+    """``pipe`` saved as a diffusers folder and loaded back by DiffuGen, offline: its ``model_index.json`` names its
+    class, it loads as that class, of ``family``, and ``model_family`` set to it loads it too. Returns the
+    ``(model_index, loaded pipeline)``."""
+    import json
+
+    from diffugen.generation.family import family_of
+    from diffugen.generation.models import load_pipeline
+
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    loaded = load_pipeline(str(folder))
+    assert index["_class_name"] == type(pipe).__name__ == type(loaded).__name__ and family_of(loaded).name == family
+    assert type(load_pipeline(str(folder), model_family=family)) is type(pipe)
+    return index, loaded
+
+
 def assert_shards_make_each_image_once(model: str, root: Path, name: str) -> None:
     """Two shards of a 4-image txt2img run make 2 images each, disjoint, the whole plan between them."""
     import fiftyone as fo
