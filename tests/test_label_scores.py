@@ -102,6 +102,30 @@ def test_share_feature_sees_the_other_words():
     assert alone["share"] == pytest.approx(1.0) and contested["share"] < 0.4
 
 
+def test_colour_step_doubts_a_label_that_does_not_stand_out():
+    """The same map over a red disc on grey, and over the same grey with nothing drawn: the label of the drawn disc
+    differs from what surrounds it, the one on bare ground does not and scores lower, and the review says why; an
+    unknown image gets the training median."""
+    from diffugen.curation.review import label_reasons
+    from diffugen.labels.scoring import NO_IMAGE_COLOUR_STEP, colour_step, cut_features, image_lab
+
+    blob = disc(32, 24, 10)
+    m, scale = stored(attention_map((blob, 0.2)))
+    ground = np.full((H, W, 3), 128, np.uint8)
+    drawn = ground.copy()
+    drawn[blob] = (220, 30, 30)
+    on_object, on_ground = (label_heatmaps([m], ["circle"], ["circle"], IDS, LabelParams(), [scale], image)
+                            .word_labels[0].instances[0] for image in (drawn, ground))
+    assert np.expm1(on_object.features["log_colour_step"]) > 50 > 1 > np.expm1(on_ground.features["log_colour_step"])
+    assert on_ground.score < on_object.score
+    assert colour_step(image_lab(drawn), blob) == pytest.approx(on_object.features["log_colour_step"], abs=0.3)
+    assert colour_step(image_lab(drawn), np.zeros((H, W), bool)) == 0.0
+    assert cut_features({"log_area": 0.0}, 0.1, blob, blob)["log_colour_step"] == NO_IMAGE_COLOUR_STEP
+    reasons = label_reasons({"confidence": on_ground.score, **on_ground.features}, 0.5)
+    assert any("hardly stands out" in r for r in reasons)
+    assert not any("stands out" in r for r in label_reasons({"confidence": 0.9, **on_object.features}, 0.5))
+
+
 def test_attention_score_is_logistic():
     f = dict.fromkeys(FEATURES, 1.0)
     assert attention_score(f, dict.fromkeys(FEATURES, 0.0), 0.0) == pytest.approx(0.5)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import getpass
 import itertools
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -251,6 +252,9 @@ def _record(ds: fo.Dataset, action: str, reviewer: str | None, **details) -> Non
 
 # ---- one label at a time (the review panel) ------------------------------------------------------
 SMALL_AREA = 0.01  # a label covering less than this fraction of the image is called small
+# A label whose colour differs from its surroundings' by less than this (CIE76 ΔE) is called flat: 5% of right
+# toy-world labels are below 12, half of the wrong ones below 11.
+FLAT_COLOUR_STEP = 10.0
 OTHER_LABELER = "other labeler"  # a queue entry's decision when its sample takes the other labeler's labels
 _DECISIONS = (APPROVED, REJECTED)
 
@@ -309,8 +313,9 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
     Reasons: no score, a score below ``min_score`` (the review threshold), ``matched == False``
     (:func:`diffugen.labels.compare.compare_labels` found no label of the other labeler over its
     IoU threshold; ``match_iou`` is the best IoU it had), the attention score's features ``share``,
-    ``blob_share``, ``cut_kept`` and ``core_share`` below one half (:mod:`diffugen.labels.scoring`), and an area (the DAAM ``area``,
-    else the box) below ``small_area`` of the image. An empty list: nothing is wrong with it by these rules.
+    ``blob_share``, ``cut_kept`` and ``core_share`` below one half (:mod:`diffugen.labels.scoring`), a colour step to its
+    surroundings (``log_colour_step``) below ΔE :data:`FLAT_COLOUR_STEP`, and an area (the DAAM ``area``, else the box)
+    below ``small_area`` of the image. An empty list: nothing is wrong with it by these rules.
     """
     reasons = []
     score = label.get("confidence")
@@ -332,6 +337,9 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
         reasons.append(f"the image's edges cut most of its blob away (it kept {cut_kept:.0%})")
     if isinstance(core_share, (int, float)) and core_share < 0.5:
         reasons.append(f"it holds a small part of its word's object pixels ({core_share:.0%})")
+    step = label.get("log_colour_step")
+    if isinstance(step, (int, float)) and math.expm1(step) < FLAT_COLOUR_STEP:
+        reasons.append(f"it hardly stands out from what surrounds it (colour step ΔE {math.expm1(step):.0f})")
     area, what = label.get("area"), "its mask"
     if area is None and label.get("bounding_box"):
         box = label["bounding_box"]
@@ -343,7 +351,7 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
 
 # What the queue listing reads of each label (not its mask).
 _ENTRY_KEYS = ("_id", "label", "confidence", "tags", "matched", "match_iou", "area", "bounding_box", "share",
-               "blob_share", "cut_kept", "core_share")
+               "blob_share", "cut_kept", "core_share", "log_colour_step")
 
 
 def review_queue(collection: SampleCollection, field: str | None = None, min_score: float | None = None) -> list[QueueEntry]:

@@ -68,7 +68,7 @@ from ..store.files import write_png
 
 DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")  # the labels (daam_params: how)
 # Score features kept on each detection, so the review can say why a score is low.
-REVIEW_FEATURES = ("share", "blob_share", "cut_kept", "core_share")
+REVIEW_FEATURES = ("share", "blob_share", "cut_kept", "core_share", "log_colour_step")
 
 __all__ = [
     "DAAM_FIELDS",
@@ -523,8 +523,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
        map snapped to the image's edges (:func:`image_cores`). Like step 6 it only removes pixels.
     8. Instances larger than ``params.max_area`` of the image are dropped: a word's map spread over the
        background, not an object.
-    9. The attention score of each instance: the features of its blob as found (step 4) and of what steps
-       6–7 left of it (:func:`~.scoring.cut_features`).
+    9. The attention score of each instance: the features of its blob as found (step 4), of what steps
+       6–7 left of it, and of how that stands out of the image (:func:`~.scoring.cut_features`).
 
     Args:
         word_maps: uint8 ``(H, W)`` per map (one per occurrence of a class word), min-max normalised.
@@ -589,10 +589,11 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         last = dict(resolved)  # each word's pixels as the cuts end: its last core, else its resolved mask
         for core in cores:
             last.update(core)
+        lab = scoring.image_lab(image) if image is not None else None
         for k, wl in enumerate(word_labels):
             for inst in wl.instances:
                 inst.features = {**inst.features, **scoring.cut_features(
-                    inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]])}
+                    inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]], lab)}
                 inst.score = scoring.attention_score(inst.features)
             wl.instances.sort(key=lambda inst: inst.score, reverse=True)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
