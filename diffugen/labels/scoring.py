@@ -21,7 +21,8 @@ the word's mask ``M`` before resolution, the features are:
 * ``core_share``: the instance's share of its word's pixels as the cuts end: a word whose object is this
   instance holds most of them here, a word whose pixels spread over several blobs holds a part of them.
 * ``log_colour_step``: ``log(1 + ΔE)``, the CIE76 difference between the mean CIELAB colour of the instance's
-  inner band and that of the band just outside it (each 1/32 of the image's short side wide): an object differs
+  inner band and that of the band just outside it (each 1/32 of the image's short side wide, on a grid of about
+  64 px on that side): an object differs
   from what surrounds it, while a piece of the background that a word's map settled on, or a cut through one
   object's colour, does not. The image itself is read here (the maps cannot see it); where it is not known, the
   training labels' median stands in (:data:`NO_IMAGE_COLOUR_STEP`).
@@ -114,19 +115,30 @@ def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word
 
 
 def image_lab(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` float32 CIELAB (L in [0, 100]) of a uint8 RGB image."""
-    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    """The image in CIELAB (float32, L in [0, 100]) on a grid of about 64 px on its short side (an integer
+    subsampling, by area), what :func:`colour_step` reads: the step is measured at the toy world's resolution, which
+    the score was fitted at, whatever the image's size, and the conversion costs the same at any size."""
+    height, width = image.shape[:2]
+    s = max(1, min(height, width) // 64)
+    small = image if s == 1 else cv2.resize(image, (width // s, height // s), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
 
 def colour_step(lab: np.ndarray, mask: np.ndarray) -> float:
     """``log(1 + ΔE)`` between the mean CIELAB colour of ``mask``'s inner band and that of the band just outside it,
-    each ``max(1, round(min(H, W) / 32))`` pixels wide (2 at 64 px), computed on the mask's box and its margin.
+    each ``max(1, round(min(h, w) / 32))`` cells of ``lab``'s grid wide (2 on the 64-px grid), on the mask's box and
+    its margin.
 
     Args:
-        lab: ``(H, W, 3)`` float32 CIELAB (:func:`image_lab`).
-        mask: ``bool (H, W)``; an empty one, or one without pixels outside it, gives 0.
+        lab: ``(h, w, 3)`` float32 CIELAB (:func:`image_lab`).
+        mask: ``bool (H, W)`` at the image's size (brought to ``lab``'s grid by area; a cell more than half in the
+            mask is in it, and a mask smaller than one cell keeps the cells it touches); an empty one, or one
+            without pixels outside it, gives 0.
     """
-    height, width = mask.shape
+    height, width = lab.shape[:2]
+    if mask.shape != (height, width):
+        cover = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        mask = cover >= 0.5 if (cover >= 0.5).any() else cover > 0
     k = max(1, round(min(height, width) / 32))
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
