@@ -142,7 +142,8 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
     for s in manifest["samples"]:
         hms = s["heatmaps"]
         stored = StoredHeatmaps([cv2.imread(h["path"], cv2.IMREAD_GRAYSCALE) for h in hms], [h["word"] for h in hms],
-                                [h["label"] for h in hms], [(h["floor"], h["peak"]) for h in hms])
+                                [h["label"] for h in hms], [(h["floor"], h["peak"]) for h in hms],
+                                "cross" if model == MODELS[0] else "joint")
         if not per_occurrence and stored.maps:
             stored = merged_per_word(stored)
         image = np.asarray(Image.open(s["filepath"]).convert("RGB"))
@@ -166,7 +167,7 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
 def fit(c: float, model_name: str = MODELS[0]) -> dict:
     """Fit the logistic score on the training split; print held-out metrics of every variant, and of the
     product's score as shipped (``shipped``: the default labels, "snapped", scored with
-    :data:`~diffugen.labels.scoring.WEIGHTS`)."""
+    :data:`~diffugen.labels.scoring.WEIGHTS`, or for the transformer :data:`~diffugen.labels.scoring.JOINT_WEIGHTS`)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 

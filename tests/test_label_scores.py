@@ -16,7 +16,7 @@ from diffugen.config import parse_config
 from diffugen.errors import DatasetError
 from diffugen.generation.family import token_runs
 from diffugen.generation.runner import generate
-from diffugen.labels.daam import LabelParams, label_heatmaps
+from diffugen.labels.daam import REVIEW_FEATURES, LabelParams, label_heatmaps
 from diffugen.labels.relabel import preview_relabel, relabel
 from diffugen.labels.scoring import BLOB_FEATURES, FEATURES, attention_score, instance_features
 from diffugen.toyworld.evaluation import auroc, judge_labels, label_metrics
@@ -169,6 +169,32 @@ def test_one_heatmap_per_occurrence_and_relabel_reproduces_labels(tmp_path, data
     cv2.imwrite(last.filepath, np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DatasetError, match=f"image of sample {last.id} is 8x8 px, its heatmaps"):
         preview_relabel(ds.select(last.id), parse_config(cfg).labels)
+
+
+def test_joint_attention_maps_take_their_own_weights_and_keep_them_for_relabel(tmp_path, dataset_name):
+    """An SD3 model's maps are scored with the joint-attention weights, the heatmaps say so, and relabeling scores
+    them alike; a UNet's keep the cross-attention ones."""
+    from diffugen.labels.scoring import JOINT_BIAS, JOINT_WEIGHTS
+
+    f = dict.fromkeys(FEATURES, 0.5)
+    assert attention_score(f, attention="joint") == attention_score(f, JOINT_WEIGHTS, JOINT_BIAS) != attention_score(f)
+    with pytest.raises(ValueError, match="attention 'self'"):
+        attention_score(f, attention="self")
+    cfg = small_config(dataset_name, tmp_path / "out", model="builtin:tiny-sd3", steps=2, seeds=[5],
+                       attributes={"view": ["rear"], "object": ["car", "bus"], "time": ["noon"]})
+    generate(parse_config(cfg))
+    ds = fo.load_dataset(dataset_name)
+    assert {h["attention"] for s in ds for h in s["word_heatmaps"]} == {"joint"}
+    dets = [d for s in ds for d in s.daam_detections.detections]
+    assert dets and all(d.has_field(k) for d in dets for k in REVIEW_FEATURES)  # the review's reasons, as on a UNet
+    before = [round(d.confidence, 6) for d in dets]
+    relabel(ds, parse_config(cfg).labels)
+    ds.reload()
+    assert [round(d.confidence, 6) for s in ds for d in s.daam_detections.detections] == before
+    unet_name = f"{dataset_name}-unet"
+    generate(parse_config(small_config(unet_name, tmp_path / "unet", steps=2, seeds=[5])))
+    assert {h["attention"] for s in fo.load_dataset(unet_name) for h in s["word_heatmaps"]} == {"cross"}
+    fo.delete_dataset(unet_name)
 
 
 def test_judge_matches_one_to_one_by_score():

@@ -91,6 +91,7 @@ class ModelFamily(ABC):
     heatmap_methods: ClassVar[tuple[str, ...]] = ("cross_attention",)  # what :meth:`capture`'s ``method`` takes
     cuda_dtype: ClassVar[str] = "float16"  # what ``dtype: "auto"`` loads on a GPU
     long_encoder: ClassVar[str | None] = None  # the encoder whose sequence length :meth:`encode` takes (e.g. "T5")
+    attention: ClassVar[str] = "cross"  # what makes its maps: which label-score weights they take (labels.scoring)
 
     @abstractmethod
     def matches(self, pipe: DiffusionPipeline) -> bool:

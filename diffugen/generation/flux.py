@@ -88,6 +88,7 @@ class FluxFamily(ModelFamily):
     class_names = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
                    "FluxKontextPipeline", "FluxKontextInpaintPipeline")
     own_classes = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
+    attention = "joint"  # the label score's joint-attention weights
     heatmap_methods = get_args(HeatmapMethod)
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
     long_encoder = "T5"

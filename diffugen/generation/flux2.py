@@ -248,6 +248,7 @@ class Flux2Family(ModelFamily):
     own_classes = ("Flux2Pipeline",)  # [dev]: its own text encoder, loaded as itself
     cuda_dtype = "bfloat16"  # as the model cards load them
     long_encoder = "Qwen3"  # [dev]: Mistral 3
+    attention = "joint"  # the label score's joint-attention weights
     heatmap_methods = get_args(HeatmapMethod)
 
     def matches(self, pipe: DiffusionPipeline) -> bool:

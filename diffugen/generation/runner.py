@@ -319,9 +319,10 @@ class Runner:
 
     def build_sample(self, task: str, item: WorkItem, image: np.ndarray, maps: list[np.ndarray], found: list[int],
                      class_ids: dict[str, int], extra: dict | None = None, folder: Path | None = None,
-                     ranges: Sequence[tuple[float, float]] | None = None) -> fo.Sample:
+                     ranges: Sequence[tuple[float, float]] | None = None, attention: str = "cross") -> fo.Sample:
         """Write the item's files (under ``folder``) and return its complete sample (image, heatmaps,
-        labels, provenance). ``ranges``: each map's ``(floor, peak)`` in units of attention (:meth:`run_batch`)."""
+        labels, provenance). ``ranges``: each map's ``(floor, peak)`` in units of attention (:meth:`run_batch`);
+        ``attention``: what made the maps (the family's, :attr:`~.family.ModelFamily.attention`), kept with them."""
         cfg = self.cfg
         folder = folder or safe_child(self.media_root, task)
         ext = cfg.image_format
@@ -337,7 +338,7 @@ class Runner:
             word_heatmaps = []
             for j, (word, cls, m) in enumerate(zip(words, classes, maps)):
                 path = write_png(safe_child(folder, "heatmaps", f"{item.key}_{j}.png"), m)
-                scale = {} if ranges is None else {"floor": ranges[j][0], "peak": ranges[j][1]}
+                scale = {} if ranges is None else {"floor": ranges[j][0], "peak": ranges[j][1], "attention": attention}
                 word_heatmaps.append(fo.Heatmap(map_path=str(path), range=[0, 255], word=word, label=cls, **scale))
             fields: dict = {}
             if maps:
@@ -353,7 +354,7 @@ class Runner:
             # Snapped to the image as stored (a JPEG's decoded pixels), as relabel reads it.
             reread = maps and cfg.labels.snap > 0 and ext != "png"
             stored = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB) if reread else image
-            labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels, ranges, stored)
+            labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels, ranges, stored, attention)
             fields["missing_words"] = missing_words(labels, [w for w, _ in item.class_words], REVIEW_MIN_SCORE)
             if maps:
                 fields.update(to_fiftyone(labels, safe_child(folder, "masks", f"{item.key}.png"), cfg.labels))
@@ -444,7 +445,7 @@ class Runner:
                     if it.key in have:
                         continue
                     summary.unlabeled_words += len(it.class_words) - len(set(f))
-                    writer.add(self.build_sample(task, it, image, maps, f, ids, extra, folder, r))
+                    writer.add(self.build_sample(task, it, image, maps, f, ids, extra, folder, r, family.attention))
                 writer.flush()  # each batch, so a killed run loses at most the batch in flight
                 summary.made = writer.written
                 bar.update(writer.written + writer.duplicates - bar.n)

@@ -133,6 +133,7 @@ class StableDiffusion3Family(ModelFamily):
     name = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
+    attention = "joint"  # the label score's joint-attention weights
     heatmap_methods = get_args(HeatmapMethod)
     cuda_dtype = "bfloat16"  # as the model cards load them; float16 overflows their activations
     long_encoder = "T5"

@@ -504,7 +504,8 @@ class DaamLabels:
 
 def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classes: Sequence[str],
                    class_ids: dict[str, int], params: LabelParams,
-                   ranges: Sequence[tuple[float, float]] | None = None, image: np.ndarray | None = None) -> DaamLabels:
+                   ranges: Sequence[tuple[float, float]] | None = None, image: np.ndarray | None = None,
+                   attention: str = "cross") -> DaamLabels:
     """The labels of one image from its class words' heatmaps (the one labeling path: generate and relabel).
 
     1. Each word's mask (:func:`word_mask`: threshold, erosion, dilation) of the mean of its occurrences'
@@ -532,6 +533,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         ranges: each map's ``(floor, peak)`` in units of attention (the stored heatmaps' ``floor`` and
             ``peak``); ``None`` for heatmaps stored without them.
         image: ``(H, W, 3)`` uint8 RGB, the image the maps are of (``None``: step 7 is skipped).
+        attention: what made the maps, ``"cross"`` (a UNet) or ``"joint"`` (SD3, FLUX): which fitted weights score
+            them (:func:`~.scoring.attention_score`).
     """
     from . import scoring
 
@@ -561,8 +564,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     for k, (m, n) in enumerate(zip(masks, norms)):
         union, instances = mask_instances(m, n, params)
         word_labels.append(WordLabels(mask=union, instances=instances, threshold=word_masks[words[k]][1]))
-    attention = params.score == "attention" and raws is not None
-    if attention:  # what each blob as found says of itself; scored after the cuts (9.)
+    by_attention = params.score == "attention" and raws is not None
+    if by_attention:  # what each blob as found says of itself; scored after the cuts (9.)
         total = np.sum(raws, axis=0)
         for k, (wl, raw, (lo, _)) in enumerate(zip(word_labels, raws, ranges)):
             for inst in wl.instances:
@@ -585,7 +588,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         for inst in wl.instances:
             wl.mask |= instance_mask(inst, wl.mask.shape)
     # 9. The attention score, from the blob as found and what the cuts left of it.
-    if attention:
+    if by_attention:
         last = dict(resolved)  # each word's pixels as the cuts end: its last core, else its resolved mask
         for core in cores:
             last.update(core)
@@ -594,7 +597,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
             for inst in wl.instances:
                 inst.features = {**inst.features, **scoring.cut_features(
                     inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]], lab)}
-                inst.score = scoring.attention_score(inst.features)
+                inst.score = scoring.attention_score(inst.features, attention=attention)
             wl.instances.sort(key=lambda inst: inst.score, reverse=True)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))
     return DaamLabels(list(words), list(classes), word_labels, mask)

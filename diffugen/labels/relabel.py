@@ -23,12 +23,14 @@ from .daam import DAAM_FIELDS, DaamLabels, LabelParams, label_heatmaps, mask_nam
 @dataclass
 class StoredHeatmaps:
     """A sample's stored per-word heatmaps: uint8 maps ``(H, W)``, their words, classes, and scales in
-    units of attention (``None`` for heatmaps stored without ``floor``/``peak``)."""
+    units of attention (``None`` for heatmaps stored without ``floor``/``peak``), and what made them (``"cross"``
+    when not recorded: the UNet families', all a dataset held before the joint families had weights of their own)."""
 
     maps: list[np.ndarray]
     words: list[str]
     classes: list[str]
     ranges: list[tuple[float, float]] | None
+    attention: str = "cross"
 
 
 def read_word_heatmaps(sample_id: str, word_heatmaps) -> StoredHeatmaps:
@@ -42,6 +44,8 @@ def read_word_heatmaps(sample_id: str, word_heatmaps) -> StoredHeatmaps:
         out.words.append(hm["word"])
         out.classes.append(hm["label"])
         floor, peak = (hm[k] if hm.has_field(k) else None for k in ("floor", "peak"))
+        if hm.has_field("attention") and hm["attention"]:
+            out.attention = hm["attention"]
         if out.ranges is not None and floor is not None and peak is not None:
             out.ranges.append((float(floor), float(peak)))
         else:
@@ -64,7 +68,7 @@ def read_image(sample_id: str, filepath: str, shape: tuple[int, int]) -> np.ndar
 def label_stored(stored: StoredHeatmaps, ids: dict[str, int], params: LabelParams,
                  image: np.ndarray | None = None) -> DaamLabels:
     """:func:`label_heatmaps` of stored heatmaps (and of their sample's ``image``, :func:`read_image`)."""
-    return label_heatmaps(stored.maps, stored.words, stored.classes, ids, params, stored.ranges, image)
+    return label_heatmaps(stored.maps, stored.words, stored.classes, ids, params, stored.ranges, image, stored.attention)
 
 
 def relabel(collection: SampleCollection, params: LabelParams,

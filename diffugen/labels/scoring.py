@@ -47,9 +47,11 @@ share of the word's attention carry the score. It is fitted on the labels as the
 as found, then cut to its map's core and to the image's edges): it says whether the label a reviewer sees is
 right. Without the cuts (``labels.core: false``, ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is
 the blob's share of its word's mask, which the fit has not seen as often.
-It was fitted on a UNet (SD 1.x) model; for the other families it is the same formula, not refitted. The colour
-step carries over best: on the toy world's SD3-style transformer, whose maps of objects it did not draw settle on
-the background, it halved those junk labels (0.35 → 0.21 per image/word pair; BENCHMARKS.md).
+It was fitted on a UNet (SD 1.x) model, for the maps of cross-attention (SD 1.x/2.x, SDXL). The joint-attention
+families (SD3, FLUX.1, FLUX.2) take the same formula with weights of their own (:data:`JOINT_WEIGHTS`), fitted on
+the toy world's SD3-style transformer: the UNet's weights rank its labels as well (held-out AUROC 0.968 both) but
+are too sure of them (precision at 0.5 0.753 against 0.913, BENCHMARKS.md); there ``share`` and ``kept`` count the
+other way. The samples keep which kind made their maps, so relabeling scores them alike.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ BLOB_FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area")  # o
 WEIGHTS = {"share": -1.9787, "log_contrast": 1.8059, "blob_share": 5.1291, "kept": 0.8272, "cut_kept": 3.281,
            "core_share": 2.4112, "log_colour_step": 0.7854}
 BIAS = -9.1875
+# Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
+# for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
+JOINT_WEIGHTS = {"share": 0.9125, "log_contrast": 1.4064, "blob_share": 3.5804, "kept": -1.4572, "cut_kept": 2.9639,
+                 "core_share": 3.6337, "log_colour_step": 0.4736}
+JOINT_BIAS = -9.026
+ATTENTION_KINDS = ("cross", "joint")  # what made a map: a UNet's cross-attention, or a transformer's joint attention
 NO_IMAGE_COLOUR_STEP = 2.92  # the training labels' median log_colour_step (ΔE 17.5), where the image is not known
 _EPS = 1e-9
 
@@ -163,10 +171,14 @@ def _components_under(mask: np.ndarray, blob: np.ndarray) -> np.ndarray:
 
 
 def attention_score(features: dict[str, float], weights: dict[str, float] | None = None,
-                    bias: float | None = None) -> float:
-    """The logistic score of one instance's features, in ``(0, 1)``."""
-    w = WEIGHTS if weights is None else weights
-    b = BIAS if bias is None else bias
+                    bias: float | None = None, attention: str = "cross") -> float:
+    """The logistic score of one instance's features, in ``(0, 1)``: with ``weights`` and ``bias``, else those fitted
+    for maps of the ``attention`` kind (:data:`ATTENTION_KINDS`: :data:`WEIGHTS` or :data:`JOINT_WEIGHTS`)."""
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention {attention!r}: expected one of {ATTENTION_KINDS}")
+    joint = attention == "joint"
+    w = (JOINT_WEIGHTS if joint else WEIGHTS) if weights is None else weights
+    b = (JOINT_BIAS if joint else BIAS) if bias is None else bias
     z = b + sum(w[k] * features[k] for k in FEATURES)
     return float(1.0 / (1.0 + np.exp(-z)))
 
