@@ -7,8 +7,8 @@ Usage (from the repository root, virtualenv active)::
     python -m studies.label_scores fit                                # fit on train, report held-out
 
 ``--model builtin:toyworld-mmdit`` (both commands) does the same for the SD3-style transformer trained on
-the toy world, in ``studies/out/label_scores/toyworld-mmdit/``: the score's weights fitted on the UNet
-model's labels are judged on its joint-attention labels, and a fit of its own is reported beside them.
+the toy world, in ``studies/out/label_scores/toyworld-mmdit/``: its fit is what the joint-attention families
+ship (:data:`~diffugen.labels.scoring.JOINT_WEIGHTS`, judged as ``shipped``).
 
 ``collect`` generates a dataset through DiffuGen's own ``generate`` (txt2img of toy-world captions,
 then img2img and inpaint children of them) with the shipped ``builtin:toyworld`` model and writes a
