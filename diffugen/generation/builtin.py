@@ -391,6 +391,17 @@ QWEN3_CHAT_TEMPLATE = (
 QWEN3_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
+def _whole_word_merges(words: list[str], vocab: list[str]) -> dict[tuple[str, str], int]:
+    """Byte-level BPE merges (by rank) in which each of ``words``, lowercased, is one token both at a text's start and
+    after a space (``Ġword``); the merged symbols are appended to ``vocab``, which holds the byte symbols."""
+    space = _bytes_to_unicode()[ord(" ")]
+    ranks: dict[tuple[str, str], int] = {}
+    for word in dict.fromkeys(w.lower() for w in words):
+        for form in (word, space + word):
+            _merge_whole(list(form), ranks, vocab)
+    return ranks
+
+
 def tiny_qwen_tokenizer(words: list[str] = TINY_WORDS):
     """A ``Qwen2TokenizerFast`` over the tiny vocabulary: Qwen's byte-level BPE (its pre-tokenizer regex, built by
     transformers from a vocabulary and merges) in which each of ``words`` (and "user", "assistant") is one token,
@@ -405,10 +416,7 @@ def tiny_qwen_tokenizer(words: list[str] = TINY_WORDS):
 
     byte_chars = _bytes_to_unicode()
     vocab: list[str] = list(byte_chars.values())
-    ranks: dict[tuple[str, str], int] = {}
-    for word in dict.fromkeys([*(w.lower() for w in words), "user", "assistant"]):
-        for form in (word, byte_chars[ord(" ")] + word):
-            _merge_whole(list(form), ranks, vocab)
+    ranks = _whole_word_merges([*words, "user", "assistant"], vocab)
     _merge_whole([byte_chars[ord("\n")]] * 2, ranks, vocab)  # "\n\n" is one token, as Qwen's
     vocab += [*QWEN3_SPECIAL, "<think>", "</think>"]
     tok = Qwen2TokenizerFast(vocab={t: i for i, t in enumerate(vocab)},
@@ -425,7 +433,27 @@ TINY_QWEN3 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=27, nu
                   num_key_value_heads=1, head_dim=8)
 
 
-def build_tiny_flux2_pipeline(distilled: bool = False, guidance_embeds: bool = False):
+def _tiny_flux2_denoising(guidance_embeds: bool):
+    """The tiny FLUX.2 transformer (seed 1), VAE (seed 2) and scheduler of :func:`build_tiny_flux2_pipeline`;
+    ``guidance_embeds``: the transformer takes the guidance scale as an input, as FLUX.2 [dev]'s does."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    torch.manual_seed(1)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=3 * TINY_QWEN3["hidden_size"], timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=guidance_embeds,
+    )
+    torch.manual_seed(2)
+    vae_model = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, **TINY_VAE)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096, time_shift_type="exponential")
+    _frozen(transformer, vae_model)
+    return transformer, vae_model, scheduler
+
+
+def build_tiny_flux2_pipeline(distilled: bool = False):
     """Build ``builtin:tiny-flux2``: a Flux2KleinPipeline (FLUX.2 [klein]'s layout) with small random-weight components.
 
     A Qwen3 text encoder (``Qwen3ForCausalLM``, 27 layers 16 wide, :func:`tiny_qwen_tokenizer`): the pipeline's
@@ -438,10 +466,9 @@ def build_tiny_flux2_pipeline(distilled: bool = False, guidance_embeds: bool = F
 
     ``distilled=False`` (the default) is FLUX.2 [klein] Base's configuration: real classifier-free guidance, the
     unconditional half a second transformer call. ``distilled=True`` is FLUX.2 [klein]'s (``is_distilled``): guidance
-    is ignored and each step is one call. ``guidance_embeds``: the transformer takes the guidance scale as an input
-    (FLUX.2 [dev]'s, :func:`build_tiny_flux2_dev_pipeline`).
+    is ignored and each step is one call.
     """
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = tiny_qwen_tokenizer()
@@ -449,18 +476,8 @@ def build_tiny_flux2_pipeline(distilled: bool = False, guidance_embeds: bool = F
     text_encoder = Qwen3ForCausalLM(Qwen3Config(
         vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **TINY_QWEN3))
-    torch.manual_seed(1)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=3 * TINY_QWEN3["hidden_size"], timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=guidance_embeds,
-    )
-    torch.manual_seed(2)
-    vae_model = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, **TINY_VAE)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                                                max_image_seq_len=4096, time_shift_type="exponential")
-    _frozen(text_encoder, transformer, vae_model)
+    _frozen(text_encoder)
+    transformer, vae_model, scheduler = _tiny_flux2_denoising(guidance_embeds=False)
     return Flux2KleinPipeline(scheduler=scheduler, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
                               transformer=transformer, is_distilled=distilled)
 
@@ -495,12 +512,8 @@ def tiny_mistral_processor(words: list[str] = TINY_WORDS):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PixtralImageProcessor, PixtralProcessor, PreTrainedTokenizerFast
 
-    byte_chars = _bytes_to_unicode()
-    vocab: list[str] = [*MISTRAL3_SPECIAL, *byte_chars.values()]
-    ranks: dict[tuple[str, str], int] = {}
-    for word in dict.fromkeys([*(w.lower() for w in words), *re.findall(r"\w+", SYSTEM_MESSAGE.lower())]):
-        for form in (word, byte_chars[ord(" ")] + word):
-            _merge_whole(list(form), ranks, vocab)
+    vocab: list[str] = [*MISTRAL3_SPECIAL, *_bytes_to_unicode().values()]
+    ranks = _whole_word_merges([*words, *re.findall(r"\w+", SYSTEM_MESSAGE)], vocab)
     backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)},
                                    merges=[pair for pair, _ in sorted(ranks.items(), key=lambda kv: kv[1])]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -539,10 +552,10 @@ def build_tiny_flux2_dev_pipeline():
         text_config=MistralConfig(vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **TINY_MISTRAL3),
         image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
-    klein = build_tiny_flux2_pipeline(guidance_embeds=True)
     _frozen(text_encoder)
-    return Flux2Pipeline(scheduler=klein.scheduler, vae=klein.vae, text_encoder=text_encoder, tokenizer=processor,
-                         transformer=klein.transformer)
+    transformer, vae_model, scheduler = _tiny_flux2_denoising(guidance_embeds=True)
+    return Flux2Pipeline(scheduler=scheduler, vae=vae_model, text_encoder=text_encoder, tokenizer=processor,
+                         transformer=transformer)
 
 
 BUILTINS.update({"tiny-flux2": build_tiny_flux2_pipeline, "tiny-flux2-dev": build_tiny_flux2_dev_pipeline})
