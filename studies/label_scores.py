@@ -80,7 +80,8 @@ def collect(split: str, n: int, children: int, hollow_rate: float, model: str = 
         rows.append({
             "task": s["task"], "prompt": s["prompt"], "filepath": s.filepath,
             "heatmaps": [{"path": h.map_path, "word": h["word"], "label": h["label"],
-                          "floor": h["floor"], "peak": h["peak"]} for h in s["word_heatmaps"] or []],
+                          "floor": h["floor"], "peak": h["peak"], "attention": h["attention"]}
+                         for h in s["word_heatmaps"] or []],
         })
     path = folder / "manifest.json"
     path.write_text(json.dumps({"split": split, "captions": len(captions), "samples": rows}, indent=0))
@@ -143,7 +144,7 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
         hms = s["heatmaps"]
         stored = StoredHeatmaps([cv2.imread(h["path"], cv2.IMREAD_GRAYSCALE) for h in hms], [h["word"] for h in hms],
                                 [h["label"] for h in hms], [(h["floor"], h["peak"]) for h in hms],
-                                "cross" if model == MODELS[0] else "joint")
+                                next((h["attention"] for h in hms if h.get("attention")), "cross"))
         if not per_occurrence and stored.maps:
             stored = merged_per_word(stored)
         image = np.asarray(Image.open(s["filepath"]).convert("RGB"))

@@ -6,11 +6,8 @@ refuse it."""
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    assert_all_tasks_labeled,
-    assert_batch_size_keeps_images_and_maps,
-    small_config,
-)
+import family_checks as check
+from conftest import small_config
 
 from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError
@@ -91,11 +88,11 @@ def test_images_are_bit_identical_and_maps_are_the_concepts_own(model, tmp_path)
 @pytest.mark.parametrize("model", MMDIT)
 def test_batch_size_does_not_change_concept_maps(model, tmp_path):
     """Each prompt's concepts are its own class words: a batch of prompts with other words gives the same maps."""
-    assert_batch_size_keeps_images_and_maps(model, tmp_path, heatmap_method="concept_attention")
+    check.assert_batch_size_keeps_images_and_maps(model, tmp_path, heatmap_method="concept_attention")
 
 
 def test_all_tasks_label_with_concept_attention(tmp_path, dataset_name):
-    assert_all_tasks_labeled("builtin:tiny-sd3", tmp_path, dataset_name, heatmap_method="concept_attention")
+    check.assert_all_tasks_labeled("builtin:tiny-sd3", tmp_path, dataset_name, heatmap_method="concept_attention")
 
 
 def test_a_unet_family_refuses_concept_attention_before_writing(tmp_path, dataset_name):

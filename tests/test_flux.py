@@ -8,16 +8,8 @@ import json
 import fiftyone as fo
 import pytest
 import torch
-from conftest import (
-    assert_all_tasks_labeled,
-    assert_batch_size_keeps_images_and_maps,
-    assert_capture_is_invisible,
-    assert_plain_diffusers_images_and_resume,
-    assert_shards_make_each_image_once,
-    oracle_agreement,
-    saved_and_loaded,
-    small_config,
-)
+import family_checks as check
+from conftest import small_config
 from diffusers import FluxFillPipeline
 
 from diffugen.config import parse_config
@@ -78,14 +70,14 @@ def test_encode_is_the_pipelines_own_and_words_are_t5_tokens(flux):
 
 
 def test_capture_leaves_images_bit_identical_and_restores_processors(flux):
-    collector = assert_capture_is_invisible(flux)
+    collector = check.assert_capture_is_invisible(flux)
     assert collector.latent_size == (4, 7) and sorted(collector.maps) == [SINGLE, DOUBLE]
     assert collector.maps[DOUBLE].shape == (2, 2, 2, 4, 7)  # (batch: all conditional, heads, tokens, h, w)
 
 
 # ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
 def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, dataset_name):
-    assert_all_tasks_labeled(FLUX, tmp_path, dataset_name)
+    check.assert_all_tasks_labeled(FLUX, tmp_path, dataset_name)
 
 
 def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_path, dataset_name):
@@ -94,7 +86,7 @@ def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=80, height=112,
                                     seeds=[11], steps=2, attributes=TWO))
     assert cfg.guidance_scale is None
-    assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 112, 80)
+    check.assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 112, 80)
     assert set(fo.load_dataset(dataset_name).values("guidance_scale")) == {3.5}
 
 
@@ -106,7 +98,7 @@ def test_config_max_sequence_length_is_the_t5_length_the_pipeline_is_given(flux,
     assert family_of(flux).word_positions(flux, batch.prompts[0], "car")
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX, batch_size=1, width=64, height=64,
                                     seeds=[11], steps=2, attributes=ONE, max_sequence_length=24))
-    assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 64, 64, max_sequence_length=24)
+    check.assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux_pipeline(), 64, 64, max_sequence_length=24)
     sample = fo.load_dataset(dataset_name).first()
     assert len(sample.word_heatmaps) == 1 and sample.daam_detections.detections
 
@@ -120,16 +112,16 @@ def test_max_sequence_length_is_refused_for_a_model_without_a_long_sequence(tmp_
 
 
 def test_shards_make_each_image_once(tmp_path, dataset_name):
-    assert_shards_make_each_image_once(FLUX, tmp_path, dataset_name)
+    check.assert_shards_make_each_image_once(FLUX, tmp_path, dataset_name)
 
 
 def test_batch_size_does_not_change_images_or_labels(tmp_path):
     """No CFG: every row of the batch is a conditional prompt, and each keeps its own maps."""
-    assert_batch_size_keeps_images_and_maps(FLUX, tmp_path)
+    check.assert_batch_size_keeps_images_and_maps(FLUX, tmp_path)
 
 
 def test_saved_folder_loads_and_is_detected(flux, tmp_path):
-    _, loaded = saved_and_loaded(flux, tmp_path / "tiny-flux", "flux")
+    _, loaded = check.saved_and_loaded(flux, tmp_path / "tiny-flux", "flux")
     again = loaded.tokenizer_2("a red scooter").input_ids
     assert again == flux.tokenizer_2("a red scooter").input_ids  # the T5 tokenizer reloads offline
 
@@ -155,7 +147,7 @@ def test_heatmaps_agree_with_attention_map_diffusers(flux):
     """attention-map-diffusers records the double-stream blocks' image->text attention (not the single-stream
     ones'): ours over the same layers, aggregated alike, must agree."""
     pytest.importorskip("attention_map_diffusers", reason="attention-map-diffusers==1.0.0 is not installed")
-    agreement = oracle_agreement(flux, layers=["transformer_blocks."])
+    agreement = check.oracle_agreement(flux, layers=["transformer_blocks."])
     print(f"tiny FLUX: Pearson r per word {agreement}")
     assert min(agreement.values()) >= 0.99, agreement
 

@@ -9,16 +9,8 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    assert_all_tasks_labeled,
-    assert_batch_size_keeps_images_and_maps,
-    assert_capture_is_invisible,
-    assert_plain_diffusers_images_and_resume,
-    assert_shards_make_each_image_once,
-    oracle_agreement,
-    saved_and_loaded,
-    small_config,
-)
+import family_checks as check
+from conftest import small_config
 
 from diffugen.config import parse_config
 from diffugen.generation.builtin import TINY_WORDS, build_tiny_flux2_pipeline
@@ -118,7 +110,7 @@ def test_encode_is_the_pipelines_own_and_words_are_chat_tokens(flux2):
 def test_capture_leaves_images_bit_identical_reads_only_conditional_calls_and_restores(flux2):
     """Under CFG (the base model's default 4.0) each step calls the transformer twice; only the conditional call
     records, and the pause hook leaves with the processors."""
-    collector = assert_capture_is_invisible(flux2)
+    collector = check.assert_capture_is_invisible(flux2)
     assert collector.latent_size == (4, 7) and sorted(collector.maps) == [SINGLE, DOUBLE]
     assert collector.maps[DOUBLE].shape == (2, 2, 2, 4, 7)  # (batch: the conditional prompts, heads, tokens, h, w)
     assert collector.steps == {DOUBLE: 2, SINGLE: 2}  # 2 steps, not 4 calls
@@ -145,7 +137,7 @@ def test_generate_all_tasks_and_edits_are_the_plain_pipelines(tmp_path, dataset_
     image) with the child's prompt and seed, made one per call though the batch size is 3."""
     from PIL import Image
 
-    assert_all_tasks_labeled(FLUX2, tmp_path, dataset_name)
+    check.assert_all_tasks_labeled(FLUX2, tmp_path, dataset_name)
     ds = fo.load_dataset(dataset_name)
     plain = build_tiny_flux2_pipeline()
     plain.set_progress_bar_config(disable=True)
@@ -162,16 +154,16 @@ def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=FLUX2, batch_size=1, width=80, height=112,
                                     seeds=[11], steps=2, attributes=TWO))
     assert cfg.guidance_scale is None
-    assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux2_pipeline(), 112, 80)
+    check.assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux2_pipeline(), 112, 80)
     assert set(fo.load_dataset(dataset_name).values("guidance_scale")) == {4.0}
 
 
 def test_shards_make_each_image_once(tmp_path, dataset_name, one_torch_thread):
-    assert_shards_make_each_image_once(FLUX2, tmp_path, dataset_name)
+    check.assert_shards_make_each_image_once(FLUX2, tmp_path, dataset_name)
 
 
 def test_batch_size_does_not_change_images_or_labels(tmp_path, one_torch_thread):
-    assert_batch_size_keeps_images_and_maps(FLUX2, tmp_path)
+    check.assert_batch_size_keeps_images_and_maps(FLUX2, tmp_path)
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -181,7 +173,7 @@ def test_saved_folder_loads_and_is_detected_and_its_tokenizer_reloads_offline(fl
     from diffugen.errors import ModelNotFoundError
     from diffugen.generation.family import family_of_class
 
-    index, loaded = saved_and_loaded(flux2, tmp_path / "tiny-flux2", "flux2")
+    index, loaded = check.saved_and_loaded(flux2, tmp_path / "tiny-flux2", "flux2")
     assert index["is_distilled"] is False
     text = "a red scooter near a car"
     assert loaded.tokenizer(text).input_ids == flux2.tokenizer(text).input_ids
@@ -227,6 +219,6 @@ def test_heatmaps_agree_with_attention_map_diffusers(flux2):
     """attention-map-diffusers records FLUX.2's double- and single-stream blocks' image->text attention, the
     conditional call's and the unconditional one's apart: ours, over every layer, must agree with its first."""
     pytest.importorskip("attention_map_diffusers", reason="attention-map-diffusers==1.0.0 is not installed")
-    agreement = oracle_agreement(flux2)
+    agreement = check.oracle_agreement(flux2)
     print(f"tiny FLUX.2: Pearson r per word {agreement}")
     assert min(agreement.values()) >= 0.99, agreement

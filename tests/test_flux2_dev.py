@@ -9,16 +9,8 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    assert_all_tasks_labeled,
-    assert_batch_size_keeps_images_and_maps,
-    assert_capture_is_invisible,
-    assert_plain_diffusers_images_and_resume,
-    assert_shards_make_each_image_once,
-    oracle_agreement,
-    saved_and_loaded,
-    small_config,
-)
+import family_checks as check
+from conftest import small_config
 
 from diffugen.config import parse_config
 from diffugen.errors import DiffuGenError
@@ -104,7 +96,7 @@ def test_encode_is_the_pipelines_own_and_words_are_inside_the_instruction(dev):
 
 
 def test_capture_leaves_images_bit_identical_with_one_call_per_step(dev):
-    collector = assert_capture_is_invisible(dev)
+    collector = check.assert_capture_is_invisible(dev)
     assert collector.latent_size == (4, 7) and sorted(collector.maps) == [SINGLE, DOUBLE]
     assert collector.maps[DOUBLE].shape == (2, 2, 2, 4, 7)
     assert collector.steps == {DOUBLE: 2, SINGLE: 2}
@@ -116,7 +108,7 @@ def test_generate_all_tasks_inpainting_with_a_klein_model(tmp_path, dataset_name
     with the task section's own FLUX.2 [klein] model."""
     from PIL import Image
 
-    assert_all_tasks_labeled(DEV, tmp_path, dataset_name, inpaint_model="builtin:tiny-flux2")
+    check.assert_all_tasks_labeled(DEV, tmp_path, dataset_name, inpaint_model="builtin:tiny-flux2")
     ds = fo.load_dataset(dataset_name)
     plain = build_tiny_flux2_dev_pipeline()
     plain.set_progress_bar_config(disable=True)
@@ -142,16 +134,16 @@ def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=DEV, batch_size=1, width=80, height=112,
                                     seeds=[11], steps=2, attributes=TWO))
     assert cfg.guidance_scale is None
-    assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux2_dev_pipeline(), 112, 80)
+    check.assert_plain_diffusers_images_and_resume(cfg, build_tiny_flux2_dev_pipeline(), 112, 80)
     assert set(fo.load_dataset(dataset_name).values("guidance_scale")) == {4.0}
 
 
 def test_shards_make_each_image_once(tmp_path, dataset_name, one_torch_thread):
-    assert_shards_make_each_image_once(DEV, tmp_path, dataset_name)
+    check.assert_shards_make_each_image_once(DEV, tmp_path, dataset_name)
 
 
 def test_batch_size_does_not_change_images_or_labels(tmp_path, one_torch_thread):
-    assert_batch_size_keeps_images_and_maps(DEV, tmp_path)
+    check.assert_batch_size_keeps_images_and_maps(DEV, tmp_path)
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -159,7 +151,7 @@ def test_saved_folder_and_transformer_file_load_as_dev_offline(dev, tmp_path):
     from safetensors.torch import save_file
 
     folder = tmp_path / "tiny-flux2-dev"
-    _, loaded = saved_and_loaded(dev, folder, "flux2")
+    _, loaded = check.saved_and_loaded(dev, folder, "flux2")
     assert type(loaded.tokenizer).__name__ == "PixtralProcessor"
     text = "a red scooter near a car"
     assert torch.equal(family_of(loaded).encode(loaded, [text], "").pipeline_kwargs["prompt_embeds"],
@@ -222,6 +214,6 @@ def _to_original_flux2_keys(state: dict) -> dict:
 # ---- the oracle: attention-map-diffusers' image->text maps ------------------------------------------------
 def test_heatmaps_agree_with_attention_map_diffusers(dev):
     pytest.importorskip("attention_map_diffusers", reason="attention-map-diffusers==1.0.0 is not installed")
-    agreement = oracle_agreement(dev)
+    agreement = check.oracle_agreement(dev)
     print(f"tiny FLUX.2 [dev]: Pearson r per word {agreement}")
     assert min(agreement.values()) >= 0.99, agreement

@@ -7,16 +7,8 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    assert_all_tasks_labeled,
-    assert_batch_size_keeps_images_and_maps,
-    assert_capture_is_invisible,
-    assert_plain_diffusers_images_and_resume,
-    assert_shards_make_each_image_once,
-    oracle_agreement,
-    saved_and_loaded,
-    small_config,
-)
+import family_checks as check
+from conftest import small_config
 
 from diffugen.config import parse_config
 from diffugen.config.schema import MODEL_FAMILIES
@@ -136,35 +128,35 @@ def test_max_sequence_length_sets_the_t5_part_as_diffusers_does(sd3, sd3_no_t5):
 
 
 def test_capture_leaves_images_bit_identical_and_restores_processors(sd3):
-    collector = assert_capture_is_invisible(sd3)  # every processor replaced: SD3.5's image-only attn2 too
+    collector = check.assert_capture_is_invisible(sd3)  # every processor replaced: SD3.5's image-only attn2 too
     assert collector.latent_size == (4, 7) and collector.refine_grid() == (4, 7)
     assert sorted(collector.maps) == ["transformer_blocks.0.attn.processor", "transformer_blocks.1.attn.processor"]
 
 
 # ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
 def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, dataset_name):
-    assert_all_tasks_labeled(SD3, tmp_path, dataset_name)
+    check.assert_all_tasks_labeled(SD3, tmp_path, dataset_name)
 
 
 def test_txt2img_images_are_the_plain_diffusers_pipelines_and_rerun_resumes(tmp_path, dataset_name):
     """Same prompt, CPU-generator seed, steps, guidance and size; the pipeline's defaults for the rest."""
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=SD3, batch_size=1, width=80, height=112,
                                     seeds=[11], steps=2, attributes=TWO))
-    assert_plain_diffusers_images_and_resume(cfg, build_tiny_sd3_pipeline(), 112, 80)
+    check.assert_plain_diffusers_images_and_resume(cfg, build_tiny_sd3_pipeline(), 112, 80)
 
 
 def test_shards_make_each_image_once(tmp_path, dataset_name):
-    assert_shards_make_each_image_once(SD3, tmp_path, dataset_name)
+    check.assert_shards_make_each_image_once(SD3, tmp_path, dataset_name)
 
 
 def test_batch_size_does_not_change_images_or_labels(tmp_path):
-    assert_batch_size_keeps_images_and_maps(SD3, tmp_path)
+    check.assert_batch_size_keeps_images_and_maps(SD3, tmp_path)
 
 
 # ---- loading and family detection ----------------------------------------------------------------
 def test_saved_folder_without_t5_loads_detects_and_generates(sd3_no_t5, tmp_path, dataset_name):
     folder = tmp_path / "tiny-sd3"
-    _, loaded = saved_and_loaded(sd3_no_t5, folder, "sd3")
+    _, loaded = check.saved_and_loaded(sd3_no_t5, folder, "sd3")
     assert loaded.text_encoder_3 is None
     assert MODEL_FAMILIES == ("auto", *[f.name for f in families()]) == ("auto", "sd", "sdxl", "sd3", "flux", "flux2")
     cfg = parse_config(small_config(dataset_name, tmp_path / "out", model=str(folder), attributes=ONE, seeds=[5],
@@ -177,7 +169,7 @@ def test_saved_folder_without_t5_loads_detects_and_generates(sd3_no_t5, tmp_path
 # ---- the oracle: attention-map-diffusers' image->text maps ----------------------------------------
 def test_heatmaps_agree_with_attention_map_diffusers(sd3):
     pytest.importorskip("attention_map_diffusers", reason="attention-map-diffusers==1.0.0 is not installed")
-    agreement = oracle_agreement(sd3)
+    agreement = check.oracle_agreement(sd3)
     print(f"tiny SD3: Pearson r per word {agreement}")
     assert min(agreement.values()) >= 0.99, agreement
 

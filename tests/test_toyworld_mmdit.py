@@ -7,7 +7,8 @@ import json
 
 import fiftyone as fo
 import pytest
-from conftest import assert_all_tasks_labeled, assert_plain_diffusers_images_and_resume, small_config
+import family_checks as check
+from conftest import small_config
 
 from diffugen.cli import main
 from diffugen.config import parse_config
@@ -73,13 +74,13 @@ def test_shipped_mmdit_loads_offline_as_sd3_without_t5_and_its_own_sizes():
 @shipped
 def test_mmdit_images_are_the_plain_sd3_pipelines_and_rerun_resumes(tmp_path, dataset_name):
     cfg = parse_config(_shape_config(dataset_name, tmp_path / "out", width=64, height=64, batch_size=1))
-    assert_plain_diffusers_images_and_resume(cfg, load_toyworld_mmdit_pipeline(), 64, 64, max_sequence_length=0,
+    check.assert_plain_diffusers_images_and_resume(cfg, load_toyworld_mmdit_pipeline(), 64, 64, max_sequence_length=0,
                                              guidance_scale=3.0)  # what its diffugen.json records
 
 
 @shipped
 def test_mmdit_labels_all_three_tasks(tmp_path, dataset_name):
-    assert_all_tasks_labeled(MMDIT, tmp_path, dataset_name)
+    check.assert_all_tasks_labeled(MMDIT, tmp_path, dataset_name)
 
 
 # ---- the trainer ---------------------------------------------------------------------------------
