@@ -66,7 +66,13 @@ SD/SDXL by default). ``--device meta`` builds it without memory, prints its para
   norm; ~8.1B), 16-channel VAE; ``sd3.5-medium``: 24 blocks at 1536, the first 13 with the extra image
   self-attention (~2.2B);
 * FLUX (``flux.1-dev``): FLUX.1 dev: CLIP-L, T5-XXL, transformer of 19 double-stream and 38
-  single-stream blocks at 3072 width (24 heads of 128; ~12B), guidance embedding, 16-channel VAE.
+  single-stream blocks at 3072 width (24 heads of 128; ~12B), guidance embedding, 16-channel VAE;
+* FLUX.2 (``flux2-klein-4b``, the default of ``builtin:tiny-flux2``): FLUX.2 [klein] Base 4B: a Qwen3-4B text
+  encoder (2560 wide, 36 layers), a transformer of 5 double-stream and 20 single-stream blocks at 3072 width (24
+  heads of 128, a 7680-wide context: three of the encoder's hidden states per token), no guidance embedding, FLUX.2's
+  32-channel VAE; ``flux2-dev`` (the default of ``builtin:tiny-flux2-dev``): FLUX.2 [dev]: a Mistral Small 3.1 text
+  encoder (5120 wide, 40 layers, with its Pixtral vision tower) and diffusers' default transformer, 8 double-stream
+  and 48 single-stream blocks at 6144 width (48 heads of 128), guidance embedding.
 
 The SD3 and FLUX ones hold 13-17B parameters (26-34 GB in bf16): not for a CPU with 24 GB of RAM.
 """
@@ -96,7 +102,7 @@ MODELS_INV = {f: m for m, f in MODELS.items()}
 GUIDANCE = {"sd": 7.5, "sdxl": 7.5, "sd3": 7.5, "flux": 3.5,  # FLUX dev's embedded guidance (no CFG)
             "flux2": 4.0}  # FLUX.2 [klein] Base's CFG (the tiny one is not step-distilled); [dev]'s distilled guidance
 SIZED = {"sd": ("sd1.5",), "sdxl": ("sdxl-base",), "sd3": ("sd3.5-large", "sd3.5-medium"), "flux": ("flux.1-dev",),
-         "flux2": ()}
+         "flux2": ("flux2-klein-4b", "flux2-dev")}
 AUTO_PEERS = {"sd": ["daam"], "sdxl": ["daam"], "sd3": ["amd"], "flux": ["amd"], "flux2": ["amd"]}
 
 PROMPTS = [
@@ -219,10 +225,60 @@ def build_flux_sized(device: str, dtype: torch.dtype):
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
+QWEN3_4B = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128)
+MISTRAL_SMALL = dict(hidden_size=5120, intermediate_size=32768, num_hidden_layers=40, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128)
+PIXTRAL = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, head_dim=64,
+               image_size=1540, patch_size=14)
+
+
+def build_flux2_sized(device: str, dtype: torch.dtype, variant: str = "flux2-klein-4b"):
+    """FLUX.2 [klein] Base 4B's (or FLUX.2 [dev]'s) sizes, random weights, built on ``device`` in ``dtype`` (see the
+    module docstring); the tiny tokenizers, so the vocabulary embeddings are small."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline,
+                           Flux2Transformer2DModel)
+    from transformers import (Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig,
+                              Qwen3Config, Qwen3ForCausalLM)
+
+    from diffugen.generation.builtin import tiny_mistral_processor, tiny_qwen_tokenizer
+
+    dev = variant == "flux2-dev"
+    tokenizer = tiny_mistral_processor() if dev else tiny_qwen_tokenizer()
+    tok = tokenizer.tokenizer if dev else tokenizer
+    with built_on(device, dtype):
+        torch.manual_seed(5)
+        if dev:
+            text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+                vision_config=PixtralVisionConfig(**PIXTRAL),
+                text_config=MistralConfig(vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **MISTRAL_SMALL),
+                image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
+        else:
+            text_encoder = Qwen3ForCausalLM(Qwen3Config(
+                vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, tie_word_embeddings=True, **QWEN3_4B))
+        torch.manual_seed(1)
+        # diffusers' defaults are [dev]'s transformer (8 double-stream and 48 single-stream blocks at 6144 width)
+        transformer = (Flux2Transformer2DModel() if dev else
+                       Flux2Transformer2DModel(num_layers=5, num_single_layers=20, num_attention_heads=24,
+                                               joint_attention_dim=3 * QWEN3_4B["hidden_size"], guidance_embeds=False))
+        torch.manual_seed(2)
+        vae = AutoencoderKLFlux2()  # FLUX.2's VAE: 32 latent channels, 128/256/512/512
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096, time_shift_type="exponential")
+    if dev:
+        return Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                             transformer=transformer)
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=False)
+
+
 def default_dtype(family: str, device: str) -> str:
     if not str(device).startswith("cuda"):
         return "float32"
-    return "bfloat16" if family in ("sd3", "flux") else "float16"
+    return "bfloat16" if family in ("sd3", "flux", "flux2") else "float16"
 
 
 def load(model: str, sized: str | None, device: str, dtype: str):
@@ -243,6 +299,8 @@ def load(model: str, sized: str | None, device: str, dtype: str):
             pipe = build_sdxl_sized(device, torch_dtype)
         elif family == "sd3":
             pipe = build_sd3_sized(device, torch_dtype, sized)
+        elif family == "flux2":
+            pipe = build_flux2_sized(device, torch_dtype, sized)
         else:
             pipe = build_flux_sized(device, torch_dtype)
         for module in pipe.components.values():
@@ -463,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.sd_unet and family != "sd":
         raise SystemExit("--sd-unet is the SD 1.x model-sized pipeline: use --model-sized for the other families")
     if sized == "":
-        sized = SIZED[family][0]
+        sized = "flux2-dev" if a.model == "builtin:tiny-flux2-dev" else SIZED[family][0]
     if sized is not None and sized not in SIZED[family]:
         raise SystemExit(f"--model-sized {sized}: {a.model} offers {', '.join(SIZED[family])}")
     device = pick_device(a.device)

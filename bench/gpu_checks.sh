@@ -6,6 +6,7 @@
 # Here, once:    echo /.whl/ >> .git/info/exclude
 #                pip download --no-deps -d .whl diffusers==0.42.1 attention-map-diffusers==1.0.0 importlib_metadata
 # Then:          run(command="bash bench/gpu_checks.sh", carry=[".whl"], timeout_s=560)
+#                run(command="bash bench/gpu_checks.sh flux2", carry=[".whl"], timeout_s=400)  # FLUX.2, a second call
 # The device has torch and transformers of its own and no diffusers; nothing else of ours needs more.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -21,6 +22,11 @@ run() {  # one family: at most $1 seconds, the rest of its arguments to bench_ca
   timeout "$limit" python3 bench/bench_capture.py --device cuda --model-sized --steps 4 --n 3 --reps 2 \
     --refine-power 1 --peers amd "$@" 2>&1 | tee -a "$out/capture.log"
 }
+if [ "${1:-}" = flux2 ]; then  # [klein] Base 4B (7.6B parameters with its encoder), then [dev] (55B: ~103 GiB in bf16)
+  run 150 --model builtin:tiny-flux2 --size 1024
+  run 240 --model builtin:tiny-flux2-dev --size 1024
+  exit 0
+fi
 run 90 --model builtin:tiny --size 512
 run 120 --model builtin:tiny-sdxl --size 1024
 run 120 --model builtin:tiny-sd3 --size 1024
