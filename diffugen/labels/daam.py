@@ -336,8 +336,10 @@ def image_cores(image: np.ndarray, word_heat: dict[str, np.ndarray], radius: flo
                 resolve: bool = True) -> dict[str, np.ndarray]:
     """Per word, the ``bool (H, W)`` pixels of the image that its map, snapped to the image's edges, holds as
     its object: the guided filter (:func:`guided_filter`, radius ``radius * min(H, W)``) of the map with the
-    image as guide, then its core (:func:`core_threshold`); with ``resolve``, a pixel goes to the word whose
-    filtered map is the highest there. ``word_heat``: each word's map, all in one unit (compared when resolved).
+    image as guide, then its core (:func:`core_threshold`); with ``resolve``, a pixel in the cores of several words
+    goes to the one whose filtered map is the highest there. Only those are compared: a word whose attention has a
+    higher floor everywhere must not take an object that no other word's core holds. ``word_heat``: each word's
+    map, all in one unit (compared when resolved).
 
     The attention maps are aggregated on a grid 8–16 times coarser than the image, so their edges fall
     between the object's and the halo's; the filter moves them onto the edges of the object's colours.
@@ -354,7 +356,7 @@ def image_cores(image: np.ndarray, word_heat: dict[str, np.ndarray], radius: flo
         t = core_threshold(norm)
         cores[w] = norm > (t if t is not None else 0.5)
     if resolve and len(filtered) > 1:
-        owner = np.stack(list(filtered.values())).argmax(0)
+        owner = np.where(np.stack(list(cores.values())), np.stack(list(filtered.values())), -np.inf).argmax(0)
         cores = {w: c & (owner == i) for i, (w, c) in enumerate(cores.items())}
     return cores
 

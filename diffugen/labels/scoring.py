@@ -64,9 +64,9 @@ import numpy as np
 FEATURES = ("share", "log_contrast", "blob_share", "kept", "cut_kept", "core_share", "log_colour_step")  # scored
 BLOB_FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area")  # of the blob as found
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -1.9787, "log_contrast": 1.8059, "blob_share": 5.1291, "kept": 0.8272, "cut_kept": 3.281,
-           "core_share": 2.4112, "log_colour_step": 0.7854}
-BIAS = -9.1875
+WEIGHTS = {"share": -1.5893, "log_contrast": 1.9585, "blob_share": 4.0508, "kept": 0.4475, "cut_kept": 2.9231,
+           "core_share": 3.9089, "log_colour_step": 0.5681}
+BIAS = -8.2663
 # Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
 # for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
 JOINT_WEIGHTS = {"share": 0.9125, "log_contrast": 1.4064, "blob_share": 3.5804, "kept": -1.4572, "cut_kept": 2.9639,
