@@ -35,7 +35,9 @@ pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's
   vs wrong (target ≥ 0.97); precision of labels scored ≥ 0.5 (≥ 0.95) and the share of right labels
   kept there (≥ 80%); labels ≥ 0.5 per image/word pair whose object was not drawn (≤ 0.2); two-object
   images of two classes where one word's mask covers half of both (≤ 5%); the mean mask IoU per image
-  and class word.
+  and class word. A requested object is its colour's blobs; a second line judges the same labels against each
+  object drawn (:func:`diffugen.toyworld.evaluation.colour_instances`: a colour the model drew twice is two true
+  instances of its class, so a label of either is right).
 * **YOLO bootstrapped from the DAAM labels** (``--yolo-train N`` prompts, 0 to skip): DiffuGen
   generates N more images from *training* captions (seeds below the held-out ones) into a second
   dataset, ``diffugen.curation.bootstrap.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
     ds = fo.load_dataset(DATASET)
     params = cfg.labels
     scores = label_metrics([judge_sample(s) for s in ds.iter_samples(progress=False)])
+    by_object = label_metrics([judge_sample(s, per_instance=True) for s in ds.iter_samples(progress=False)])
     ds = ds.match(fo.ViewField("task") == "txt2img")  # the mask and box figures: txt2img images, as before
     guidance = sorted(set(ds.values("guidance_scale")))  # as asked, else the model's own
     guidance = guidance[0] if len(guidance) == 1 else guidance
@@ -232,7 +235,7 @@ def main(argv=None) -> int:
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
         "hollow_rate": args.hollow_rate, "heatmap_method": args.heatmap_method, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
-        "yolo": yolo, "scores": scores,
+        "yolo": yolo, "scores": scores, "scores_per_object": by_object,
     }
     print(machine_line(args.device))
     print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {guidance}, "
@@ -250,6 +253,9 @@ def main(argv=None) -> int:
           f"IoU {mean_fixed:.3f} where drawn ({', '.join(f'{c} {v:.3f}' for c, v in per_class_fixed.items())})")
     print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
     print_scores(scores)
+    print(f"  judged per object drawn (a colour drawn twice is two objects): {by_object['right']} right labels, AUROC "
+          f"{by_object['auroc']:.3f}, precision {by_object['precision_at_threshold']:.3f} keeping "
+          f"{by_object['right_kept_at_threshold']:.1%}, junk {by_object['junk_per_not_drawn_pair']:.2f}")
     if yolo:
         print(f"YOLO-seg bootstrapped from DAAM labels: {yolo['train_images']} generated training images, "
               f"{yolo['epochs']} epochs at {yolo['imgsz']} px in {yolo['train_seconds']:.0f} s")

@@ -5,6 +5,7 @@ Usage (from the repository root, virtualenv active)::
     python -m studies.label_scores collect --split train --n 200      # training-side captions
     python -m studies.label_scores collect --split held-out --n 200   # held-out captions
     python -m studies.label_scores fit                                # fit on train, report held-out
+    python -m studies.label_scores wrong                              # the confident wrong labels, pictured
 
 ``--model builtin:toyworld-mmdit`` (both commands) does the same for the SD3-style transformer trained on
 the toy world, in ``studies/out/label_scores/toyworld-mmdit/``: its fit is what the joint-attention families
@@ -123,9 +124,10 @@ def merged_per_word(stored):
     return out
 
 
-def judge_split(split: str, variant: str, weights=None, bias=None, model: str = MODELS[0]):
-    """Label every sample of a collected split with ``variant`` and judge the labels: ``(judged images,
-    feature rows, right flags)``."""
+def judge_split(split: str, variant: str, weights=None, bias=None, model: str = MODELS[0], per_instance: bool = False):
+    """Label every sample of a collected split with ``variant`` and judge the labels (against each requested colour's
+    blobs, or with ``per_instance`` each object drawn; :func:`~diffugen.toyworld.evaluation.true_objects`):
+    ``(judged images, feature rows, right flags)``."""
     import cv2
     import numpy as np
     from PIL import Image
@@ -158,7 +160,7 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
                 scores.append(inst.score)
                 masks.append(instance_mask(inst, image.shape[:2]))
                 feats.append(inst.features)
-        j = judge_labels(s["task"], s["prompt"], image, classes, scores, masks, stored.classes)
+        j = judge_labels(s["task"], s["prompt"], image, classes, scores, masks, stored.classes, per_instance=per_instance)
         judged.append(j)
         rows.extend(feats)
         right.extend(j.right)
@@ -199,6 +201,56 @@ def fit(c: float, model_name: str = MODELS[0]) -> dict:
     return report
 
 
+def wrong(split: str, top: int, model: str = MODELS[0]) -> Path:
+    """The wrong labels scored >= 0.5 of a collected split, surest first: print each against the object of its class
+    it overlaps most (its IoU, the share of the label on the object, the share of the object it covers, the object's
+    kind) and write the ``top`` of them as a picture, a row each: the image, the word's maps, the word's labels (the
+    brighter, the surer) and its truth (``wrong.png`` beside the split's manifest)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from diffugen.common import REVIEW_MIN_SCORE
+
+    judged, _, _ = judge_split(split, "snapped", model=model)
+    samples = json.loads((model_folder(model) / split / "manifest.json").read_text())["samples"]
+    found = []
+    for i, im in enumerate(judged):
+        for j, (cls, score, ok, mask) in enumerate(zip(im.classes, im.scores, im.right, im.masks)):
+            if ok or score < REVIEW_MIN_SCORE:
+                continue
+            best = max(((float((mask & o.mask).sum() / max(mask.sum(), 1)), float((mask & o.mask).sum() / o.mask.sum()),
+                         o.kind) for o in im.objects if o.shape == cls), key=lambda t: t[0] + t[1], default=(0, 0, "none"))
+            found.append((score, i, cls, im.ious[j], *best))
+    found.sort(key=lambda t: -t[0])
+    print(f"{len(found)} wrong labels at >= {REVIEW_MIN_SCORE}; score task class IoU on-object covered kind | prompt")
+    for score, i, cls, iou, on, cover, kind in found:
+        print(f"{score:.2f} {judged[i].task:8s} {cls:8s} {iou:.2f} {on:.2f} {cover:.2f} {kind:15s} | {judged[i].prompt}")
+
+    def tile(x):
+        return cv2.resize(x, (128, 128), interpolation=cv2.INTER_NEAREST)
+
+    rows = []
+    for score, i, cls, *_ in found[:top]:
+        im, s = judged[i], samples[i]
+        image = np.asarray(Image.open(s["filepath"]).convert("RGB"))
+        maps = [np.repeat(cv2.resize(cv2.imread(h["path"], cv2.IMREAD_GRAYSCALE), image.shape[1::-1])[..., None], 3, -1)
+                for h in s["heatmaps"] if h["label"] == cls]
+        labels, truth = np.zeros_like(image), np.zeros_like(image)
+        for c, sc, m in zip(im.classes, im.scores, im.masks):
+            labels[m & (c == cls)] = (0, int(255 * sc), 255)
+        for o in im.objects:
+            truth[o.mask & (o.shape == cls)] = 255
+        rows.append([tile(x) for x in (image, *maps[:2], labels, truth)])
+    width = max((len(r) for r in rows), default=1)
+    picture = np.concatenate([np.concatenate(r + [np.zeros_like(r[0])] * (width - len(r)), 1) for r in rows]) if rows else None
+    path = model_folder(model) / split / "wrong.png"
+    if picture is not None:
+        Image.fromarray(picture).save(path)
+        print(f"the surest {len(rows)} → {path}")
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -209,11 +261,16 @@ def main(argv=None) -> int:
     c.add_argument("--hollow-rate", type=float, default=0.3)
     f = sub.add_parser("fit")
     f.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation of the logistic fit")
-    for p in (c, f):
+    w = sub.add_parser("wrong", help="the wrong labels scored >= 0.5, printed and pictured")
+    w.add_argument("--split", choices=["train", "held-out"], default="held-out")
+    w.add_argument("--top", type=int, default=16, help="rows of the picture")
+    for p in (c, f, w):
         p.add_argument("--model", choices=MODELS, default=MODELS[0])
     args = ap.parse_args(argv)
     if args.cmd == "collect":
         collect(args.split, args.n, args.children, args.hollow_rate, args.model)
+    elif args.cmd == "wrong":
+        wrong(args.split, args.top, args.model)
     else:
         fit(args.c, args.model)
     return 0

@@ -215,6 +215,28 @@ def test_judge_matches_one_to_one_by_score():
     assert auroc([0.9, 0.1], [True, False]) == 1.0
 
 
+def test_judge_per_object_drawn_splits_a_colour_drawn_twice_not_a_broken_ring():
+    """The same labels judged per colour and per object drawn: "a red circle" drawn twice is two true circles (a label
+    of one is right only per object), while a ring broken into pieces inside one object's box, and a fleck beside an
+    object, stay one object."""
+    from diffugen.toyworld.evaluation import colour_instances
+
+    a, b = disc(14, 24, 8), disc(48, 24, 8)
+    image = np.zeros((H, W, 3), np.uint8)
+    image[a | b] = (220, 30, 30)
+    per_colour = judge_labels("txt2img", "a red circle", image, ["circle"], [0.9], [a], ["circle"])
+    per_object = judge_labels("txt2img", "a red circle", image, ["circle"], [0.9], [a], ["circle"], per_instance=True)
+    assert len(per_colour.objects) == 1 and per_colour.right == [False]
+    assert len(per_object.objects) == 2 and per_object.right == [True]
+    ring = disc(32, 24, 9) & ~disc(32, 24, 5)
+    broken = ring.copy()
+    broken[:, 31:34] = False  # two halves, 3 px apart
+    fleck = disc(50, 40, 1.5)
+    (one,) = colour_instances(broken | fleck)
+    assert (one == (broken | fleck)).all()
+    assert len(colour_instances(a | b)) == 2
+
+
 def test_label_metrics_not_drawn_and_merged():
     a, b = disc(16, 24, 8), disc(46, 24, 8)
     image = np.zeros((H, W, 3), np.uint8)
@@ -254,3 +276,20 @@ def test_core_cuts_a_blurred_map_back_to_its_object():
                for c, p in zip(cored.instances, plain.instances))
     assert plain.mask.sum() > 1.3 * obj.sum() and iou(plain.mask) < 0.65 and iou(cored.mask) > 0.85
     assert cored.mask.sum() == sum(int(i.mask.sum()) for i in cored.instances)
+
+
+def test_snap_leaves_a_word_the_pixels_no_other_word_holds():
+    """Words whose attention has other floors: the square's map is above the circle's peak everywhere, but its
+    snapped core is on the square. The circle's disc is in no other word's core, so it stays the circle's (a
+    pixel is contested only between the words whose cores hold it)."""
+    from diffugen.labels.daam import image_cores
+
+    square, circle = np.zeros((H, W), bool), disc(46, 24, 8)
+    square[16:32, 8:24] = True
+    image = np.full((H, W, 3), (220, 200, 150), np.uint8)
+    image[square], image[circle] = (10, 10, 10), (140, 30, 170)
+    heat = {"circle": attention_map((circle, 0.02), floor=0.027), "square": attention_map((square, 0.05), floor=0.05)}
+    assert heat["square"].min() > heat["circle"].max()
+    cores = image_cores(image, heat, 0.25)
+    assert (cores["circle"] & circle).sum() >= 0.9 * circle.sum() and not (cores["circle"] & square).any()
+    assert (cores["square"] & square).sum() >= 0.9 * square.sum() and not (cores["square"] & circle).any()

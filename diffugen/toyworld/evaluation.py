@@ -25,6 +25,8 @@ from .truth import recover_instances
 
 MATCH_IOU = 0.5
 MERGE_COVER = 0.5  # a mask covering this share of each of two objects merges them
+MAX_SIDE = 0.45  # an object's box side fits within this share of the image side (the world draws 0.22-0.38)
+MIN_SIDE = 1 / 8  # a colour's group of pieces whose box is smaller than this share of the image side is a fleck
 
 
 def captions(n: int, first_seed: int, exclude: Sequence[str] = (), hollow_rate: float = 0.0) -> list[str]:
@@ -70,15 +72,57 @@ class TrueObject:
     mask: np.ndarray  # bool (H, W)
 
 
-def true_objects(image: np.ndarray, prompt: str, tolerance: float = 60.0, min_area: int = 12) -> list[TrueObject]:
-    """The requested objects the image holds: per requested colour (a scene's colours are distinct), the
-    union of its blobs, with the shape asked for; a colour without a blob was not drawn."""
+def true_objects(image: np.ndarray, prompt: str, tolerance: float = 60.0, min_area: int = 12,
+                 per_instance: bool = False) -> list[TrueObject]:
+    """The requested objects the image holds, with the shape asked for; a requested colour without a blob was
+    not drawn. One per requested colour, the union of its blobs (a scene's colours are distinct); with
+    ``per_instance``, each object drawn in a requested colour (:func:`colour_instances`): a model that draws "a white
+    triangle" twice made two triangles, and a label of either one is a label of a true instance."""
     asked = {c: (shape, kind) for c, shape, kind in requested(prompt)}
     blobs: dict[str, np.ndarray] = {}
     for r in recover_instances(image, tolerance, min_area, open_noise=True):
         if r.color in asked:
             blobs[r.color] = blobs[r.color] | r.mask if r.color in blobs else r.mask
-    return [TrueObject(*asked[c], c, m) for c, m in blobs.items()]
+    return [TrueObject(*asked[c], c, m) for c, union in blobs.items()
+            for m in (colour_instances(union) if per_instance else [union])]
+
+
+def colour_instances(mask: np.ndarray, max_side: float = MAX_SIDE, min_side: float = MIN_SIDE) -> list[np.ndarray]:
+    """The objects of one colour's ``bool (H, W)`` pixels. Its pieces (8-connected) are joined, nearest first, as
+    long as the joined box fits an object (sides within ``max_side`` of the image's short side): the pieces of a ring
+    drawn in broken tints lie within one object's box, while a second object of that colour beside the first makes a
+    box larger than any object. A group whose box is smaller than ``min_side`` of the short side (a fleck) then goes
+    to the nearest larger one. Every pixel of ``mask`` is in exactly one object."""
+    import cv2
+
+    side = min(mask.shape)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    groups = [[int(x), int(y), int(x + w), int(y + h), [k]] for k, (x, y, w, h, _) in enumerate(stats[1:], 1)]
+
+    def gap(a, b) -> int:  # between two boxes, in pixels (0 where they overlap)
+        return max(0, b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3])
+
+    def joined_side(a, b) -> int:
+        return max(max(a[2], b[2]) - min(a[0], b[0]), max(a[3], b[3]) - min(a[1], b[1]))
+
+    while True:
+        pairs = [(gap(a, b), i, j) for i, a in enumerate(groups) for j, b in enumerate(groups[i + 1 :], i + 1)
+                 if joined_side(a, b) <= max_side * side]
+        if not pairs:
+            break
+        _, i, j = min(pairs)
+        a, b = groups[i], groups.pop(j)
+        groups[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), a[4] + b[4]]
+    objects = [np.isin(lab, g[4]) for g in groups]
+    if len(objects) <= 1:
+        return objects
+    sides = [max(g[2] - g[0], g[3] - g[1]) for g in groups]
+    big = [o for o, sd in zip(objects, sides) if sd >= min_side * side] or [max(objects, key=np.sum)]
+    dist = np.stack([cv2.distanceTransform((~o).astype(np.uint8), cv2.DIST_L2, 3) for o in big])
+    for o in objects:
+        if not any(o is b for b in big):
+            big[int(dist[:, o].mean(1).argmin())] |= o
+    return big
 
 
 @dataclass
@@ -103,9 +147,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def judge_labels(task: str, prompt: str, image: np.ndarray, classes: Sequence[str], scores: Sequence[float],
-                 masks: Sequence[np.ndarray], asked: Sequence[str], tolerance: float = 60.0) -> JudgedImage:
-    """Judge one image's labels (``classes[k]``, ``scores[k]``, full-image bool ``masks[k]``)."""
-    objects = true_objects(image, prompt, tolerance)
+                 masks: Sequence[np.ndarray], asked: Sequence[str], tolerance: float = 60.0,
+                 per_instance: bool = False) -> JudgedImage:
+    """Judge one image's labels (``classes[k]``, ``scores[k]``, full-image bool ``masks[k]``) against
+    :func:`true_objects` (``per_instance``: each object drawn is a true instance, else one per colour)."""
+    objects = true_objects(image, prompt, tolerance, per_instance=per_instance)
     right = [False] * len(classes)
     ious = [0.0] * len(classes)
     taken: set[int] = set()
@@ -192,7 +238,8 @@ def detection_mask(box: Sequence[float], mask: np.ndarray, shape: tuple[int, int
     return out
 
 
-def judge_sample(sample, field: str = "daam_detections", tolerance: float = 60.0) -> JudgedImage:
+def judge_sample(sample, field: str = "daam_detections", tolerance: float = 60.0,
+                 per_instance: bool = False) -> JudgedImage:
     """:func:`judge_labels` of a generated sample's detections in ``field`` (with instance masks)."""
     from PIL import Image
 
@@ -200,4 +247,4 @@ def judge_sample(sample, field: str = "daam_detections", tolerance: float = 60.0
     dets = sample[field].detections if sample[field] is not None else []
     masks = [detection_mask(d.bounding_box, d.mask, image.shape[:2]) for d in dets]
     return judge_labels(sample["task"], sample["prompt"], image, [d.label for d in dets],
-                        [d.confidence for d in dets], masks, sample["class_words"] or [], tolerance)
+                        [d.confidence for d in dets], masks, sample["class_words"] or [], tolerance, per_instance)
