@@ -36,8 +36,9 @@ pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's
   kept there (≥ 80%); labels ≥ 0.5 per image/word pair whose object was not drawn (≤ 0.2); two-object
   images of two classes where one word's mask covers half of both (≤ 5%); the mean mask IoU per image
   and class word. A requested object is its colour's blobs; a second line judges the same labels against each
-  object drawn (:func:`diffugen.toyworld.evaluation.colour_instances`: a colour the model drew twice is two true
-  instances of its class, so a label of either is right).
+  object as drawn (:func:`diffugen.toyworld.evaluation.colour_instances`: a colour the model drew twice is two true
+  instances of its class, so a label of either is right; and the tints it drifts to, connected to the palette
+  colour, are part of the object).
 * **YOLO bootstrapped from the DAAM labels** (``--yolo-train N`` prompts, 0 to skip): DiffuGen
   generates N more images from *training* captions (seeds below the held-out ones) into a second
   dataset, ``diffugen.curation.bootstrap.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     ds = fo.load_dataset(DATASET)
     params = cfg.labels
     scores = label_metrics([judge_sample(s) for s in ds.iter_samples(progress=False)])
-    by_object = label_metrics([judge_sample(s, per_instance=True) for s in ds.iter_samples(progress=False)])
+    by_object = label_metrics([judge_sample(s, per_object=True) for s in ds.iter_samples(progress=False)])
     ds = ds.match(fo.ViewField("task") == "txt2img")  # the mask and box figures: txt2img images, as before
     guidance = sorted(set(ds.values("guidance_scale")))  # as asked, else the model's own
     guidance = guidance[0] if len(guidance) == 1 else guidance
@@ -253,7 +254,7 @@ def main(argv=None) -> int:
           f"IoU {mean_fixed:.3f} where drawn ({', '.join(f'{c} {v:.3f}' for c, v in per_class_fixed.items())})")
     print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
     print_scores(scores)
-    print(f"  judged per object drawn (a colour drawn twice is two objects): {by_object['right']} right labels, AUROC "
+    print(f"  judged per object drawn (a colour drawn twice is two objects, its drifted tints part of it): {by_object['right']} right labels, AUROC "
           f"{by_object['auroc']:.3f}, precision {by_object['precision_at_threshold']:.3f} keeping "
           f"{by_object['right_kept_at_threshold']:.1%}, junk {by_object['junk_per_not_drawn_pair']:.2f}")
     if yolo:

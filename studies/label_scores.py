@@ -124,9 +124,9 @@ def merged_per_word(stored):
     return out
 
 
-def judge_split(split: str, variant: str, weights=None, bias=None, model: str = MODELS[0], per_instance: bool = False):
+def judge_split(split: str, variant: str, weights=None, bias=None, model: str = MODELS[0], per_object: bool = False):
     """Label every sample of a collected split with ``variant`` and judge the labels (against each requested colour's
-    blobs, or with ``per_instance`` each object drawn; :func:`~diffugen.toyworld.evaluation.true_objects`):
+    blobs, or with ``per_object`` each object as drawn; :func:`~diffugen.toyworld.evaluation.true_objects`):
     ``(judged images, feature rows, right flags)``."""
     import cv2
     import numpy as np
@@ -160,7 +160,7 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
                 scores.append(inst.score)
                 masks.append(instance_mask(inst, image.shape[:2]))
                 feats.append(inst.features)
-        j = judge_labels(s["task"], s["prompt"], image, classes, scores, masks, stored.classes, per_instance=per_instance)
+        j = judge_labels(s["task"], s["prompt"], image, classes, scores, masks, stored.classes, per_object=per_object)
         judged.append(j)
         rows.extend(feats)
         right.extend(j.right)

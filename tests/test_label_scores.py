@@ -225,7 +225,7 @@ def test_judge_per_object_drawn_splits_a_colour_drawn_twice_not_a_broken_ring():
     image = np.zeros((H, W, 3), np.uint8)
     image[a | b] = (220, 30, 30)
     per_colour = judge_labels("txt2img", "a red circle", image, ["circle"], [0.9], [a], ["circle"])
-    per_object = judge_labels("txt2img", "a red circle", image, ["circle"], [0.9], [a], ["circle"], per_instance=True)
+    per_object = judge_labels("txt2img", "a red circle", image, ["circle"], [0.9], [a], ["circle"], per_object=True)
     assert len(per_colour.objects) == 1 and per_colour.right == [False]
     assert len(per_object.objects) == 2 and per_object.right == [True]
     ring = disc(32, 24, 9) & ~disc(32, 24, 5)
@@ -235,6 +235,15 @@ def test_judge_per_object_drawn_splits_a_colour_drawn_twice_not_a_broken_ring():
     (one,) = colour_instances(broken | fleck)
     assert (one == (broken | fleck)).all()
     assert len(colour_instances(a | b)) == 2
+    # A white disc drifting to pink-white on one side (ΔRGB 68 from the palette's white) on blue water: the palette's tolerance
+    # reads half of it, the judge per object drawn all of it, and none of the water.
+    c = disc(32, 24, 10)
+    image = np.full((H, W, 3), (40, 70, 160), np.uint8)
+    image[c] = (250, 250, 250)
+    image[c & (np.mgrid[:H, :W][1] > 32)] = (255, 185, 215)
+    (tight,) = judge_labels("txt2img", "a white circle", image, ["circle"], [0.9], [c], ["circle"]).objects
+    (drawn,) = judge_labels("txt2img", "a white circle", image, ["circle"], [0.9], [c], ["circle"], per_object=True).objects
+    assert tight.mask.sum() < 0.6 * c.sum() and (drawn.mask & c).sum() >= 0.95 * c.sum() and not (drawn.mask & ~c).any()
 
 
 def test_label_metrics_not_drawn_and_merged():

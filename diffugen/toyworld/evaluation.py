@@ -21,12 +21,13 @@ import numpy as np
 from ..common import REVIEW_MIN_SCORE
 from .scene import COLORS, SHAPES, make_scene
 from .train import HELD_OUT_SEED
-from .truth import recover_instances
+from .truth import color_masks, recover_instances
 
 MATCH_IOU = 0.5
 MERGE_COVER = 0.5  # a mask covering this share of each of two objects merges them
 MAX_SIDE = 0.45  # an object's box side fits within this share of the image side (the world draws 0.22-0.38)
 MIN_SIDE = 1 / 8  # a colour's group of pieces whose box is smaller than this share of the image side is a fleck
+TINT = 90.0  # the colour distance the judge per object drawn reads an object's drifted tints within
 
 
 def captions(n: int, first_seed: int, exclude: Sequence[str] = (), hollow_rate: float = 0.0) -> list[str]:
@@ -73,16 +74,27 @@ class TrueObject:
 
 
 def true_objects(image: np.ndarray, prompt: str, tolerance: float = 60.0, min_area: int = 12,
-                 per_instance: bool = False) -> list[TrueObject]:
+                 per_instance: bool = False, tint: float | None = None) -> list[TrueObject]:
     """The requested objects the image holds, with the shape asked for; a requested colour without a blob was
     not drawn. One per requested colour, the union of its blobs (a scene's colours are distinct); with
     ``per_instance``, each object drawn in a requested colour (:func:`colour_instances`): a model that draws "a white
-    triangle" twice made two triangles, and a label of either one is a label of a true instance."""
+    triangle" twice made two triangles, and a label of either one is a label of a true instance. With ``tint`` (a
+    looser colour distance), a colour's blobs also take the pixels connected to them whose nearest reference colour
+    is theirs within ``tint``: the model drifts a white ring to pink-white, which the eye still reads as its ring
+    (the nearest-reference rule keeps the ground out)."""
     asked = {c: (shape, kind) for c, shape, kind in requested(prompt)}
     blobs: dict[str, np.ndarray] = {}
     for r in recover_instances(image, tolerance, min_area, open_noise=True):
         if r.color in asked:
             blobs[r.color] = blobs[r.color] | r.mask if r.color in blobs else r.mask
+    if tint is not None and blobs:
+        import cv2
+
+        loose = color_masks(image, tint)
+        for c, m in blobs.items():
+            near = cv2.morphologyEx(loose[c].astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) | m
+            _, lab = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
+            blobs[c] = np.isin(lab, np.unique(lab[m]))
     return [TrueObject(*asked[c], c, m) for c, union in blobs.items()
             for m in (colour_instances(union) if per_instance else [union])]
 
@@ -148,10 +160,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def judge_labels(task: str, prompt: str, image: np.ndarray, classes: Sequence[str], scores: Sequence[float],
                  masks: Sequence[np.ndarray], asked: Sequence[str], tolerance: float = 60.0,
-                 per_instance: bool = False) -> JudgedImage:
+                 per_object: bool = False) -> JudgedImage:
     """Judge one image's labels (``classes[k]``, ``scores[k]``, full-image bool ``masks[k]``) against
-    :func:`true_objects` (``per_instance``: each object drawn is a true instance, else one per colour)."""
-    objects = true_objects(image, prompt, tolerance, per_instance=per_instance)
+    :func:`true_objects`: one per requested colour, or with ``per_object`` each object as drawn (its copies apart,
+    its drifted tints within :data:`TINT` included)."""
+    objects = true_objects(image, prompt, tolerance, per_instance=per_object, tint=TINT if per_object else None)
     right = [False] * len(classes)
     ious = [0.0] * len(classes)
     taken: set[int] = set()
@@ -239,7 +252,7 @@ def detection_mask(box: Sequence[float], mask: np.ndarray, shape: tuple[int, int
 
 
 def judge_sample(sample, field: str = "daam_detections", tolerance: float = 60.0,
-                 per_instance: bool = False) -> JudgedImage:
+                 per_object: bool = False) -> JudgedImage:
     """:func:`judge_labels` of a generated sample's detections in ``field`` (with instance masks)."""
     from PIL import Image
 
@@ -247,4 +260,4 @@ def judge_sample(sample, field: str = "daam_detections", tolerance: float = 60.0
     dets = sample[field].detections if sample[field] is not None else []
     masks = [detection_mask(d.bounding_box, d.mask, image.shape[:2]) for d in dets]
     return judge_labels(sample["task"], sample["prompt"], image, [d.label for d in dets],
-                        [d.confidence for d in dets], masks, sample["class_words"] or [], tolerance, per_instance)
+                        [d.confidence for d in dets], masks, sample["class_words"] or [], tolerance, per_object)
