@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_generate.py [--model builtin:tiny|builtin:toyworld|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2|builtin:tiny-flux2-dev]
+    python bench/bench_generate.py [--model builtin:tiny|builtin:toyworld|builtin:toyworld-mmdit|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2|builtin:tiny-flux2-dev]
                                    [--size 256] [--steps 5] [--guidance G] [--batch-size 4] [--reps 5]
                                    [--device cpu|cuda] [--threads N]
 
@@ -31,7 +31,8 @@ inserts; the remainder: pipeline lookup, planning, the resume query, building th
 ``builtin:tiny`` (the default: random weights, 256² in 5 steps) is a stress case for everything
 around the pipeline: its heatmaps are noise, so each image gets ~25 detections with ~1,000 polygon
 points, 10× what a trained model's maps give. ``--model builtin:toyworld`` (the trained toy model,
-toy-world prompts; use ``--size 64 --steps 25``) has realistic labels. ``builtin:tiny-sdxl``,
+toy-world prompts; use ``--size 64 --steps 25``) has realistic labels, and so has ``builtin:toyworld-mmdit``
+(the SD3-style transformer trained on the same world, at its own guidance 3 and flow-matching Euler). ``builtin:tiny-sdxl``,
 ``builtin:tiny-sd3``, ``builtin:tiny-flux``, ``builtin:tiny-flux2`` and ``builtin:tiny-flux2-dev`` are the other families' random-weight tiny pipelines
 (the same prompts as ``builtin:tiny``), for the loop's overhead per family.
 """
@@ -68,9 +69,10 @@ PHASES = {  # Runner.timings keys → how they are printed
 }
 
 
-MODELS = ["builtin:tiny", "builtin:toyworld", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux", "builtin:tiny-flux2",
-          "builtin:tiny-flux2-dev"]
-GUIDANCE = {"builtin:tiny-flux": 3.5,  # FLUX dev's embedded guidance; 7.5 (classifier-free) for the others
+MODELS = ["builtin:tiny", "builtin:toyworld", "builtin:toyworld-mmdit", "builtin:tiny-sdxl", "builtin:tiny-sd3",
+          "builtin:tiny-flux", "builtin:tiny-flux2", "builtin:tiny-flux2-dev"]
+GUIDANCE = {"builtin:toyworld-mmdit": 3.0,  # its own (diffugen.json)
+            "builtin:tiny-flux": 3.5,  # FLUX dev's embedded guidance; 7.5 (classifier-free) for the others
             "builtin:tiny-flux2": 4.0,  # FLUX.2 [klein] Base's classifier-free default
             "builtin:tiny-flux2-dev": 4.0}  # FLUX.2 [dev]'s distilled guidance
 
@@ -95,7 +97,7 @@ def write_config(folder: Path, size: int, steps: int, batch_size: int, device: s
         "class_words": ["car", "bus", "tree"],
         "negative_prompt": "blurry, low quality",
     }
-    if model == "builtin:toyworld":  # its own vocabulary
+    if model in ("builtin:toyworld", "builtin:toyworld-mmdit"):  # their own vocabulary
         cfg.update(templates=["a {color} {object} on the {place}", "{place} with a {color} {object} and a white square"],
                    attributes={"color": ["red", "yellow"], "object": ["circle", "triangle"], "place": ["road", "grass"]},
                    class_words=["circle", "square", "triangle"], negative_prompt="")
@@ -107,8 +109,12 @@ def write_config(folder: Path, size: int, steps: int, batch_size: int, device: s
 
 
 def run_bare(pipe, cfg, items) -> None:
+    from diffugen.generation.family import model_defaults
+
     bs = cfg.batch_size
     flux = type(pipe).__name__.startswith("Flux")  # takes no negative prompt
+    # What the model's folder records for its calls (the toy MMDiT: no T5 positions), as generate passes it
+    recorded = {k: v for k, v in model_defaults(pipe).items() if k != "guidance_scale"}
     for i in range(0, len(items), bs):
         batch = items[i : i + bs]
         negative = {} if flux else {"negative_prompt": [cfg.negative_prompt] * len(batch)}
@@ -117,7 +123,7 @@ def run_bare(pipe, cfg, items) -> None:
             **negative,
             generator=[torch.Generator("cpu").manual_seed(it.seed) for it in batch],
             num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-            height=cfg.height, width=cfg.width, output_type="np",
+            height=cfg.height, width=cfg.width, output_type="np", **recorded,
         )
 
 
