@@ -2,7 +2,8 @@
 
 A prompt asks for ``<colour> [hollow] <shape>`` objects; the truth of an image is, per requested
 object, the connected blobs of its colour (:func:`~.truth.recover_instances`), labelled with the shape
-asked for. A label (one instance of one class word) is **right** when its mask has IoU ≥ 0.5 with a
+asked for; judged ``per_object``, each object as the model drew it instead (a colour drawn twice is two objects, the
+tints it drifts to are part of one: :func:`true_objects`). A label (one instance of one class word) is **right** when its mask has IoU ≥ 0.5 with a
 true instance of its class, matched one-to-one in order of descending score (as FiftyOne's
 ``evaluate_detections`` matches), and **wrong** otherwise. :func:`label_metrics` then says how well the
 scores rank: AUROC of right vs wrong, the precision of labels scored at least the review threshold
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from ..common import REVIEW_MIN_SCORE
@@ -88,8 +90,6 @@ def true_objects(image: np.ndarray, prompt: str, tolerance: float = 60.0, min_ar
         if r.color in asked:
             blobs[r.color] = blobs[r.color] | r.mask if r.color in blobs else r.mask
     if tint is not None and blobs:
-        import cv2
-
         loose = color_masks(image, tint)
         for c, m in blobs.items():
             near = cv2.morphologyEx(loose[c].astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) | m
@@ -105,8 +105,6 @@ def colour_instances(mask: np.ndarray, max_side: float = MAX_SIDE, min_side: flo
     drawn in broken tints lie within one object's box, while a second object of that colour beside the first makes a
     box larger than any object. A group whose box is smaller than ``min_side`` of the short side (a fleck) then goes
     to the nearest larger one. Every pixel of ``mask`` is in exactly one object."""
-    import cv2
-
     side = min(mask.shape)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     groups = [[int(x), int(y), int(x + w), int(y + h), [k]] for k, (x, y, w, h, _) in enumerate(stats[1:], 1)]
