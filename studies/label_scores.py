@@ -167,10 +167,17 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
     return judged, rows, right
 
 
-def fit(c: float, model_name: str = MODELS[0]) -> dict:
+WRONG_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)  # the weights of a wrong label the fit tries
+
+
+def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82) -> dict:
     """Fit the logistic score on the training split; print held-out metrics of every variant, and of the
     product's score as shipped (``shipped``: the default labels, "snapped", scored with
-    :data:`~diffugen.labels.scoring.WEIGHTS`, or for the transformer :data:`~diffugen.labels.scoring.JOINT_WEIGHTS`)."""
+    :data:`~diffugen.labels.scoring.WEIGHTS`, or for the transformer :data:`~diffugen.labels.scoring.JOINT_WEIGHTS`).
+
+    A wrong label trusted costs the reviewer more than a right one doubted, so the fit weighs each wrong label ``k``
+    times a right one: the largest ``k`` of :data:`WRONG_WEIGHTS` at which the score still keeps ``keep`` of the
+    training side's right labels at the review's threshold (``k = 1``, a calibrated probability, where none does)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -182,11 +189,19 @@ def fit(c: float, model_name: str = MODELS[0]) -> dict:
     _, rows, right = judge_split("train", "snapped", model=model_name)
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
-    model = LogisticRegression(C=c, max_iter=5000).fit(x, y)
+    from diffugen.common import REVIEW_MIN_SCORE
+
+    wrong_weight, model = 1.0, LogisticRegression(C=c, max_iter=5000).fit(x, y)
+    for k in WRONG_WEIGHTS[1:]:
+        m = LogisticRegression(C=c, max_iter=5000, class_weight={False: k, True: 1.0}).fit(x, y)
+        if (m.predict_proba(x)[:, 1][y] >= REVIEW_MIN_SCORE).mean() < keep:
+            break
+        wrong_weight, model = k, m
     weights = {k: round(float(v), 4) for k, v in zip(FEATURES, model.coef_[0])}
     bias = round(float(model.intercept_[0]), 4)
-    print(f"fitted on {len(y)} training-side labels ({int(y.sum())} right): WEIGHTS = {weights}, BIAS = {bias}")
-    report = {"weights": weights, "bias": bias, "train_labels": int(len(y))}
+    print(f"fitted on {len(y)} training-side labels ({int(y.sum())} right), a wrong label weighing {wrong_weight}: "
+          f"WEIGHTS = {weights}, BIAS = {bias}")
+    report = {"weights": weights, "bias": bias, "wrong_weight": wrong_weight, "train_labels": int(len(y))}
     for split in ("train", "held-out"):
         for variant in (*VARIANTS, "shipped"):
             if variant == "shipped":
@@ -261,6 +276,8 @@ def main(argv=None) -> int:
     c.add_argument("--hollow-rate", type=float, default=0.3)
     f = sub.add_parser("fit")
     f.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation of the logistic fit")
+    f.add_argument("--keep", type=float, default=0.82,
+                   help="the share of the training side's right labels the score must keep at 0.5 (see fit)")
     w = sub.add_parser("wrong", help="the wrong labels scored >= 0.5, printed and pictured")
     w.add_argument("--split", choices=["train", "held-out"], default="held-out")
     w.add_argument("--top", type=int, default=16, help="rows of the picture")
@@ -272,7 +289,7 @@ def main(argv=None) -> int:
     elif args.cmd == "wrong":
         wrong(args.split, args.top, args.model)
     else:
-        fit(args.c, args.model)
+        fit(args.c, args.model, args.keep)
     return 0
 
 
