@@ -236,28 +236,16 @@ PIXTRAL = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, n
 def build_flux2_sized(device: str, dtype: torch.dtype, variant: str = "flux2-klein-4b"):
     """FLUX.2 [klein] Base 4B's (or FLUX.2 [dev]'s) sizes, random weights, built on ``device`` in ``dtype`` (see the
     module docstring); the tiny tokenizers, so the vocabulary embeddings are small."""
-    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline,
-                           Flux2Transformer2DModel)
-    from transformers import (Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig,
-                              Qwen3Config, Qwen3ForCausalLM)
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Pipeline, Flux2Transformer2DModel
 
-    from diffugen.generation.builtin import tiny_mistral_processor, tiny_qwen_tokenizer
+    from diffugen.generation.builtin import (flux2_scheduler, mistral3_text_encoder, qwen3_text_encoder,
+                                             tiny_mistral_processor, tiny_qwen_tokenizer)
 
     dev = variant == "flux2-dev"
     tokenizer = tiny_mistral_processor() if dev else tiny_qwen_tokenizer()
-    tok = tokenizer.tokenizer if dev else tokenizer
     with built_on(device, dtype):
-        torch.manual_seed(5)
-        if dev:
-            text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
-                vision_config=PixtralVisionConfig(**PIXTRAL),
-                text_config=MistralConfig(vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **MISTRAL_SMALL),
-                image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
-        else:
-            text_encoder = Qwen3ForCausalLM(Qwen3Config(
-                vocab_size=len(tok), max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, tie_word_embeddings=True, **QWEN3_4B))
+        text_encoder = (mistral3_text_encoder(tokenizer, MISTRAL_SMALL, PIXTRAL) if dev
+                        else qwen3_text_encoder(tokenizer, QWEN3_4B))
         torch.manual_seed(1)
         # diffusers' defaults are [dev]'s transformer (8 double-stream and 48 single-stream blocks at 6144 width)
         transformer = (Flux2Transformer2DModel() if dev else
@@ -265,14 +253,9 @@ def build_flux2_sized(device: str, dtype: torch.dtype, variant: str = "flux2-kle
                                                joint_attention_dim=3 * QWEN3_4B["hidden_size"], guidance_embeds=False))
         torch.manual_seed(2)
         vae = AutoencoderKLFlux2()  # FLUX.2's VAE: 32 latent channels, 128/256/512/512
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                                                max_image_seq_len=4096, time_shift_type="exponential")
-    if dev:
-        return Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                             transformer=transformer)
-    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              transformer=transformer, is_distilled=False)
+    parts = dict(scheduler=flux2_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                 transformer=transformer)
+    return Flux2Pipeline(**parts) if dev else Flux2KleinPipeline(**parts, is_distilled=False)
 
 
 def default_dtype(family: str, device: str) -> str:

@@ -181,6 +181,7 @@ def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82) -> dict:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
+    from diffugen.common import REVIEW_MIN_SCORE
     from diffugen.labels.scoring import FEATURES
     from diffugen.toyworld.evaluation import label_metrics
 
@@ -189,8 +190,6 @@ def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82) -> dict:
     _, rows, right = judge_split("train", "snapped", model=model_name)
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
-    from diffugen.common import REVIEW_MIN_SCORE
-
     wrong_weight, model = 1.0, LogisticRegression(C=c, max_iter=5000).fit(x, y)
     for k in WRONG_WEIGHTS[1:]:
         m = LogisticRegression(C=c, max_iter=5000, class_weight={False: k, True: 1.0}).fit(x, y)

@@ -436,7 +436,7 @@ TINY_QWEN3 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=27, nu
 def _tiny_flux2_denoising(guidance_embeds: bool):
     """The tiny FLUX.2 transformer (seed 1), VAE (seed 2) and scheduler of :func:`build_tiny_flux2_pipeline`;
     ``guidance_embeds``: the transformer takes the guidance scale as an input, as FLUX.2 [dev]'s does."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
     torch.manual_seed(1)
     transformer = Flux2Transformer2DModel(
@@ -446,11 +446,28 @@ def _tiny_flux2_denoising(guidance_embeds: bool):
     )
     torch.manual_seed(2)
     vae_model = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, **TINY_VAE)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                                                max_image_seq_len=4096, time_shift_type="exponential")
     _frozen(transformer, vae_model)
-    return transformer, vae_model, scheduler
+    return transformer, vae_model, flux2_scheduler()
+
+
+def flux2_scheduler():
+    """FLUX.2's flow-matching Euler scheduler, with the pipelines' resolution-dependent (exponential) shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                           base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                           max_image_seq_len=4096, time_shift_type="exponential")
+
+
+def qwen3_text_encoder(tokenizer, sizes: dict, seed: int = 5):
+    """A ``Qwen3ForCausalLM`` of ``sizes`` (its widths and depths) over ``tokenizer``'s vocabulary, random weights
+    from ``seed``: FLUX.2 [klein]'s text encoder (:data:`TINY_QWEN3`, or a model's own sizes)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **sizes))
 
 
 def build_tiny_flux2_pipeline(distilled: bool = False):
@@ -469,13 +486,9 @@ def build_tiny_flux2_pipeline(distilled: bool = False):
     is ignored and each step is one call.
     """
     from diffusers import Flux2KleinPipeline
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = tiny_qwen_tokenizer()
-    torch.manual_seed(5)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **TINY_QWEN3))
+    text_encoder = qwen3_text_encoder(tokenizer, TINY_QWEN3)
     _frozen(text_encoder)
     transformer, vae_model, scheduler = _tiny_flux2_denoising(guidance_embeds=False)
     return Flux2KleinPipeline(scheduler=scheduler, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -529,6 +542,23 @@ def tiny_mistral_processor(words: list[str] = TINY_WORDS):
 
 TINY_MISTRAL3 = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=30, num_attention_heads=2,
                      num_key_value_heads=1, head_dim=8)
+TINY_PIXTRAL = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=8,
+                    image_size=64, patch_size=16)
+
+
+def mistral3_text_encoder(processor, text_sizes: dict, vision_sizes: dict, seed: int = 5):
+    """A ``Mistral3ForConditionalGeneration`` (a Mistral language model of ``text_sizes`` over ``processor``'s
+    vocabulary and a Pixtral vision tower of ``vision_sizes``), random weights from ``seed``: FLUX.2 [dev]'s text
+    encoder (:data:`TINY_MISTRAL3` and :data:`TINY_PIXTRAL`, or Mistral Small 3.1's own sizes)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    tok = processor.tokenizer
+    torch.manual_seed(seed)
+    return Mistral3ForConditionalGeneration(Mistral3Config(
+        vision_config=PixtralVisionConfig(**vision_sizes),
+        text_config=MistralConfig(vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **text_sizes),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
 
 
 def build_tiny_flux2_dev_pipeline():
@@ -541,17 +571,9 @@ def build_tiny_flux2_dev_pipeline():
     with. Random weights from fixed seeds.
     """
     from diffusers import Flux2Pipeline
-    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
 
     processor = tiny_mistral_processor()
-    tok = processor.tokenizer
-    torch.manual_seed(5)
-    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
-        vision_config=PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                          num_attention_heads=2, head_dim=8, image_size=64, patch_size=16),
-        text_config=MistralConfig(vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
-                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **TINY_MISTRAL3),
-        image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
+    text_encoder = mistral3_text_encoder(processor, TINY_MISTRAL3, TINY_PIXTRAL)
     _frozen(text_encoder)
     transformer, vae_model, scheduler = _tiny_flux2_denoising(guidance_embeds=True)
     return Flux2Pipeline(scheduler=scheduler, vae=vae_model, text_encoder=text_encoder, tokenizer=processor,

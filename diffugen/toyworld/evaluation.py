@@ -126,11 +126,12 @@ def colour_instances(mask: np.ndarray, max_side: float = MAX_SIDE, min_side: flo
     objects = [np.isin(lab, g[4]) for g in groups]
     if len(objects) <= 1:
         return objects
-    sides = [max(g[2] - g[0], g[3] - g[1]) for g in groups]
-    big = [o for o, sd in zip(objects, sides) if sd >= min_side * side] or [max(objects, key=np.sum)]
+    large = [k for k, g in enumerate(groups) if max(g[2] - g[0], g[3] - g[1]) >= min_side * side]
+    large = large or [int(np.argmax([o.sum() for o in objects]))]
+    big = [objects[k] for k in large]
     dist = np.stack([cv2.distanceTransform((~o).astype(np.uint8), cv2.DIST_L2, 3) for o in big])
-    for o in objects:
-        if not any(o is b for b in big):
+    for k, o in enumerate(objects):
+        if k not in large:
             big[int(dist[:, o].mean(1).argmin())] |= o
     return big
 
