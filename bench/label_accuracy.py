@@ -31,14 +31,15 @@ pixels) is there; its kind is judged by ``classify_shape`` (IoU with each kind's
   ``ground_truth`` field of the recovered blobs (label: the shape requested for that colour).
 * **label scores** (:func:`diffugen.toyworld.evaluation.label_metrics`), over the txt2img images and their
   img2img and inpaint children (``--children`` parents each): a label is right when its mask has IoU ≥
-  0.5 with a requested object of its class (matched one-to-one by score); the AUROC of the scores, right
+  0.5 with a true instance of its class (matched one-to-one by score); the AUROC of the scores, right
   vs wrong (target ≥ 0.97); precision of labels scored ≥ 0.5 (≥ 0.95) and the share of right labels
   kept there (≥ 80%); labels ≥ 0.5 per image/word pair whose object was not drawn (≤ 0.2); two-object
   images of two classes where one word's mask covers half of both (≤ 5%); the mean mask IoU per image
-  and class word. A requested object is its colour's blobs; a second line judges the same labels against each
-  object as drawn (:func:`diffugen.toyworld.evaluation.colour_instances`: a colour the model drew twice is two true
-  instances of its class, so a label of either is right; and the tints it drifts to, connected to the palette
-  colour, are part of the object).
+  and class word. A true instance is an object in a requested colour as drawn
+  (:func:`diffugen.toyworld.evaluation.colour_instances`: a colour the model drew twice is two instances of its
+  class, so a label of either is right; the tints it drifts to, connected to the palette colour, are part of the
+  object). A second line judges the same labels against each requested colour's blobs taken together, as one
+  instance: a label of one of two copies is wrong there.
 * **YOLO bootstrapped from the DAAM labels** (``--yolo-train N`` prompts, 0 to skip): DiffuGen
   generates N more images from *training* captions (seeds below the held-out ones) into a second
   dataset, ``diffugen.curation.bootstrap.train_yolo`` trains a YOLOv8n-seg from its yaml on their DAAM polygons,
@@ -151,8 +152,12 @@ def main(argv=None) -> int:
     gen_s = time.time() - t0
     ds = fo.load_dataset(DATASET)
     params = cfg.labels
-    scores = label_metrics([judge_sample(s) for s in ds.iter_samples(progress=False)])
-    by_object = label_metrics([judge_sample(s, per_object=True) for s in ds.iter_samples(progress=False)])
+    per_colour, per_object = [], []
+    for s in ds.iter_samples(progress=False):
+        image = np.asarray(Image.open(s.filepath).convert("RGB"))
+        per_colour.append(judge_sample(s, image=image))
+        per_object.append(judge_sample(s, per_object=True, image=image))
+    scores, by_colour = label_metrics(per_object), label_metrics(per_colour)
     ds = ds.match(fo.ViewField("task") == "txt2img")  # the mask and box figures: txt2img images, as before
     guidance = sorted(set(ds.values("guidance_scale")))  # as asked, else the model's own
     guidance = guidance[0] if len(guidance) == 1 else guidance
@@ -236,7 +241,7 @@ def main(argv=None) -> int:
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
         "hollow_rate": args.hollow_rate, "heatmap_method": args.heatmap_method, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
-        "yolo": yolo, "scores": scores, "scores_per_object": by_object,
+        "yolo": yolo, "scores": scores, "scores_per_colour": by_colour,
     }
     print(machine_line(args.device))
     print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {guidance}, "
@@ -254,9 +259,11 @@ def main(argv=None) -> int:
           f"IoU {mean_fixed:.3f} where drawn ({', '.join(f'{c} {v:.3f}' for c, v in per_class_fixed.items())})")
     print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
     print_scores(scores)
-    print(f"  judged per object drawn (a colour drawn twice is two objects, its drifted tints part of it): {by_object['right']} right labels, AUROC "
-          f"{by_object['auroc']:.3f}, precision {by_object['precision_at_threshold']:.3f} keeping "
-          f"{by_object['right_kept_at_threshold']:.1%}, junk {by_object['junk_per_not_drawn_pair']:.2f}")
+    print(f"  judged per requested colour (its blobs one instance; a label of one of two copies is wrong): "
+          f"{by_colour['right']} right labels, AUROC {by_colour['auroc']:.3f}, precision "
+          f"{by_colour['precision_at_threshold']:.3f} of {by_colour['labels_at_threshold']} keeping "
+          f"{by_colour['right_kept_at_threshold']:.1%}, junk {by_colour['junk_per_not_drawn_pair']:.2f}, "
+          f"mask IoU {by_colour['mask_iou']:.3f}")
     if yolo:
         print(f"YOLO-seg bootstrapped from DAAM labels: {yolo['train_images']} generated training images, "
               f"{yolo['epochs']} epochs at {yolo['imgsz']} px in {yolo['train_seconds']:.0f} s")
@@ -280,7 +287,8 @@ def main(argv=None) -> int:
 
 def print_scores(m: dict) -> None:
     """The label score's figures (:func:`diffugen.toyworld.evaluation.label_metrics`) against the targets."""
-    print(f"label scores, every task ({m['labels']} labels, {m['right']} right, in {m['images']} images):")
+    print(f"label scores, every task ({m['labels']} labels, {m['right']} right, in {m['images']} images; "
+          f"judged per object drawn):")
     print(f"  AUROC right vs wrong {m['auroc']:.3f} [{mark(m['auroc'], TARGET_AUROC, True)} target >= {TARGET_AUROC}]")
     print(f"  score >= 0.5: precision {m['precision_at_threshold']:.3f} of {m['labels_at_threshold']} labels "
           f"[{mark(m['precision_at_threshold'], TARGET_PRECISION, True)} target >= {TARGET_PRECISION}], keeping "

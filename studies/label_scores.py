@@ -170,14 +170,18 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
 WRONG_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)  # the weights of a wrong label the fit tries
 
 
-def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82) -> dict:
+def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82, per_object: bool = True,
+        variants: tuple[str, ...] | None = None) -> dict:
     """Fit the logistic score on the training split; print held-out metrics of every variant, and of the
     product's score as shipped (``shipped``: the default labels, "snapped", scored with
     :data:`~diffugen.labels.scoring.WEIGHTS`, or for the transformer :data:`~diffugen.labels.scoring.JOINT_WEIGHTS`).
 
     A wrong label trusted costs the reviewer more than a right one doubted, so the fit weighs each wrong label ``k``
     times a right one: the largest ``k`` of :data:`WRONG_WEIGHTS` at which the score still keeps ``keep`` of the
-    training side's right labels at the review's threshold (``k = 1``, a calibrated probability, where none does)."""
+    training side's right labels at the review's threshold (``k = 1``, a calibrated probability, where none does).
+    ``per_object``: labels are judged against each object as drawn (:func:`judge_split`), in the fit and the report
+    (``False``: against each requested colour's blobs);
+    ``variants``: report only these (of :data:`VARIANTS` and ``shipped``)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -187,7 +191,7 @@ def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82) -> dict:
 
     # The score says whether a label as the defaults make it (found, then cut to its map's core and to the
     # image's edges) is right: fitted on those labels.
-    _, rows, right = judge_split("train", "snapped", model=model_name)
+    _, rows, right = judge_split("train", "snapped", model=model_name, per_object=per_object)
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
     wrong_weight, model = 1.0, LogisticRegression(C=c, max_iter=5000).fit(x, y)
@@ -200,22 +204,24 @@ def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82) -> dict:
     bias = round(float(model.intercept_[0]), 4)
     print(f"fitted on {len(y)} training-side labels ({int(y.sum())} right), a wrong label weighing {wrong_weight}: "
           f"WEIGHTS = {weights}, BIAS = {bias}")
-    report = {"weights": weights, "bias": bias, "wrong_weight": wrong_weight, "train_labels": int(len(y))}
+    report = {"weights": weights, "bias": bias, "wrong_weight": wrong_weight, "train_labels": int(len(y)),
+              "judge": "per object" if per_object else "per colour"}
     for split in ("train", "held-out"):
-        for variant in (*VARIANTS, "shipped"):
+        for variant in variants or (*VARIANTS, "shipped"):
             if variant == "shipped":
-                judged, _, _ = judge_split(split, "snapped", model=model_name)
+                judged, _, _ = judge_split(split, "snapped", model=model_name, per_object=per_object)
             else:
-                judged, _, _ = judge_split(split, variant, weights if variant in SCORED else None, bias, model_name)
+                judged, _, _ = judge_split(split, variant, weights if variant in SCORED else None, bias, model_name,
+                                           per_object)
             m = label_metrics(judged)
             report[f"{split}/{variant}"] = m
             print(f"{split:8s} {variant:12s} " + "  ".join(
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
-    (model_folder(model_name) / "fit.json").write_text(json.dumps(report, indent=1))
+    (model_folder(model_name) / ("fit.json" if per_object else "fit-per-colour.json")).write_text(json.dumps(report, indent=1))
     return report
 
 
-def wrong(split: str, top: int, model: str = MODELS[0]) -> Path:
+def wrong(split: str, top: int, model: str = MODELS[0], per_object: bool = True) -> Path:
     """The wrong labels scored >= 0.5 of a collected split, surest first: print each against the object of its class
     it overlaps most (its IoU, the share of the label on the object, the share of the object it covers, the object's
     kind) and write the ``top`` of them as a picture, a row each: the image, the word's maps, the word's labels (the
@@ -226,7 +232,7 @@ def wrong(split: str, top: int, model: str = MODELS[0]) -> Path:
 
     from diffugen.common import REVIEW_MIN_SCORE
 
-    judged, _, _ = judge_split(split, "snapped", model=model)
+    judged, _, _ = judge_split(split, "snapped", model=model, per_object=per_object)
     samples = json.loads((model_folder(model) / split / "manifest.json").read_text())["samples"]
     found = []
     for i, im in enumerate(judged):
@@ -277,18 +283,22 @@ def main(argv=None) -> int:
     f.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation of the logistic fit")
     f.add_argument("--keep", type=float, default=0.82,
                    help="the share of the training side's right labels the score must keep at 0.5 (see fit)")
+    f.add_argument("--variants", nargs="+", choices=[*VARIANTS, "shipped"], help="report only these")
     w = sub.add_parser("wrong", help="the wrong labels scored >= 0.5, printed and pictured")
     w.add_argument("--split", choices=["train", "held-out"], default="held-out")
     w.add_argument("--top", type=int, default=16, help="rows of the picture")
     for p in (c, f, w):
         p.add_argument("--model", choices=MODELS, default=MODELS[0])
+    for p in (f, w):
+        p.add_argument("--judge", choices=["object", "colour"], default="object",
+                       help="a label is right against an object as drawn, or against a requested colour's blobs")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
         collect(args.split, args.n, args.children, args.hollow_rate, args.model)
     elif args.cmd == "wrong":
-        wrong(args.split, args.top, args.model)
+        wrong(args.split, args.top, args.model, args.judge == "object")
     else:
-        fit(args.c, args.model, args.keep)
+        fit(args.c, args.model, args.keep, args.judge == "object", tuple(args.variants or ()) or None)
     return 0
 
 

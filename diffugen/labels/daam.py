@@ -527,7 +527,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     8. Instances larger than ``params.max_area`` of the image are dropped: a word's map spread over the
        background, not an object.
     9. The attention score of each instance: the features of its blob as found (step 4), of what steps
-       6–7 left of it, and of how that stands out of the image (:func:`~.scoring.cut_features`).
+       6–7 left of it, and of how that stands out of the image (:func:`~.scoring.cut_features`); for a word
+       said more than once, also against its occurrence's part of the image (step 3).
 
     Args:
         word_maps: uint8 ``(H, W)`` per map (one per occurrence of a class word), min-max normalised.
@@ -558,9 +559,11 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         resolved = {w: m & (owner == i) for i, (w, m) in enumerate(before.items())}
     # 3. A word's occurrences split its mask: "a red circle and a yellow circle" makes two instances.
     masks: list[np.ndarray] = [np.zeros(0)] * len(word_maps)
+    parts: list[np.ndarray | None] = [None] * len(word_maps)  # bool (H, W): a repeated word's occurrence's pixels
     for w, ks in groups.items():
         occurrence = np.stack([heat[k] for k in ks]).argmax(0) if len(ks) > 1 else np.zeros(resolved[w].shape, int)
         for i, k in enumerate(ks):
+            parts[k] = occurrence == i if len(ks) > 1 else None
             masks[k] = (resolved[w] & (occurrence == i)).astype(np.uint8)
     word_labels = []
     for k, (m, n) in enumerate(zip(masks, norms)):
@@ -571,7 +574,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         total = np.sum(raws, axis=0)
         for k, (wl, raw, (lo, _)) in enumerate(zip(word_labels, raws, ranges)):
             for inst in wl.instances:
-                inst.features = scoring.instance_features(raw, total, before[words[k]], instance_mask(inst, raw.shape), lo)
+                inst.features = scoring.instance_features(raw, total, before[words[k]], instance_mask(inst, raw.shape), lo,
+                                                          parts[k])
     # 6. Each instance cut to the core of its word's map (found on the coarser mask above).
     cores: list[dict[str, np.ndarray]] = []
     if params.core:
@@ -598,7 +602,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         for k, wl in enumerate(word_labels):
             for inst in wl.instances:
                 inst.features = {**inst.features, **scoring.cut_features(
-                    inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]], lab)}
+                    inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]], lab, parts[k])}
                 inst.score = scoring.attention_score(inst.features, attention=attention)
             wl.instances.sort(key=lambda inst: inst.score, reverse=True)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))

@@ -65,16 +65,19 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-FEATURES = ("share", "log_contrast", "blob_share", "kept", "cut_kept", "core_share", "log_colour_step")  # scored
-BLOB_FEATURES = ("share", "log_contrast", "blob_share", "kept", "log_area")  # of the blob as found
+FEATURES = ("share", "log_contrast", "blob_share", "kept", "cut_kept", "core_share", "log_colour_step",
+            "own_blob_share", "own_core_share", "repeated")  # scored
+BLOB_FEATURES = ("share", "log_contrast", "blob_share", "own_blob_share", "kept", "log_area", "repeated")  # as found
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -1.6989, "log_contrast": 2.2475, "blob_share": 4.0919, "kept": 0.2886, "cut_kept": 3.0677,
-           "core_share": 4.065, "log_colour_step": 0.5212}
-BIAS = -8.8662
+WEIGHTS = {"share": -0.2472, "log_contrast": 3.8842, "blob_share": 1.3288, "kept": 2.6278, "cut_kept": 2.1785,
+           "core_share": 3.9639, "log_colour_step": 0.8099, "own_blob_share": 0.349, "own_core_share": 1.0499,
+           "repeated": 1.0952}
+BIAS = -11.3816
 # Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
 # for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
 JOINT_WEIGHTS = {"share": 0.9125, "log_contrast": 1.4064, "blob_share": 3.5804, "kept": -1.4572, "cut_kept": 2.9639,
-                 "core_share": 3.6337, "log_colour_step": 0.4736}
+                 "core_share": 3.6337, "log_colour_step": 0.4736, "own_blob_share": 0.0, "own_core_share": 0.0,
+                 "repeated": 0.0}
 JOINT_BIAS = -9.026
 ATTENTION_KINDS = ("cross", "joint")  # what made a map: a UNet's cross-attention, or a transformer's joint attention
 NO_IMAGE_COLOUR_STEP = 2.92  # the training labels' median log_colour_step (ΔE 17.5), where the image is not known
@@ -82,34 +85,38 @@ _EPS = 1e-9
 
 
 def instance_features(raw: np.ndarray, total: np.ndarray, word_mask: np.ndarray, blob: np.ndarray,
-                      floor: float) -> dict[str, float]:
+                      floor: float, part: np.ndarray | None = None) -> dict[str, float]:
     """The features of one blob as found (module docstring): :data:`BLOB_FEATURES`.
 
     Args:
-        raw: ``(H, W)`` the word's map in units of attention.
+        raw: ``(H, W)`` the word's map (of this occurrence of it) in units of attention.
         total: ``(H, W)`` the sum of the prompt's class-word maps (``raw`` included).
         word_mask: ``bool (H, W)`` the word's mask before resolution against the other words.
         blob: ``bool (H, W)`` the instance's pixels (after resolution).
         floor: the map's minimum.
+        part: ``bool (H, W)`` for a word said more than once, the pixels of this occurrence's split of it;
+            ``None`` for a word said once.
     """
     inside = raw[blob]
     outside = raw[~word_mask]
     above = raw - floor
-    mass = above[word_mask].sum()
+    own = word_mask if part is None else word_mask & part
     return {
         "share": float((inside / (total[blob] + _EPS)).mean()),
         "log_contrast": float(np.log((inside.mean() + _EPS) / ((outside.mean() if outside.size else floor) + _EPS))),
-        "blob_share": float(above[blob].sum() / (mass + _EPS)),
+        "blob_share": float(above[blob].sum() / (above[word_mask].sum() + _EPS)),
+        "own_blob_share": float(above[blob].sum() / (above[own].sum() + _EPS)),
         "kept": float(blob.sum() / max(1, _components_under(word_mask, blob).sum())),
         "log_area": float(np.log(blob.mean() + _EPS)),
+        "repeated": float(part is not None),
     }
 
 
 def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word_core: np.ndarray,
-                 lab: np.ndarray | None = None) -> dict[str, float]:
+                 lab: np.ndarray | None = None, part: np.ndarray | None = None) -> dict[str, float]:
     """The features of what the cuts to the map's core and to the image (``labels.core``, ``labels.snap``) left of a
-    blob, and of how it stands out of the image (module docstring): ``cut_kept``, ``core_share`` and
-    ``log_colour_step``.
+    blob, and of how it stands out of the image (module docstring): ``cut_kept``, ``core_share``,
+    ``own_core_share`` and ``log_colour_step``.
 
     Args:
         features: the blob's :func:`instance_features` (its ``log_area`` before the cuts).
@@ -117,11 +124,16 @@ def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word
         mask: ``bool (H, W)`` the instance's pixels after them.
         word_core: ``bool (H, W)`` its word's pixels as the cuts end (the last core; the resolved mask without cuts).
         lab: ``(H, W, 3)`` the image in CIELAB (:func:`image_lab`); ``None``: not known.
+        part: as for :func:`instance_features`.
     """
-    core = int(word_core.sum())
+    def share(core: np.ndarray) -> float:
+        n = int(np.count_nonzero(core))
+        return float(np.count_nonzero(mask & core) / n) if n else 0.0
+
     return {
         "cut_kept": float(min(1.0, area / max(np.exp(features["log_area"]), _EPS))),
-        "core_share": float(np.count_nonzero(mask & word_core) / core) if core else 0.0,
+        "core_share": share(word_core),
+        "own_core_share": share(word_core if part is None else word_core & part),
         "log_colour_step": NO_IMAGE_COLOUR_STEP if lab is None else colour_step(lab, mask),
     }
 

@@ -251,11 +251,12 @@ def detection_mask(box: Sequence[float], mask: np.ndarray, shape: tuple[int, int
 
 
 def judge_sample(sample, field: str = "daam_detections", tolerance: float = 60.0,
-                 per_object: bool = False) -> JudgedImage:
-    """:func:`judge_labels` of a generated sample's detections in ``field`` (with instance masks)."""
+                 per_object: bool = False, image: np.ndarray | None = None) -> JudgedImage:
+    """:func:`judge_labels` of a generated sample's detections in ``field`` (with instance masks); ``image``: its
+    ``(H, W, 3)`` pixels where the caller has read them already."""
     from PIL import Image
 
-    image = np.asarray(Image.open(sample.filepath).convert("RGB"))
+    image = np.asarray(Image.open(sample.filepath).convert("RGB")) if image is None else image
     dets = sample[field].detections if sample[field] is not None else []
     masks = [detection_mask(d.bounding_box, d.mask, image.shape[:2]) for d in dets]
     return judge_labels(sample["task"], sample["prompt"], image, [d.label for d in dets],
