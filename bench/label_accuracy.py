@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         image = np.asarray(Image.open(s.filepath).convert("RGB"))
         per_colour.append(judge_sample(s, image=image))
         per_object.append(judge_sample(s, per_object=True, image=image))
-    scores, by_colour = label_metrics(per_object), label_metrics(per_colour)
+    scores, colour_scores = label_metrics(per_object), label_metrics(per_colour)
     ds = ds.match(fo.ViewField("task") == "txt2img")  # the mask and box figures: txt2img images, as before
     guidance = sorted(set(ds.values("guidance_scale")))  # as asked, else the model's own
     guidance = guidance[0] if len(guidance) == 1 else guidance
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         "otsu_mask_area_over_truth_median": ratio,
         "ap50": ap50, "ap50_mean": ap50_mean,
         "hollow_rate": args.hollow_rate, "heatmap_method": args.heatmap_method, "self_attention_power": cfg.self_attention_power, "self_attention_layers": cfg.self_attention_layers, "heatmap_layers": cfg.heatmap_layers,
-        "yolo": yolo, "scores": scores, "scores_per_colour": by_colour,
+        "yolo": yolo, "scores": scores, "scores_per_colour": colour_scores,
     }
     print(machine_line(args.device))
     print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {guidance}, "
@@ -260,10 +260,10 @@ def main(argv=None) -> int:
     print(f"box AP50 (FiftyOne evaluate_detections, daam_detections vs ground_truth): {ap50_mean:.3f}")
     print_scores(scores)
     print(f"  judged per requested colour (its blobs one instance; a label of one of two copies is wrong): "
-          f"{by_colour['right']} right labels, AUROC {by_colour['auroc']:.3f}, precision "
-          f"{by_colour['precision_at_threshold']:.3f} of {by_colour['labels_at_threshold']} keeping "
-          f"{by_colour['right_kept_at_threshold']:.1%}, junk {by_colour['junk_per_not_drawn_pair']:.2f}, "
-          f"mask IoU {by_colour['mask_iou']:.3f}")
+          f"{colour_scores['right']} right labels, AUROC {colour_scores['auroc']:.3f}, precision "
+          f"{colour_scores['precision_at_threshold']:.3f} of {colour_scores['labels_at_threshold']} keeping "
+          f"{colour_scores['right_kept_at_threshold']:.1%}, junk {colour_scores['junk_per_not_drawn_pair']:.2f}, "
+          f"mask IoU {colour_scores['mask_iou']:.3f}")
     if yolo:
         print(f"YOLO-seg bootstrapped from DAAM labels: {yolo['train_images']} generated training images, "
               f"{yolo['epochs']} epochs at {yolo['imgsz']} px in {yolo['train_seconds']:.0f} s")

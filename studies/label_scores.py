@@ -17,8 +17,9 @@ manifest of every sample (its image, prompt and per-word heatmaps with their sca
 attention) to ``studies/out/label_scores/<split>/manifest.json``, so that the fit can relabel the
 same heatmaps many times without generating again. ``fit`` labels both splits with
 :func:`diffugen.labels.daam.label_heatmaps`, judges each label against the truth read back from the
-pixels (:func:`diffugen.labels.evaluation.judge_labels`), fits the logistic score on the training
-split's labels (:func:`diffugen.labels.scoring.fit_score`) and prints the held-out metrics of the
+pixels (:func:`diffugen.toyworld.evaluation.judge_labels`, per object drawn; ``--judge colour``: per
+requested colour), fits the logistic score (:func:`diffugen.labels.scoring.attention_score`) on the training
+split's labels and prints the held-out metrics of the
 paper's score and the fitted one. The product's numbers are ``bench/label_accuracy.py``'s.
 """
 

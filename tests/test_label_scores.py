@@ -102,6 +102,27 @@ def test_share_feature_sees_the_other_words():
     assert alone["share"] == pytest.approx(1.0) and contested["share"] < 0.4
 
 
+def test_a_word_said_twice_reads_each_instance_against_its_own_occurrence():
+    """"a red circle and a yellow circle": each occurrence's token attends to its own disc, so each instance holds about
+    half of the word's attention and pixels (``blob_share``, ``core_share``) but nearly all of its occurrence's
+    (``own_*``); a word said once reads the same both ways."""
+    left, right = disc(16, 24, 8), disc(48, 24, 8)
+    red = attention_map((left, 0.10), (right, 0.07))  # each token attends to both discs, the more to its own
+    yellow = attention_map((right, 0.10), (left, 0.07))
+    (mr, rr), (my, ry) = stored(red), stored(yellow)
+    labels = label_heatmaps([mr, my], ["circle", "circle"], ["circle", "circle"], IDS, LabelParams(), [rr, ry])
+    for wl, blob in zip(labels.word_labels, (left, right)):
+        (inst,) = wl.instances
+        assert (wl.mask & blob).sum() > 0.8 * blob.sum()
+        f = inst.features
+        assert f["repeated"] == 1.0
+        assert f["blob_share"] < 0.7 and f["own_blob_share"] > 0.9
+        assert f["core_share"] < 0.7 and f["own_core_share"] > 0.9
+    once = label_heatmaps([mr], ["circle"], ["circle"], IDS, LabelParams(), [rr]).word_labels[0].instances
+    assert once and all(i.features["repeated"] == 0.0 and i.features["own_blob_share"] == i.features["blob_share"]
+                        and i.features["own_core_share"] == i.features["core_share"] for i in once)
+
+
 def test_colour_step_doubts_a_label_that_does_not_stand_out():
     """The same map over a red disc on grey, and over the same grey with nothing drawn: the label of the drawn disc
     differs from what surrounds it, the one on bare ground does not and scores lower, and the review says why; an

@@ -84,6 +84,10 @@ def test_label_reasons_say_why_in_words():
                              "the word's attention is spread over several blobs (this one holds 20%)",
                              "the image's edges cut most of its blob away (it kept 40%)",
                              "it holds a small part of its word's object pixels (25%)"]
+    # a word said twice: each of its two objects holds about half of the word, all of its own occurrence's part
+    repeated = {"confidence": 0.9, "area": 0.2, "blob_share": 0.45, "core_share": 0.4, "own_blob_share": 0.95,
+                "own_core_share": 0.9}
+    assert rv.label_reasons(repeated, 0.5) == []
     # no DAAM area (YOLO labels): the box's
     assert rv.label_reasons({"confidence": 0.9, "bounding_box": [0, 0, 0.05, 0.1]}, 0.5) == \
         ["small: its box covers 0.5% of the image"]

@@ -313,7 +313,8 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
     Reasons: no score, a score below ``min_score`` (the review threshold), ``matched == False``
     (:func:`diffugen.labels.compare.compare_labels` found no label of the other labeler over its
     IoU threshold; ``match_iou`` is the best IoU it had), the attention score's features ``share``,
-    ``blob_share``, ``cut_kept`` and ``core_share`` below one half (:mod:`diffugen.labels.scoring`), a colour step to its
+    ``blob_share``, ``cut_kept`` and ``core_share`` (of a repeated word's occurrence: ``own_blob_share``,
+    ``own_core_share``) below one half (:mod:`diffugen.labels.scoring`), a colour step to its
     surroundings (``log_colour_step``) below ΔE :data:`FLAT_COLOUR_STEP`, and an area (the DAAM ``area``, else the box)
     below ``small_area`` of the image. An empty list: nothing is wrong with it by these rules.
     """
@@ -327,12 +328,13 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
         iou = label.get("match_iou")
         best = f", best IoU {iou:.2f}" if isinstance(iou, (int, float)) else ""
         reasons.append(f"the other labeler has no matching label (compare_labels{best})")
-    share, blob_share = label.get("share"), label.get("blob_share")
+    # A word said more than once: its occurrence's own part is what its instance is measured against.
+    share, blob_share = label.get("share"), label.get("own_blob_share", label.get("blob_share"))
     if isinstance(share, (int, float)) and share < 0.5:
         reasons.append(f"other class words draw most of the attention here (this word's share {share:.0%})")
     if isinstance(blob_share, (int, float)) and blob_share < 0.5:
         reasons.append(f"the word's attention is spread over several blobs (this one holds {blob_share:.0%})")
-    cut_kept, core_share = label.get("cut_kept"), label.get("core_share")
+    cut_kept, core_share = label.get("cut_kept"), label.get("own_core_share", label.get("core_share"))
     if isinstance(cut_kept, (int, float)) and cut_kept < 0.5:
         reasons.append(f"the image's edges cut most of its blob away (it kept {cut_kept:.0%})")
     if isinstance(core_share, (int, float)) and core_share < 0.5:
@@ -351,7 +353,7 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
 
 # What the queue listing reads of each label (not its mask).
 _ENTRY_KEYS = ("_id", "label", "confidence", "tags", "matched", "match_iou", "area", "bounding_box", "share",
-               "blob_share", "cut_kept", "core_share", "log_colour_step")
+               "blob_share", "cut_kept", "core_share", "log_colour_step", "own_blob_share", "own_core_share")
 
 
 def review_queue(collection: SampleCollection, field: str | None = None, min_score: float | None = None) -> list[QueueEntry]:

@@ -68,7 +68,8 @@ from ..store.files import write_png
 
 DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")  # the labels (daam_params: how)
 # Score features kept on each detection, so the review can say why a score is low.
-REVIEW_FEATURES = ("share", "blob_share", "cut_kept", "core_share", "log_colour_step")
+REVIEW_FEATURES = ("share", "blob_share", "cut_kept", "core_share", "log_colour_step", "own_blob_share",
+                   "own_core_share")
 
 __all__ = [
     "DAAM_FIELDS",

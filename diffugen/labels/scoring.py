@@ -25,7 +25,13 @@ the word's mask ``M`` before resolution, the features are:
   64 px on that side): an object differs
   from what surrounds it, while a piece of the background that a word's map settled on, or a cut through one
   object's colour, does not. The image itself is read here (the maps cannot see it); where it is not known, the
-  training labels' median stands in (:data:`NO_IMAGE_COLOUR_STEP`).
+  training labels' median stands in (:data:`NO_IMAGE_COLOUR_STEP`);
+* ``own_blob_share``, ``own_core_share``: ``blob_share`` and ``core_share`` read within the part of the image that
+  the word's occurrence holds, for a word the prompt says more than once ("a red triangle and a yellow
+  triangle"; each pixel goes to the occurrence whose map is the highest there, and each occurrence has an object
+  of its own, so its instance holds about half of the whole word's attention); for a word said once, the same as
+  those two;
+* ``repeated``: 1 for an instance of a word said more than once, else 0.
 
 Every attention feature is a ratio or a share, so the score does not depend on the attention's overall scale,
 which differs between families (an MMDiT's softmax runs over image and text keys together, so its text
@@ -40,14 +46,16 @@ held-out figures were the same. Labels larger than half the image are dropped in
 
 The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with ``w`` and ``b`` fitted
 (``studies/label_scores.py fit``) on the toy world's training-side prompts, where each label is right or
-wrong against the truth in the pixels; held-out prompts measure it (``bench/label_accuracy.py``). A wrong label
+wrong against the truth in the pixels (IoU ≥ 0.5 with an object of its class as drawn: a colour drawn twice is two
+objects); held-out prompts measure it (``bench/label_accuracy.py``). A wrong label
 that a reviewer trusts costs more than a right one that is reviewed, so the fit weighs each wrong label ``k`` times a
 right one, the largest ``k`` that still keeps 82% of the training side's right labels at the review's threshold 0.5:
-``k = 2`` for :data:`WEIGHTS` (``1`` for :data:`JOINT_WEIGHTS`, whose calibrated fit keeps no more). The score is then
-the probability that the label is right (IoU ≥ 0.5 with an object of its class) at odds tilted ``k`` to 1 against it:
-a label at 0.5 is ``k`` times as likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``, 2/3
-there), so the labels a reviewer trusts by default are the surer ones. The contrast and the blob's
-share of the word's attention carry the score. It is fitted on the labels as the defaults make them (the blob
+``k = 2.5`` for :data:`WEIGHTS` (``1`` for :data:`JOINT_WEIGHTS`, whose calibrated fit keeps no more). The score is
+then the probability that the label is right at odds tilted ``k`` to 1 against it: a label at 0.5 is ``k`` times as
+likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``, 0.71 there), so the labels a reviewer
+trusts by default are the surer ones. The contrast, the instance's share of its word's pixels as the cuts end and
+what resolution and the cuts kept of it carry the score; a word said twice is read against each occurrence's own part
+(a second object of one word is not a fragment). It is fitted on the labels as the defaults make them (the blob
 as found, then cut to its map's core and to the image's edges): it says whether the label a reviewer sees is
 right. Without the cuts (``labels.core: false``, ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is
 the blob's share of its word's mask, which the fit has not seen as often.
@@ -74,7 +82,9 @@ WEIGHTS = {"share": -0.2472, "log_contrast": 3.8842, "blob_share": 1.3288, "kept
            "repeated": 1.0952}
 BIAS = -11.3816
 # Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
-# for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
+# for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring);
+# fitted on labels judged per colour and before the own-part features of a repeated word, which weigh 0 here until
+# it is refitted on them.
 JOINT_WEIGHTS = {"share": 0.9125, "log_contrast": 1.4064, "blob_share": 3.5804, "kept": -1.4572, "cut_kept": 2.9639,
                  "core_share": 3.6337, "log_colour_step": 0.4736, "own_blob_share": 0.0, "own_core_share": 0.0,
                  "repeated": 0.0}
