@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/label_accuracy.py [--n 200] [--quick] [--model diffugen/toyworld/model] [--steps 25]
+    python bench/label_accuracy.py [--n 200] [--skip 0] [--quick] [--model diffugen/toyworld/model] [--steps 25]
                                    [--guidance G] [--batch-size 8] [--tolerance 60] [--children 80]
                                    [--hollow-rate R] [--heatmap-method concept_attention] [--labels JSON] [--keep]
 
@@ -77,6 +77,8 @@ TARGET_AUROC, TARGET_PRECISION, TARGET_KEPT, TARGET_JUNK, TARGET_MERGED = 0.97, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="held-out prompts (one image each)")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="skip the first held-out prompts: a fresh set, none of those the runs and studies before used")
     ap.add_argument("--quick", action="store_true", help="8 prompts, a smoke run of the whole bench")
     ap.add_argument("--model", default=None, help="diffusers folder, or builtin:toyworld / builtin:toyworld-mmdit "
                                                   "(default: the shipped toy-world model)")
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
               f"{'--arch mmdit ' if model == MMDIT_DIR else ''}--out {model}")
         return 2
 
-    prompts = held_out_captions(n, args.hollow_rate)
+    prompts = held_out_captions(args.skip + n, args.hollow_rate)[args.skip :]
     work = Path(tempfile.mkdtemp(prefix="diffugen-label-accuracy-"))
     cfg = DiffuGenConfig(
         dataset_name=DATASET, output_root=str(work / "eval"), model=str(model), device=args.device,
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     ratio = float(np.median(area_ratio)) if area_ratio else float("nan")
     adherence = present / max(1, asked)
     out = {
-        "model": str(model), "images": len(ds), "prompts": n, "steps": args.steps, "guidance_scale": guidance,
+        "model": str(model), "images": len(ds), "prompts": n, "skipped_prompts": args.skip, "steps": args.steps, "guidance_scale": guidance,
         "scheduler": args.scheduler, "tolerance": args.tolerance, "min_area": args.min_area,
         "generate_seconds": round(gen_s, 1), "summary": str(summary),
         "adherence": adherence, "prompts_all_present": prompts_all / max(1, len(ds)),
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
         "yolo": yolo, "scores": scores, "scores_per_colour": colour_scores,
     }
     print(machine_line(args.device))
-    print(f"{len(ds)} images of {n} held-out prompts, {args.steps} {args.scheduler or 'default'} steps, guidance {guidance}, "
+    print(f"{len(ds)} images of {n} held-out prompts{f' (after the first {args.skip})' if args.skip else ''}, {args.steps} {args.scheduler or 'default'} steps, guidance {guidance}, "
           f"generated and labeled in {gen_s:.0f} s")
     print(f"prompt adherence: {adherence:.1%} of {asked} requested objects present "
           f"[{mark(adherence, TARGET_ADHERENCE, True)} target >= {TARGET_ADHERENCE:.0%}]; "

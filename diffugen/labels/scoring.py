@@ -50,7 +50,7 @@ wrong against the truth in the pixels (IoU ≥ 0.5 with an object of its class a
 objects); held-out prompts measure it (``bench/label_accuracy.py``). A wrong label
 that a reviewer trusts costs more than a right one that is reviewed, so the fit weighs each wrong label ``k`` times a
 right one, the largest ``k`` that still keeps 82% of the training side's right labels at the review's threshold 0.5:
-``k = 2.5`` for :data:`WEIGHTS` (``1`` for :data:`JOINT_WEIGHTS`, whose calibrated fit keeps no more). The score is
+``k = 2.5`` for :data:`WEIGHTS` (``1.5`` for :data:`JOINT_WEIGHTS`). The score is
 then the probability that the label is right at odds tilted ``k`` to 1 against it: a label at 0.5 is ``k`` times as
 likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``, 0.71 there), so the labels a reviewer
 trusts by default are the surer ones. The contrast, the instance's share of its word's pixels as the cuts end and
@@ -61,9 +61,9 @@ right. Without the cuts (``labels.core: false``, ``labels.snap: 0``) ``cut_kept`
 the blob's share of its word's mask, which the fit has not seen as often.
 It was fitted on a UNet (SD 1.x) model, for the maps of cross-attention (SD 1.x/2.x, SDXL). The joint-attention
 families (SD3, FLUX.1, FLUX.2) take the same formula with weights of their own (:data:`JOINT_WEIGHTS`), fitted on
-the toy world's SD3-style transformer: the UNet's weights rank its labels as well (held-out AUROC 0.968 both) but
-are too sure of them (precision at 0.5 0.753 against 0.913, BENCHMARKS.md); there ``share`` and ``kept`` count the
-other way. The samples keep which kind made their maps, so relabeling scores them alike.
+the toy world's SD3-style transformer: the UNet's weights rank its labels about as well but are too sure of them
+(BENCHMARKS.md); there ``share`` counts the other way. The samples keep which kind made their maps, so relabeling
+scores them alike.
 """
 
 from __future__ import annotations
@@ -82,13 +82,11 @@ WEIGHTS = {"share": -0.2472, "log_contrast": 3.8842, "blob_share": 1.3288, "kept
            "repeated": 1.0952}
 BIAS = -11.3816
 # Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
-# for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring);
-# fitted on labels judged per colour and before the own-part features of a repeated word, which weigh 0 here until
-# it is refitted on them.
-JOINT_WEIGHTS = {"share": 0.9125, "log_contrast": 1.4064, "blob_share": 3.5804, "kept": -1.4572, "cut_kept": 2.9639,
-                 "core_share": 3.6337, "log_colour_step": 0.4736, "own_blob_share": 0.0, "own_core_share": 0.0,
-                 "repeated": 0.0}
-JOINT_BIAS = -9.026
+# for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
+JOINT_WEIGHTS = {"share": 2.3236, "log_contrast": 2.5283, "blob_share": -0.5048, "kept": 1.2066, "cut_kept": 1.0388,
+                 "core_share": 1.3291, "log_colour_step": 0.6908, "own_blob_share": -1.0377, "own_core_share": 1.8778,
+                 "repeated": -0.0812}
+JOINT_BIAS = -8.3576
 ATTENTION_KINDS = ("cross", "joint")  # what made a map: a UNet's cross-attention, or a transformer's joint attention
 NO_IMAGE_COLOUR_STEP = 2.92  # the training labels' median log_colour_step (ΔE 17.5), where the image is not known
 _EPS = 1e-9
