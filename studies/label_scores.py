@@ -4,7 +4,8 @@ Usage (from the repository root, virtualenv active)::
 
     python -m studies.label_scores collect --split train --n 200      # training-side captions
     python -m studies.label_scores collect --split held-out --n 200   # held-out captions
-    python -m studies.label_scores fit                                # fit on train, report held-out
+    python -m studies.label_scores collect --split fresh --n 120      # held-out captions after the first 120
+    python -m studies.label_scores fit                                # fit on train, report the others
     python -m studies.label_scores wrong                              # the confident wrong labels, pictured
 
 ``--model builtin:toyworld-mmdit`` (both commands) does the same for the SD3-style transformer trained on
@@ -39,6 +40,10 @@ OUT = ROOT / "studies" / "out" / "label_scores"
 SHAPES = ("circle", "square", "triangle")
 TRAIN_FIRST_SEED = 0  # training captions (seeds below HELD_OUT_SEED)
 MODELS = ("builtin:toyworld", "builtin:toyworld-mmdit")
+# The "fresh" split: held-out captions after the first FRESH_SKIP, which the held-out split, the product's runs and the
+# choices made on them used (``bench/label_accuracy.py --skip 120`` generates the same ones).
+FRESH_SKIP = 120
+SPLITS = ("train", "held-out", "fresh")
 
 
 def model_folder(model: str) -> Path:
@@ -70,8 +75,11 @@ def collect(split: str, n: int, children: int, hollow_rate: float, model: str = 
     from diffugen.toyworld.evaluation import captions as make_captions, held_out_captions
 
     folder = model_folder(model) / split
-    captions = (held_out_captions(n, hollow_rate) if split == "held-out"
-                else make_captions(n, TRAIN_FIRST_SEED, held_out_captions(n, hollow_rate), hollow_rate))
+    if split == "train":
+        captions = make_captions(n, TRAIN_FIRST_SEED, held_out_captions(n, hollow_rate), hollow_rate)
+    else:
+        skip = FRESH_SKIP if split == "fresh" else 0
+        captions = held_out_captions(skip + n, hollow_rate)[skip:]
     name = f"diffugen-label-scores-{split}"
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
@@ -207,7 +215,7 @@ def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82, per_object: b
           f"WEIGHTS = {weights}, BIAS = {bias}")
     report = {"weights": weights, "bias": bias, "wrong_weight": wrong_weight, "train_labels": int(len(y)),
               "judge": "per object" if per_object else "per colour"}
-    for split in ("train", "held-out"):
+    for split in [s for s in SPLITS if (model_folder(model_name) / s / "manifest.json").exists()]:
         for variant in variants or (*VARIANTS, "shipped"):
             if variant == "shipped":
                 judged, _, _ = judge_split(split, "snapped", model=model_name, per_object=per_object)
@@ -276,7 +284,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect")
-    c.add_argument("--split", choices=["train", "held-out"], required=True)
+    c.add_argument("--split", choices=SPLITS, required=True)
     c.add_argument("--n", type=int, default=200, help="txt2img captions")
     c.add_argument("--children", type=int, default=80, help="parents of img2img and of inpaint children")
     c.add_argument("--hollow-rate", type=float, default=0.3)
@@ -286,7 +294,7 @@ def main(argv=None) -> int:
                    help="the share of the training side's right labels the score must keep at 0.5 (see fit)")
     f.add_argument("--variants", nargs="+", choices=[*VARIANTS, "shipped"], help="report only these")
     w = sub.add_parser("wrong", help="the wrong labels scored >= 0.5, printed and pictured")
-    w.add_argument("--split", choices=["train", "held-out"], default="held-out")
+    w.add_argument("--split", choices=SPLITS, default="held-out")
     w.add_argument("--top", type=int, default=16, help="rows of the picture")
     for p in (c, f, w):
         p.add_argument("--model", choices=MODELS, default=MODELS[0])

@@ -51,3 +51,26 @@ def test_snap_on_a_photo_study_takes_the_coins_edges(capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "after the Otsu blob" in line]
     assert len(lines) == 2 and all(int(line.split("worse on ")[1].split()[0]) <= 1 for line in lines), out
+
+
+def test_label_eye_audit_scores_the_eyes_verdicts_against_the_judges(tmp_path, monkeypatch):
+    """Each group of the judge's (right, wrong) counts at the share of it the eye calls right, unclear as wrong."""
+    import json
+
+    from studies import label_eye_audit as audit
+
+    key = {"trusted": 100, "judged_wrong": 10, "tiles": [
+        {"tile": 0, "judged_right": True}, {"tile": 1, "judged_right": True},
+        {"tile": 2, "judged_right": False}, {"tile": 3, "judged_right": False}, {"tile": 4, "judged_right": False},
+        {"tile": 5, "judged_right": False}]}
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
+    verdicts = {"0": "right", "1": "wrong", "2": "right", "3": "unclear", "4": "wrong", "5": "right"}
+    (tmp_path / "audit.json").write_text(json.dumps({"fresh": {"verdicts": verdicts}}))
+    monkeypatch.setattr(audit, "AUDIT", tmp_path / "audit.json")
+    monkeypatch.setattr(audit, "model_folder", lambda model: tmp_path)
+    result = audit.score("fresh")
+    assert result["table"]["True/right"] == 1 and result["table"]["False/unclear"] == 1
+    assert result["precision_by_eye"] == (90 * 0.5 + 10 * 0.5) / 100
+    tile = audit._tile(np.zeros((64, 64, 3), np.uint8), np.eye(64, dtype=bool), "#0 square: white")
+    assert tile.shape == (18 + 64 * audit.SCALE + 6, 2 * 64 * audit.SCALE + 4 + 6, 3)
