@@ -30,6 +30,7 @@ from studies.label_scores import MODELS, SPLITS, judge_split, model_folder
 
 AUDIT = Path(__file__).resolve().parent / "data" / "label_eye_audit.json"
 PER_SHEET, COLUMNS, SCALE = 20, 4, 2
+VERDICTS = ("right", "wrong", "unclear")  # the eye's marks
 
 
 def _trusted(split: str, model: str):
@@ -94,16 +95,14 @@ def score(split: str, model: str = MODELS[0]) -> dict:
     (right, wrong) counted at the share of it the eye calls right, ``unclear`` counted as wrong."""
     key = json.loads((model_folder(model) / split / "eye_key.json").read_text())
     eye = json.loads(AUDIT.read_text())[split]["verdicts"]
-    table = {(j, e): 0 for j in (True, False) for e in ("right", "wrong", "unclear")}
+    table = {(j, e): 0 for j in (True, False) for e in VERDICTS}
     for t in key["tiles"]:
         table[(t["judged_right"], eye[str(t["tile"])])] += 1
     trusted, wrong = key["trusted"], key["judged_wrong"]
-    share = {j: table[(j, "right")] / max(1, sum(table[(j, e)] for e in ("right", "wrong", "unclear")))
-             for j in (True, False)}
+    share = {j: table[(j, "right")] / max(1, sum(table[(j, e)] for e in VERDICTS)) for j in (True, False)}
     by_eye = ((trusted - wrong) * share[True] + wrong * share[False]) / max(1, trusted)
     for j in (True, False):
-        print(f"judged {'right' if j else 'wrong'}: " + ", ".join(f"eye {e} {table[(j, e)]}"
-                                                               for e in ("right", "wrong", "unclear")))
+        print(f"judged {'right' if j else 'wrong'}: " + ", ".join(f"eye {e} {table[(j, e)]}" for e in VERDICTS))
     print(f"precision at 0.5: the judge {(trusted - wrong) / max(1, trusted):.3f} of {trusted}, by eye {by_eye:.3f}")
     return {"table": {f"{j}/{e}": v for (j, e), v in table.items()}, "precision_by_eye": by_eye}
 

@@ -564,8 +564,9 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     for w, ks in groups.items():
         occurrence = np.stack([heat[k] for k in ks]).argmax(0) if len(ks) > 1 else np.zeros(resolved[w].shape, int)
         for i, k in enumerate(ks):
-            parts[k] = occurrence == i if len(ks) > 1 else None
-            masks[k] = (resolved[w] & (occurrence == i)).astype(np.uint8)
+            part = occurrence == i
+            parts[k] = part if len(ks) > 1 else None
+            masks[k] = (resolved[w] & part).astype(np.uint8)
     word_labels = []
     for k, (m, n) in enumerate(zip(masks, norms)):
         union, instances = mask_instances(m, n, params)

@@ -108,12 +108,13 @@ def instance_features(raw: np.ndarray, total: np.ndarray, word_mask: np.ndarray,
     inside = raw[blob]
     outside = raw[~word_mask]
     above = raw - floor
-    own = word_mask if part is None else word_mask & part
+    held = above[blob].sum()
+    blob_share = float(held / (above[word_mask].sum() + _EPS))
     return {
         "share": float((inside / (total[blob] + _EPS)).mean()),
         "log_contrast": float(np.log((inside.mean() + _EPS) / ((outside.mean() if outside.size else floor) + _EPS))),
-        "blob_share": float(above[blob].sum() / (above[word_mask].sum() + _EPS)),
-        "own_blob_share": float(above[blob].sum() / (above[own].sum() + _EPS)),
+        "blob_share": blob_share,
+        "own_blob_share": blob_share if part is None else float(held / (above[word_mask & part].sum() + _EPS)),
         "kept": float(blob.sum() / max(1, _components_under(word_mask, blob).sum())),
         "log_area": float(np.log(blob.mean() + _EPS)),
         "repeated": float(part is not None),
@@ -138,10 +139,11 @@ def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word
         n = int(np.count_nonzero(core))
         return float(np.count_nonzero(mask & core) / n) if n else 0.0
 
+    core_share = share(word_core)
     return {
         "cut_kept": float(min(1.0, area / max(np.exp(features["log_area"]), _EPS))),
-        "core_share": share(word_core),
-        "own_core_share": share(word_core if part is None else word_core & part),
+        "core_share": core_share,
+        "own_core_share": core_share if part is None else share(word_core & part),
         "log_colour_step": NO_IMAGE_COLOUR_STEP if lab is None else colour_step(lab, mask),
     }
 
