@@ -109,6 +109,8 @@ def main(argv=None) -> int:
                     help="keep the images (default: delete); the dataset is in this run's private database and goes with it")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "label_accuracy.json"))
     args = ap.parse_args(argv)
+    if args.skip < 0:
+        ap.error(f"--skip {args.skip}: expected a number of held-out prompts >= 0")
     n = 8 if args.quick else args.n
     if args.quick:
         args.yolo_train, args.yolo_epochs = min(args.yolo_train, 16), min(args.yolo_epochs, 1)

@@ -3,7 +3,7 @@
 Usage (from the repository root, a split collected by :mod:`studies.label_scores`)::
 
     python -m studies.label_eye_audit sheets --split fresh    # shuffled sheets to look at, and their key
-    python -m studies.label_eye_audit score --split fresh     # the eye's verdicts against the judge's
+    python -m studies.label_eye_audit score --split fresh     # the eye's verdicts against the judge's (and pooled)
 
 ``sheets`` draws every label at >= 0.5 that the judge per object drawn calls wrong, and as many of those it calls
 right at random, shuffles them and writes them as sheets of 20 tiles (``eye_sheet_<k>.png`` beside the split's
@@ -90,21 +90,39 @@ def sheets(split: str, model: str = MODELS[0], seed: int = 0) -> list[Path]:
     return paths
 
 
-def score(split: str, model: str = MODELS[0]) -> dict:
-    """The eye's verdicts (``AUDIT``) against the judge's, and the precision at 0.5 by eye: each group of the judge's
-    (right, wrong) counted at the share of it the eye calls right, ``unclear`` counted as wrong."""
-    key = json.loads((model_folder(model) / split / "eye_key.json").read_text())
-    eye = json.loads(AUDIT.read_text())[split]["verdicts"]
+def _table(key: dict, verdicts: dict) -> dict:
+    """``{(judged right, eye's verdict): tiles}`` of one audited split."""
     table = {(j, e): 0 for j in (True, False) for e in VERDICTS}
     for t in key["tiles"]:
-        table[(t["judged_right"], eye[str(t["tile"])])] += 1
+        table[(t["judged_right"], verdicts[str(t["tile"])])] += 1
+    return table
+
+
+def score(split: str, model: str = MODELS[0]) -> dict:
+    """The eye's verdicts (``AUDIT``) against the judge's, and the precision at 0.5 by eye: each group of the judge's
+    (right, wrong) counted at the share of it the eye calls right, ``unclear`` counted as wrong; by this split's audit
+    alone, and with the shares pooled over every audited split whose key is here."""
+    audits = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
+    keys = {s: model_folder(model) / s / "eye_key.json" for s in audits}
+    if split not in audits or not keys[split].exists():
+        raise SystemExit(f"split {split!r}: expected its sheets' key {model_folder(model) / split / 'eye_key.json'} "
+                         f"(sheets) and its verdicts in {AUDIT}")
+    tables = {s: _table(json.loads(k.read_text()), audits[s]["verdicts"]) for s, k in keys.items() if k.exists()}
+    key = json.loads(keys[split].read_text())
     trusted, wrong = key["trusted"], key["judged_wrong"]
-    share = {j: table[(j, "right")] / max(1, sum(table[(j, e)] for e in VERDICTS)) for j in (True, False)}
-    by_eye = ((trusted - wrong) * share[True] + wrong * share[False]) / max(1, trusted)
+
+    def by_eye(table: dict) -> float:
+        share = {j: table[(j, "right")] / max(1, sum(table[(j, e)] for e in VERDICTS)) for j in (True, False)}
+        return ((trusted - wrong) * share[True] + wrong * share[False]) / max(1, trusted)
+
+    table = tables[split]
+    pooled = {c: sum(t[c] for t in tables.values()) for c in table}
     for j in (True, False):
         print(f"judged {'right' if j else 'wrong'}: " + ", ".join(f"eye {e} {table[(j, e)]}" for e in VERDICTS))
-    print(f"precision at 0.5: the judge {(trusted - wrong) / max(1, trusted):.3f} of {trusted}, by eye {by_eye:.3f}")
-    return {"table": {f"{j}/{e}": v for (j, e), v in table.items()}, "precision_by_eye": by_eye}
+    print(f"precision at 0.5: the judge {(trusted - wrong) / max(1, trusted):.3f} of {trusted}, by eye {by_eye(table):.3f} "
+          f"(this split's audit), {by_eye(pooled):.3f} (the audits of {', '.join(tables)} pooled)")
+    return {"table": {f"{j}/{e}": v for (j, e), v in table.items()}, "precision_by_eye": by_eye(table),
+            "precision_by_eye_pooled": by_eye(pooled)}
 
 
 def main(argv=None) -> int:

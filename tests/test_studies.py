@@ -72,5 +72,6 @@ def test_label_eye_audit_scores_the_eyes_verdicts_against_the_judges(tmp_path, m
     result = audit.score("fresh")
     assert result["table"]["True/right"] == 1 and result["table"]["False/unclear"] == 1
     assert result["precision_by_eye"] == (90 * 0.5 + 10 * 0.5) / 100
+    assert result["precision_by_eye_pooled"] == result["precision_by_eye"]  # one audited split: pooled is its own
     tile = audit._tile(np.zeros((64, 64, 3), np.uint8), np.eye(64, dtype=bool), "#0 square: white")
     assert tile.shape == (18 + 64 * audit.SCALE + 6, 2 * 64 * audit.SCALE + 4 + 6, 3)
