@@ -77,7 +77,7 @@ def _label_params(params: dict):
     return LabelParams(threshold=threshold, **{k: params.get(k, _label_default(k)) for k in _FORM_LABEL_PARAMS})
 
 
-_FORM_LABEL_PARAMS = ("erode", "dilate", "min_area", "max_area", "snap")  # the form's numbers besides the threshold
+_FORM_LABEL_PARAMS = ("erode", "dilate", "min_area", "max_area", "snap", "grow")  # the form's numbers besides the threshold
 
 
 def _label_default(name: str) -> float:
@@ -107,6 +107,8 @@ def _label_daam_inputs(ctx, inputs) -> None:
             description="drop instances larger than this fraction of the image (the background); 1: keep all")
     forms.number(inputs, ctx, "snap", _label_default("snap"), "Snap to the image", lo=0, hi=1, hi_open=True,
             description="cut each label to the image's edges: guided-filter radius, fraction of min(W, H); 0: off")
+    forms.number(inputs, ctx, "grow", _label_default("grow"), "Grow over the object's colour", lo=0,
+            description="then grow each label over the connected pixels within this colour difference (CIE76 ΔE); 0: off")
     inputs.bool("preview", default=False, label="Preview only",
                 description="count the labels before/after without writing anything")
     if any(p.invalid for p in inputs.properties.values()):

@@ -6,7 +6,7 @@ Usage (from the repository root, a split collected by :mod:`studies.label_scores
     python -m studies.label_eye_audit score --split fresh     # the eye's verdicts against the judge's (and pooled)
 
 ``sheets`` draws every label at >= 0.5 that the judge per object drawn calls wrong, and as many of those it calls
-right at random, shuffles them and writes them as sheets of 20 tiles (``eye_sheet_<k>.png`` beside the split's
+right at random (``--right N``: N of them; the precision by eye rests mostly on that group, the larger), shuffles them and writes them as sheets of 20 tiles (``eye_sheet_<k>.png`` beside the split's
 manifest): the image, and the image with the label's pixels tinted, under the tile's number, the label's class and the
 colours the prompt asks that class in. The judge's verdicts go to ``eye_key.json`` beside them, not on the sheets.
 The eye marks each tile ``right`` (the label covers one object of its class as drawn, most of it and little else: IoU
@@ -56,14 +56,14 @@ def _tile(image: np.ndarray, mask: np.ndarray, title: str) -> np.ndarray:
     return np.pad(np.concatenate([head, body]), ((0, 6), (0, 6), (0, 0)), constant_values=255)
 
 
-def sheets(split: str, model: str = MODELS[0], seed: int = 0) -> list[Path]:
+def sheets(split: str, model: str = MODELS[0], seed: int = 0, right: int | None = None) -> list[Path]:
     from diffugen.toyworld.evaluation import requested
 
     trusted, judged = _trusted(split, model)
     wrong = [t for t in trusted if not t[2]]
-    right = [t for t in trusted if t[2]]
+    judged_right = [t for t in trusted if t[2]]
     rng = random.Random(seed)
-    drawn = wrong + rng.sample(right, min(len(right), len(wrong)))
+    drawn = wrong + rng.sample(judged_right, min(len(judged_right), len(wrong) if right is None else right))
     rng.shuffle(drawn)
     samples = json.loads((model_folder(model) / split / "manifest.json").read_text())["samples"]
     folder = model_folder(model) / split
@@ -131,9 +131,11 @@ def main(argv=None) -> int:
     ap.add_argument("--split", choices=SPLITS, default="fresh")
     ap.add_argument("--model", choices=MODELS, default=MODELS[0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--right", type=int, default=None,
+                    help="labels the judge calls right to draw (default: as many as it calls wrong)")
     args = ap.parse_args(argv)
     if args.cmd == "sheets":
-        sheets(args.split, args.model, args.seed)
+        sheets(args.split, args.model, args.seed, args.right)
     else:
         score(args.split, args.model)
     return 0

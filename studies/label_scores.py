@@ -107,7 +107,8 @@ VARIANTS = {
     "resolved": ({"resolve": True, "score": "size_intensity", "core": False, "snap": 0}, True),
     "uncored": ({"resolve": True, "score": "attention", "core": False, "snap": 0}, True),
     "after": ({"resolve": True, "score": "attention", "snap": 0}, True),  # cut to their map's core (labels.core)
-    "snapped": ({"resolve": True, "score": "attention"}, True),  # then to the image's edges (labels.snap): the defaults
+    "snapped": ({"resolve": True, "score": "attention"}, True),  # then to the image's edges (labels.snap), then grown
+    # back over the object's colour (labels.grow): the defaults
 }
 SCORED = ("uncored", "after", "snapped")  # the variants the fitted weights score
 
@@ -176,7 +177,8 @@ def judge_split(split: str, variant: str, weights=None, bias=None, model: str = 
     return judged, rows, right
 
 
-WRONG_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)  # the weights of a wrong label the fit tries
+WRONG_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0)  # the weights of a wrong label the fit tries
+FOLDS = 5  # the training split's images, in folds, for the right labels a weight keeps out of sample
 
 
 def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82, per_object: bool = True,
@@ -187,28 +189,42 @@ def fit(c: float, model_name: str = MODELS[0], keep: float = 0.82, per_object: b
 
     A wrong label trusted costs the reviewer more than a right one doubted, so the fit weighs each wrong label ``k``
     times a right one: the largest ``k`` of :data:`WRONG_WEIGHTS` at which the score still keeps ``keep`` of the
-    training side's right labels at the review's threshold (``k = 1``, a calibrated probability, where none does).
+    training side's right labels at the review's threshold (``k = 1``, a calibrated probability, where none does),
+    counted out of sample: each of :data:`FOLDS` folds of the training images scored by a fit on the others (in
+    sample, a fit keeps more of its own labels than of new ones).
     ``per_object``: labels are judged against each object as drawn (:func:`judge_split`), in the fit and the report
     (``False``: against each requested colour's blobs);
     ``variants``: report only these (of :data:`VARIANTS` and ``shipped``)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
 
     from diffugen.common import REVIEW_MIN_SCORE
     from diffugen.labels.scoring import FEATURES
     from diffugen.toyworld.evaluation import label_metrics
 
-    # The score says whether a label as the defaults make it (found, then cut to its map's core and to the
-    # image's edges) is right: fitted on those labels.
-    _, rows, right = judge_split("train", "snapped", model=model_name, per_object=per_object)
+    # The score says whether a label as the defaults make it (found, cut to its map's core and to the image's
+    # edges, grown back over its object's colour) is right: fitted on those labels.
+    judged, rows, right = judge_split("train", "snapped", model=model_name, per_object=per_object)
     x = np.array([[r[k] for k in FEATURES] for r in rows])
     y = np.array(right)
-    wrong_weight, model = 1.0, LogisticRegression(C=c, max_iter=5000).fit(x, y)
+    images = np.concatenate([np.full(len(im.scores), i) for i, im in enumerate(judged)])
+
+    def logistic(k: float) -> LogisticRegression:
+        return LogisticRegression(C=c, max_iter=5000, class_weight=None if k == 1 else {False: k, True: 1.0})
+
+    def kept_out_of_sample(k: float) -> float:
+        scores = np.zeros(len(y))
+        for train, test in GroupKFold(FOLDS).split(x, y, images):
+            scores[test] = logistic(k).fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+        return float((scores[y] >= REVIEW_MIN_SCORE).mean())
+
+    wrong_weight = 1.0
     for k in WRONG_WEIGHTS[1:]:
-        m = LogisticRegression(C=c, max_iter=5000, class_weight={False: k, True: 1.0}).fit(x, y)
-        if (m.predict_proba(x)[:, 1][y] >= REVIEW_MIN_SCORE).mean() < keep:
+        if kept_out_of_sample(k) < keep:
             break
-        wrong_weight, model = k, m
+        wrong_weight = k
+    model = logistic(wrong_weight).fit(x, y)
     weights = {k: round(float(v), 4) for k, v in zip(FEATURES, model.coef_[0])}
     bias = round(float(model.intercept_[0]), 4)
     print(f"fitted on {len(y)} training-side labels ({int(y.sum())} right), a wrong label weighing {wrong_weight}: "

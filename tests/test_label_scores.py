@@ -179,13 +179,13 @@ def test_one_heatmap_per_occurrence_and_relabel_reproduces_labels(tmp_path, data
     ds.reload()
     after = [(d.label, round(d.confidence, 6), d.bounding_box) for s in ds for d in s.daam_detections.detections]
     assert after == before
-    unsnapped = parse_config({**cfg, "labels": {"snap": 0}}).labels
+    unsnapped = parse_config({**cfg, "labels": {"snap": 0, "grow": 0}}).labels
     assert preview_relabel(ds, unsnapped).labels_after == len(before)  # the same blobs, with their halo
     first = ds.first()
     Path(first.filepath).unlink()
     with pytest.raises(DatasetError, match=f"image file missing or unreadable for sample {first.id}"):
         relabel(ds.select(first.id), parse_config(cfg).labels)
-    relabel(ds.select(first.id), unsnapped)  # without the snap the image is not needed
+    relabel(ds.select(first.id), unsnapped)  # without the snap and the growth the image is not needed
     last = ds.last()
     cv2.imwrite(last.filepath, np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DatasetError, match=f"image of sample {last.id} is 8x8 px, its heatmaps"):

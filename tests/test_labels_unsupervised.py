@@ -353,14 +353,14 @@ def test_snap_cuts_labels_to_the_image_and_never_adds_pixels():
 
     image, square, heat = _scene()
     args = ([heat], ["box"], ["box"], {"box": 1})
-    plain = label_heatmaps(*args, LabelParams(snap=0), [(0.0, 1.0)], image)
-    snapped = label_heatmaps(*args, LabelParams(), [(0.0, 1.0)], image)
+    plain = label_heatmaps(*args, LabelParams(snap=0, grow=0), [(0.0, 1.0)], image)
+    snapped = label_heatmaps(*args, LabelParams(grow=0), [(0.0, 1.0)], image)
     assert label_heatmaps(*args, LabelParams(), [(0.0, 1.0)]).mask.tolist() == plain.mask.tolist()  # no image
     (a,), (b,) = plain.word_labels[0].instances, snapped.word_labels[0].instances
     ma, mb = instance_mask(a, square.shape), instance_mask(b, square.shape)
     assert not (mb & ~ma).any() and not (mb & ~square).any() and (ma & ~square).any()  # the halo is gone
     assert iou(mb, square) > iou(ma, square)
-    blob = label_heatmaps(*args, LabelParams(core=False), [(0.0, 1.0)], image).word_labels[0].instances[0]
+    blob = label_heatmaps(*args, LabelParams(core=False, grow=0), [(0.0, 1.0)], image).word_labels[0].instances[0]
     assert iou(instance_mask(blob, square.shape), square) > 0.95  # the Otsu blob, cut to the square's edges
     # The blob's own features are those of the blob as found; what the cuts left of it is scored too.
     from diffugen.labels.scoring import BLOB_FEATURES
@@ -371,6 +371,41 @@ def test_snap_cuts_labels_to_the_image_and_never_adds_pixels():
     assert LabelParams().snap == 0.25 and LabelParams(snap=0).snap == 0
     with pytest.raises(ValidationError):
         LabelParams(snap=1.0)
+
+
+def test_grow_takes_back_the_rest_of_the_objects_colour_short_of_the_other_words():
+    """Two touching red squares, "box" and "cube"; the box's map holds only its left two thirds (an off-centre
+    attention peak), so the cuts leave a part of it. ``labels.grow`` takes the rest of its colour back, but not the
+    cube's pixels, which the cube's map holds; alone, the box's colour runs on over the cube, past ``grow_limit``
+    times its area, and the label is left as the cuts made it."""
+    from diffugen.labels.daam import instance_mask, label_heatmaps
+
+    image = np.full((64, 96, 3), 120, np.uint8)
+    box, cube, left = (np.zeros((64, 96), bool) for _ in range(3))
+    box[16:40, 16:40], cube[16:40, 40:64], left[16:40, 16:32] = True, True, True
+    image[box], image[cube] = (200, 30, 30), (205, 35, 30)
+
+    def attention_like(mask):
+        coarse = cv2.resize(mask.astype(np.float32), (12, 8), interpolation=cv2.INTER_AREA)
+        heat = cv2.resize(cv2.GaussianBlur(coarse, (3, 3), 0), (96, 64), interpolation=cv2.INTER_CUBIC)
+        return np.round(normalize_heatmap(heat) * 255).astype(np.uint8)
+
+    both = ([attention_like(left), attention_like(cube)], ["box", "cube"], ["box", "cube"], {"box": 1, "cube": 2})
+    ranges = [(0.0, 1.0), (0.0, 1.0)]
+
+    def box_label(args, params, r):
+        return instance_mask(label_heatmaps(*args, params, r, image).word_labels[0].instances[0], box.shape)
+
+    cut, grown = box_label(both, LabelParams(grow=0), ranges), box_label(both, LabelParams(), ranges)
+    assert iou(cut, box) < 0.6 and not (cut & ~grown).any() and iou(grown, box) > 0.9
+    assert (grown & cube).sum() < 0.02 * cube.sum()
+    alone = (both[0][:1], ["box"], ["box"], {"box": 1})
+    assert box_label(alone, LabelParams(), ranges[:1]).tolist() == box_label(alone, LabelParams(grow=0), ranges[:1]).tolist()
+    assert box_label(alone, LabelParams(grow_limit=3), ranges[:1])[cube].mean() > 0.25  # what a higher limit lets through
+    assert LabelParams().grow == 20 and LabelParams().grow_limit == 1.75
+    for bad in ({"grow": -1}, {"grow_limit": 0.5}):
+        with pytest.raises(ValidationError):
+            LabelParams(**bad)
 
 
 def test_a_map_spread_over_the_background_is_no_label():

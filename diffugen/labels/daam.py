@@ -26,8 +26,8 @@ the prompt, its cross-attention heatmap of shape ``(H, W)`` is turned into label
    **label score**.
 
 A prompt's labels (:func:`label_heatmaps`) then resolve its words against each other, score each instance
-from the attention it was made of, and cut each to the core of its word's map and to the image's edges
-(``labels.core``, ``labels.snap``).
+from the attention it was made of, cut each to the core of its word's map and to the image's edges, and grow it
+back over the rest of its object's colour (``labels.core``, ``labels.snap``, ``labels.grow``).
 
 Label score
     :func:`label_heatmaps` scores a prompt's labels by how sure they are, from the maps in units of
@@ -120,6 +120,13 @@ class LabelParams(BaseModel):
             (a quarter of the image) fits the map as a function of the object's colour against its
             surroundings, so an object of one colour gets one value across it; a narrow one only blurs the
             map inside the object, keeping its attention's off-centre peak as the core.
+        grow: After the cuts, each instance grows over the pixels connected to it whose colour is within this CIE76
+            ΔE of its median colour and which no other word's (or occurrence's) mask holds (:func:`grow_to_colour`);
+            ``0`` disables it. The core cut keeps the peak of a word's map, which attention often puts off the
+            object's centre or on part of a ring; the object's colour gives the rest back (on the toy world's
+            training prompts the mean mask IoU 0.60 → 0.68; on a photo's attention-like maps 0.68 → 0.96).
+        grow_limit: The growth is undone where it would make an instance more than this many times its area:
+            its colour then runs on into the background or an unlabeled neighbour.
         max_area: Instances that still cover more than ``max_area * H * W`` after the cuts are dropped:
             the map of a word whose object was not drawn spreads over the background, which the cuts
             keep whole where it is one region. ``1`` keeps every instance (prompts of objects that fill
@@ -139,6 +146,13 @@ class LabelParams(BaseModel):
     core: bool = True
     snap: _Fraction = 0.25
     max_area: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    grow: Annotated[float, Field(ge=0.0)] = 20.0
+    grow_limit: Annotated[float, Field(ge=1.0)] = 1.75
+
+    @property
+    def reads_image(self) -> bool:
+        """Whether the labels are cut or grown to the image (``snap``, ``grow``), so a relabel reads it."""
+        return self.snap > 0 or self.grow > 0
 
 
 @dataclass
@@ -373,6 +387,32 @@ def cut_to_core(inst: Instance, core: np.ndarray, norm: np.ndarray, params: Labe
     return replace(max(pieces, key=lambda p: p.area), score=inst.score, features=inst.features)
 
 
+def grow_to_colour(inst: Instance, lab: np.ndarray, allowed: np.ndarray, norm: np.ndarray,
+                   params: LabelParams) -> Instance:
+    """``inst`` grown over the pixels of ``allowed`` connected to it whose colour is within ``params.grow`` of its
+    median colour (CIE76 ΔE; ``lab``: ``(H, W, 3)`` float32 CIELAB), keeping its score and features; unchanged when
+    that would make it more than ``params.grow_limit`` times its area: its colour is then its surroundings', not an
+    object's. Read on the instance's box widened by its own size on each side: a growth reaching further than that
+    passes the limit in all but thin shapes, and the cost stays the box's, not the image's."""
+    height, width = lab.shape[:2]
+    own = instance_mask(inst, (height, width))
+    x, y, w, h = (round(v * s) for v, s in zip(inst.box, (width, height, width, height)))
+    y0, y1, x0, x1 = max(0, y - h), min(height, y + 2 * h + 1), max(0, x - w), min(width, x + 2 * w + 1)
+    seed = own[y0:y1, x0:x1]
+    crop = lab[y0:y1, x0:x1]
+    near = ((np.linalg.norm(crop - np.median(crop[seed], axis=0), axis=-1) < params.grow) & allowed[y0:y1, x0:x1]) | seed
+    _, comp = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
+    ids = np.unique(comp[seed])
+    grown = np.zeros((height, width), np.uint8)
+    grown[y0:y1, x0:x1] = np.isin(comp, ids[ids > 0])
+    if grown.sum() > params.grow_limit * seed.sum():
+        return inst
+    _, pieces = mask_instances(grown, norm, params)
+    if not pieces:
+        return inst
+    return replace(max(pieces, key=lambda p: p.area), score=inst.score, features=inst.features)
+
+
 def mask_instances(binary: np.ndarray, norm: np.ndarray, params: LabelParams) -> tuple[np.ndarray, list[Instance]]:
     """Steps 4–5: the instances of a ``uint8 {0, 1}`` mask ``(H, W)`` (scored by size and intensity of
     ``norm``, by descending score) and their union (a ``bool`` mask without the dropped small blobs)."""
@@ -520,15 +560,17 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
        occurrences, each pixel to the occurrence whose map has the most attention there: each
        occurrence's token attends to its own object, so each gets its own instances.
     4. The instances of each occurrence's mask (:func:`mask_instances`).
-    5. Scores: with ``params.score == "attention"`` and ``ranges``, :mod:`.scoring`'s score (made at step 8);
+    5. Scores: with ``params.score == "attention"`` and ``ranges``, :mod:`.scoring`'s score (made at step 10);
        otherwise the paper's size × intensity.
     6. With ``params.core``, each instance is cut to the core of its word's map (:func:`cut_to_core`).
     7. With ``params.snap`` and the ``image``, each instance is cut to its largest piece inside its word's
        map snapped to the image's edges (:func:`image_cores`). Like step 6 it only removes pixels.
-    8. Instances larger than ``params.max_area`` of the image are dropped: a word's map spread over the
+    8. With ``params.grow`` and the ``image``, each instance grows back over the rest of its object's colour
+       (:func:`grow_to_colour`), short of the other maps' masks (step 3).
+    9. Instances larger than ``params.max_area`` of the image are dropped: a word's map spread over the
        background, not an object.
-    9. The attention score of each instance: the features of its blob as found (step 4), of what steps
-       6–7 left of it, and of how that stands out of the image (:func:`~.scoring.cut_features`); for a word
+    10. The attention score of each instance: the features of its blob as found (step 4), of what steps
+       6–8 left of it, and of how that stands out of the image (:func:`~.scoring.cut_features`); for a word
        said more than once, also against its occurrence's part of the image (step 3).
 
     Args:
@@ -536,7 +578,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         words, classes: the word and dataset class of each map.
         ranges: each map's ``(floor, peak)`` in units of attention (the stored heatmaps' ``floor`` and
             ``peak``); ``None`` for heatmaps stored without them.
-        image: ``(H, W, 3)`` uint8 RGB, the image the maps are of (``None``: step 7 is skipped).
+        image: ``(H, W, 3)`` uint8 RGB, the image the maps are of (``None``: steps 7 and 8 are skipped).
         attention: what made the maps, ``"cross"`` (a UNet) or ``"joint"`` (SD3, FLUX): which fitted weights score
             them (:func:`~.scoring.attention_score`).
     """
@@ -572,7 +614,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         union, instances = mask_instances(m, n, params)
         word_labels.append(WordLabels(mask=union, instances=instances, threshold=word_masks[words[k]][1]))
     by_attention = params.score == "attention" and raws is not None
-    if by_attention:  # what each blob as found says of itself; scored after the cuts (9.)
+    if by_attention:  # what each blob as found says of itself; scored after the cuts (10.)
         total = np.sum(raws, axis=0)
         for k, (wl, raw, (lo, _)) in enumerate(zip(word_labels, raws, ranges)):
             for inst in wl.instances:
@@ -589,13 +631,20 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         for k, wl in enumerate(word_labels):
             if words[k] in core:
                 wl.instances = [cut_to_core(inst, core[words[k]], norms[k], params) for inst in wl.instances]
-    # 8. The background is not an object.
+    # 8. Each instance grown back over the rest of its object's colour, short of the other maps' masks.
+    if params.grow > 0 and image is not None:
+        lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+        claimed = np.sum(masks, axis=0)
+        for k, wl in enumerate(word_labels):
+            free = claimed - masks[k] == 0
+            wl.instances = [grow_to_colour(inst, lab, free, norms[k], params) for inst in wl.instances]
+    # 9. The background is not an object.
     for wl in word_labels:
         wl.instances = [inst for inst in wl.instances if inst.area <= params.max_area]
         wl.mask = np.zeros_like(wl.mask)
         for inst in wl.instances:
             wl.mask |= instance_mask(inst, wl.mask.shape)
-    # 9. The attention score, from the blob as found and what the cuts left of it.
+    # 10. The attention score, from the blob as found and what the cuts left of it.
     if by_attention:
         last = dict(resolved)  # each word's pixels as the cuts end: its last core, else its resolved mask
         for core in cores:

@@ -54,7 +54,7 @@ def read_word_heatmaps(sample_id: str, word_heatmaps) -> StoredHeatmaps:
 
 
 def read_image(sample_id: str, filepath: str, shape: tuple[int, int]) -> np.ndarray:
-    """A sample's image as ``(H, W, 3)`` uint8 RGB, what its labels are snapped to (``labels.snap``); ``shape``:
+    """A sample's image as ``(H, W, 3)`` uint8 RGB, what its labels are snapped and grown to (``labels.snap``, ``labels.grow``); ``shape``:
     its heatmaps' ``(H, W)``, which the image must have."""
     image = cv2.imread(filepath, cv2.IMREAD_COLOR)
     if image is None:
@@ -91,7 +91,7 @@ def relabel(collection: SampleCollection, params: LabelParams,
         stored = read_word_heatmaps(sample.id, sample["word_heatmaps"])
         words = stored.words
         if stored.maps:
-            image = read_image(sample.id, sample.filepath, stored.maps[0].shape) if params.snap > 0 else None
+            image = read_image(sample.id, sample.filepath, stored.maps[0].shape) if params.reads_image else None
             labels = label_stored(stored, ids, params, image)
             old = sample["daam_segmentation"]
             if old is not None and old.mask_path:
@@ -136,7 +136,7 @@ def preview_relabel(collection: SampleCollection, params: LabelParams, limit: in
     per_sample = []
     for sid, path, hms, old in zip(sample_ids, paths, heatmaps, before):
         stored = read_word_heatmaps(sid, hms)
-        image = read_image(sid, path, stored.maps[0].shape) if stored.maps and params.snap > 0 else None
+        image = read_image(sid, path, stored.maps[0].shape) if stored.maps and params.reads_image else None
         labels = label_stored(stored, ids, params, image) if stored.maps else None
         after = sum(len(wl.instances) for wl in labels.word_labels) if labels else 0
         per_sample.append({"id": sid, "before": len(old or []), "after": after})

@@ -16,8 +16,9 @@ the word's mask ``M`` before resolution, the features are:
   mass breaks into many blobs is unsure of each;
 * ``kept``: the share of the blob's pixels in ``M`` that resolution left to this word;
 * ``log_area``: ``log`` of the blob's area as a fraction of the image (recorded, not scored; below);
-* ``cut_kept``: the share of the blob that the cuts to its map's core and to the image's edges left
-  (``labels.core``, ``labels.snap``): a blob that the image says is mostly not an object keeps little;
+* ``cut_kept``: the share of the blob that the cuts to its map's core and to the image's edges left, and the growth
+  back over its object's colour gave back (``labels.core``, ``labels.snap``, ``labels.grow``; at most 1): a blob that
+  the image says is mostly not an object keeps little;
 * ``core_share``: the instance's share of its word's pixels as the cuts end: a word whose object is this
   instance holds most of them here, a word whose pixels spread over several blobs holds a part of them.
 * ``log_colour_step``: ``log(1 + ΔE)``, the CIE76 difference between the mean CIELAB colour of the instance's
@@ -49,14 +50,14 @@ The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with
 wrong against the truth in the pixels (IoU ≥ 0.5 with an object of its class as drawn: a colour drawn twice is two
 objects); held-out prompts measure it (``bench/label_accuracy.py``). A wrong label
 that a reviewer trusts costs more than a right one that is reviewed, so the fit weighs each wrong label ``k`` times a
-right one, the largest ``k`` that still keeps 82% of the training side's right labels at the review's threshold 0.5:
-``k = 2.5`` for :data:`WEIGHTS` (``1.5`` for :data:`JOINT_WEIGHTS`). The score is
+right one, the largest ``k`` that still keeps 82% of the training side's right labels at the review's threshold 0.5,
+counted out of sample (five folds of the training images, each scored by a fit on the others): ``k = 2.75`` for :data:`WEIGHTS` (``1.5`` for :data:`JOINT_WEIGHTS`). The score is
 then the probability that the label is right at odds tilted ``k`` to 1 against it: a label at 0.5 is ``k`` times as
-likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``, 0.71 there), so the labels a reviewer
+likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``, 0.73 there), so the labels a reviewer
 trusts by default are the surer ones. The contrast, the instance's share of its word's pixels as the cuts end and
 what resolution and the cuts kept of it carry the score; a word said twice is read against each occurrence's own part
 (a second object of one word is not a fragment). It is fitted on the labels as the defaults make them (the blob
-as found, then cut to its map's core and to the image's edges): it says whether the label a reviewer sees is
+as found, then cut to its map's core and to the image's edges, and grown back over its object's colour): it says whether the label a reviewer sees is
 right. Without the cuts (``labels.core: false``, ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is
 the blob's share of its word's mask, which the fit has not seen as often.
 It was fitted on a UNet (SD 1.x) model, for the maps of cross-attention (SD 1.x/2.x, SDXL). The joint-attention
@@ -77,16 +78,16 @@ FEATURES = ("share", "log_contrast", "blob_share", "kept", "cut_kept", "core_sha
             "own_blob_share", "own_core_share", "repeated")  # scored
 BLOB_FEATURES = ("share", "log_contrast", "blob_share", "own_blob_share", "kept", "log_area", "repeated")  # as found
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -0.2472, "log_contrast": 3.8842, "blob_share": 1.3288, "kept": 2.6278, "cut_kept": 2.1785,
-           "core_share": 3.9639, "log_colour_step": 0.8099, "own_blob_share": 0.349, "own_core_share": 1.0499,
-           "repeated": 1.0952}
-BIAS = -11.3816
+WEIGHTS = {"share": -0.1768, "log_contrast": 2.8881, "blob_share": 0.9423, "kept": 2.1936, "cut_kept": 1.989,
+           "core_share": 3.15, "log_colour_step": 1.3673, "own_blob_share": 0.8332, "own_core_share": 0.9382,
+           "repeated": 1.0499}
+BIAS = -12.7128
 # Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
 # for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
-JOINT_WEIGHTS = {"share": 2.3236, "log_contrast": 2.5283, "blob_share": -0.5048, "kept": 1.2066, "cut_kept": 1.0388,
-                 "core_share": 1.3291, "log_colour_step": 0.6908, "own_blob_share": -1.0377, "own_core_share": 1.8778,
-                 "repeated": -0.0812}
-JOINT_BIAS = -8.3576
+JOINT_WEIGHTS = {"share": 2.0456, "log_contrast": 1.9331, "blob_share": -0.6199, "kept": 1.2312, "cut_kept": 1.6038,
+                 "core_share": 0.7908, "log_colour_step": 1.087, "own_blob_share": -0.5741, "own_core_share": 1.9219,
+                 "repeated": -0.1492}
+JOINT_BIAS = -9.45
 ATTENTION_KINDS = ("cross", "joint")  # what made a map: a UNet's cross-attention, or a transformer's joint attention
 NO_IMAGE_COLOUR_STEP = 2.92  # the training labels' median log_colour_step (ΔE 17.5), where the image is not known
 _EPS = 1e-9
