@@ -387,26 +387,29 @@ def cut_to_core(inst: Instance, core: np.ndarray, norm: np.ndarray, params: Labe
     return replace(max(pieces, key=lambda p: p.area), score=inst.score, features=inst.features)
 
 
-def grow_to_colour(inst: Instance, lab: np.ndarray, allowed: np.ndarray, norm: np.ndarray,
+def grow_to_colour(inst: Instance, image: np.ndarray, allowed: np.ndarray, norm: np.ndarray,
                    params: LabelParams) -> Instance:
     """``inst`` grown over the pixels of ``allowed`` connected to it whose colour is within ``params.grow`` of its
-    median colour (CIE76 ΔE; ``lab``: ``(H, W, 3)`` float32 CIELAB), keeping its score and features; unchanged when
-    that would make it more than ``params.grow_limit`` times its area: its colour is then its surroundings', not an
-    object's. Read on the instance's box widened by its own size on each side: a growth reaching further than that
+    median colour (CIE76 ΔE in CIELAB; ``image``: ``(H, W, 3)`` uint8 RGB), keeping its score and features; unchanged
+    when that would make it more than ``params.grow_limit`` times its area: its colour is then its surroundings', not
+    an object's. Read on the instance's box widened by its own size on each side: a growth reaching further than that
     passes the limit in all but thin shapes, and the cost stays the box's, not the image's."""
-    height, width = lab.shape[:2]
-    own = instance_mask(inst, (height, width))
+    height, width = image.shape[:2]
     x, y, w, h = (round(v * s) for v, s in zip(inst.box, (width, height, width, height)))
     y0, y1, x0, x1 = max(0, y - h), min(height, y + 2 * h + 1), max(0, x - w), min(width, x + 2 * w + 1)
-    seed = own[y0:y1, x0:x1]
-    crop = lab[y0:y1, x0:x1]
-    near = ((np.linalg.norm(crop - np.median(crop[seed], axis=0), axis=-1) < params.grow) & allowed[y0:y1, x0:x1]) | seed
+    seed = np.zeros((y1 - y0, x1 - x0), bool)
+    mh, mw = inst.mask.shape
+    seed[y - y0 : y - y0 + mh, x - x0 : x - x0 + mw] = inst.mask
+    lab = cv2.cvtColor(image[y0:y1, x0:x1].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    diff = lab - np.median(lab[seed], axis=0)
+    near = ((np.einsum("ijk,ijk->ij", diff, diff) < params.grow**2) & allowed[y0:y1, x0:x1]) | seed
     _, comp = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
     ids = np.unique(comp[seed])
-    grown = np.zeros((height, width), np.uint8)
-    grown[y0:y1, x0:x1] = np.isin(comp, ids[ids > 0])
-    if grown.sum() > params.grow_limit * seed.sum():
+    grown_crop = np.isin(comp, ids[ids > 0])
+    if np.count_nonzero(grown_crop) > params.grow_limit * np.count_nonzero(seed):
         return inst
+    grown = np.zeros((height, width), np.uint8)
+    grown[y0:y1, x0:x1] = grown_crop
     _, pieces = mask_instances(grown, norm, params)
     if not pieces:
         return inst
@@ -633,11 +636,10 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
                 wl.instances = [cut_to_core(inst, core[words[k]], norms[k], params) for inst in wl.instances]
     # 8. Each instance grown back over the rest of its object's colour, short of the other maps' masks.
     if params.grow > 0 and image is not None:
-        lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
         claimed = np.sum(masks, axis=0)
         for k, wl in enumerate(word_labels):
             free = claimed - masks[k] == 0
-            wl.instances = [grow_to_colour(inst, lab, free, norms[k], params) for inst in wl.instances]
+            wl.instances = [grow_to_colour(inst, image, free, norms[k], params) for inst in wl.instances]
     # 9. The background is not an object.
     for wl in word_labels:
         wl.instances = [inst for inst in wl.instances if inst.area <= params.max_area]
