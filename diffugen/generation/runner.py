@@ -351,8 +351,8 @@ class Runner:
                     np.max(np.stack([maps[j] for j in same]), axis=0)))
                 fields[class_heatmap_field(cls)] = fo.Heatmap(map_path=path, range=[0, 255])
         with self._phase("labels"):
-            # Snapped to the image as stored (a JPEG's decoded pixels), as relabel reads it.
-            reread = maps and cfg.labels.snap > 0 and ext != "png"
+            # Snapped and grown to the image as stored (a JPEG's decoded pixels), as relabel reads it.
+            reread = maps and cfg.labels.reads_image and ext != "png"
             stored = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB) if reread else image
             labels = label_heatmaps(maps, words, classes, class_ids, cfg.labels, ranges, stored, attention)
             fields["missing_words"] = missing_words(labels, [w for w, _ in item.class_words], REVIEW_MIN_SCORE)
