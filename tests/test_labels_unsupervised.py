@@ -402,6 +402,12 @@ def test_grow_takes_back_the_rest_of_the_objects_colour_short_of_the_other_words
     alone = (both[0][:1], ["box"], ["box"], {"box": 1})
     assert box_label(alone, LabelParams(), ranges[:1]).tolist() == box_label(alone, LabelParams(grow=0), ranges[:1]).tolist()
     assert box_label(alone, LabelParams(grow_limit=3), ranges[:1])[cube].mean() > 0.25  # what a higher limit lets through
+    # A word said twice, each occurrence's map on part of its own square: each label grows over its square, and no
+    # pixel goes to both (the pixels no map's mask holds are free to either, and taken by the first).
+    twice = ([attention_like(left), attention_like(cube)], ["box", "box"], ["box", "box"], {"box": 1})
+    a, b = (instance_mask(wl.instances[0], box.shape)
+            for wl in label_heatmaps(*twice, LabelParams(), ranges, image).word_labels)
+    assert not (a & b).any() and iou(a, box) > 0.8
     assert LabelParams().grow == 20 and LabelParams().grow_limit == 1.75
     for bad in ({"grow": -1}, {"grow_limit": 0.5}):
         with pytest.raises(ValidationError):

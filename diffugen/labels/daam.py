@@ -569,7 +569,7 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
     7. With ``params.snap`` and the ``image``, each instance is cut to its largest piece inside its word's
        map snapped to the image's edges (:func:`image_cores`). Like step 6 it only removes pixels.
     8. With ``params.grow`` and the ``image``, each instance grows back over the rest of its object's colour
-       (:func:`grow_to_colour`), short of the other maps' masks (step 3).
+       (:func:`grow_to_colour`), short of the other maps' masks (step 3) and of every other instance.
     9. Instances larger than ``params.max_area`` of the image are dropped: a word's map spread over the
        background, not an object.
     10. The attention score of each instance: the features of its blob as found (step 4), of what steps
@@ -634,12 +634,20 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         for k, wl in enumerate(word_labels):
             if words[k] in core:
                 wl.instances = [cut_to_core(inst, core[words[k]], norms[k], params) for inst in wl.instances]
-    # 8. Each instance grown back over the rest of its object's colour, short of the other maps' masks.
+    # 8. Each instance grown back over the rest of its object's colour, short of the other maps' masks and of
+    #    every other instance (a ring cut in two stays two labels, not two copies of one).
     if params.grow > 0 and image is not None:
         claimed = np.sum(masks, axis=0)
+        taken = np.zeros(claimed.shape, bool)
+        for wl in word_labels:
+            for inst in wl.instances:
+                taken |= instance_mask(inst, taken.shape)
         for k, wl in enumerate(word_labels):
-            free = claimed - masks[k] == 0
-            wl.instances = [grow_to_colour(inst, image, free, norms[k], params) for inst in wl.instances]
+            grown = []
+            for inst in wl.instances:
+                grown.append(grow_to_colour(inst, image, (claimed - masks[k] == 0) & ~taken, norms[k], params))
+                taken |= instance_mask(grown[-1], taken.shape)
+            wl.instances = grown
     # 9. The background is not an object.
     for wl in word_labels:
         wl.instances = [inst for inst in wl.instances if inst.area <= params.max_area]
