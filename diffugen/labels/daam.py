@@ -381,7 +381,13 @@ def cut_to_core(inst: Instance, core: np.ndarray, norm: np.ndarray, params: Labe
     region, one polygon), keeping its score and features; unchanged when no piece of at least ``min_area``
     is left."""
     inside = (instance_mask(inst, core.shape) & core).astype(np.uint8)
-    _, pieces = mask_instances(inside, norm, params)
+    return _largest_piece(inst, inside, norm, params)
+
+
+def _largest_piece(inst: Instance, binary: np.ndarray, norm: np.ndarray, params: LabelParams) -> Instance:
+    """The largest instance of the ``uint8 (H, W)`` mask ``binary`` with ``inst``'s score and features (an instance
+    stays one connected region); ``inst`` when no piece of at least ``min_area`` is there."""
+    _, pieces = mask_instances(binary, norm, params)
     if not pieces:
         return inst
     return replace(max(pieces, key=lambda p: p.area), score=inst.score, features=inst.features)
@@ -410,10 +416,7 @@ def grow_to_colour(inst: Instance, image: np.ndarray, allowed: np.ndarray, norm:
         return inst
     grown = np.zeros((height, width), np.uint8)
     grown[y0:y1, x0:x1] = grown_crop
-    _, pieces = mask_instances(grown, norm, params)
-    if not pieces:
-        return inst
-    return replace(max(pieces, key=lambda p: p.area), score=inst.score, features=inst.features)
+    return _largest_piece(inst, grown, norm, params)
 
 
 def mask_instances(binary: np.ndarray, norm: np.ndarray, params: LabelParams) -> tuple[np.ndarray, list[Instance]]:
@@ -643,9 +646,10 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
             for inst in wl.instances:
                 taken |= instance_mask(inst, taken.shape)
         for k, wl in enumerate(word_labels):
+            free = claimed - masks[k] == 0  # outside the other maps' masks
             grown = []
             for inst in wl.instances:
-                grown.append(grow_to_colour(inst, image, (claimed - masks[k] == 0) & ~taken, norms[k], params))
+                grown.append(grow_to_colour(inst, image, free & ~taken, norms[k], params))
                 taken |= instance_mask(grown[-1], taken.shape)
             wl.instances = grown
     # 9. The background is not an object.

@@ -54,8 +54,8 @@ def read_word_heatmaps(sample_id: str, word_heatmaps) -> StoredHeatmaps:
 
 
 def read_image(sample_id: str, filepath: str, shape: tuple[int, int]) -> np.ndarray:
-    """A sample's image as ``(H, W, 3)`` uint8 RGB, what its labels are snapped and grown to (``labels.snap``, ``labels.grow``); ``shape``:
-    its heatmaps' ``(H, W)``, which the image must have."""
+    """A sample's image as ``(H, W, 3)`` uint8 RGB, what its labels are snapped and grown to (``labels.snap``,
+    ``labels.grow``); ``shape``: its heatmaps' ``(H, W)``, which the image must have."""
     image = cv2.imread(filepath, cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"image file missing or unreadable for sample {sample_id}: {filepath}")

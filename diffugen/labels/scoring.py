@@ -46,20 +46,21 @@ held-out figures were the same. Labels larger than half the image are dropped in
 (``labels.max_area``).
 
 The score is a logistic function of them, ``1 / (1 + exp(-(b + w · f)))``, with ``w`` and ``b`` fitted
-(``studies/label_scores.py fit``) on the toy world's training-side prompts, where each label is right or
-wrong against the truth in the pixels (IoU ≥ 0.5 with an object of its class as drawn: a colour drawn twice is two
-objects); held-out prompts measure it (``bench/label_accuracy.py``). A wrong label
-that a reviewer trusts costs more than a right one that is reviewed, so the fit weighs each wrong label ``k`` times a
-right one, the largest ``k`` that still keeps 82% of the training side's right labels at the review's threshold 0.5,
-counted out of sample (five folds of the training images, each scored by a fit on the others): ``k = 2.75`` for :data:`WEIGHTS` (``1.5`` for :data:`JOINT_WEIGHTS`). The score is
-then the probability that the label is right at odds tilted ``k`` to 1 against it: a label at 0.5 is ``k`` times as
-likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``, 0.73 there), so the labels a reviewer
-trusts by default are the surer ones. The contrast, the instance's share of its word's pixels as the cuts end and
-what resolution and the cuts kept of it carry the score; a word said twice is read against each occurrence's own part
-(a second object of one word is not a fragment). It is fitted on the labels as the defaults make them (the blob
-as found, then cut to its map's core and to the image's edges, and grown back over its object's colour): it says whether the label a reviewer sees is
-right. Without the cuts (``labels.core: false``, ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is
-the blob's share of its word's mask, which the fit has not seen as often.
+(``studies/label_scores.py fit``) on the toy world's training-side prompts, where each label is right or wrong against
+the truth in the pixels (IoU ≥ 0.5 with an object of its class as drawn: a colour drawn twice is two objects);
+held-out prompts measure it (``bench/label_accuracy.py``). A wrong label that a reviewer trusts costs more than a
+right one that is reviewed, so the fit weighs each wrong label ``k`` times a right one, the largest ``k`` that still
+keeps 82% of the training side's right labels at the review's threshold 0.5, counted out of sample (five folds of the
+training images, each scored by a fit on the others): ``k = 2.75`` for :data:`WEIGHTS` (``1.5`` for
+:data:`JOINT_WEIGHTS`). The score is then the probability that the label is right at odds tilted ``k`` to 1 against
+it: a label at 0.5 is ``k`` times as likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``,
+0.73 there), so the labels a reviewer trusts by default are the surer ones. The contrast, the instance's share of its
+word's pixels as the cuts end and what resolution and the cuts kept of it carry the score; a word said twice is read
+against each occurrence's own part (a second object of one word is not a fragment). It is fitted on the labels as the
+defaults make them (the blob as found, then cut to its map's core and to the image's edges, and grown back over its
+object's colour): it says whether the label a reviewer sees is right. Without the cuts (``labels.core: false``,
+``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is the blob's share of its word's mask, which the fit has not
+seen as often.
 It was fitted on a UNet (SD 1.x) model, for the maps of cross-attention (SD 1.x/2.x, SDXL). The joint-attention
 families (SD3, FLUX.1, FLUX.2) take the same formula with weights of their own (:data:`JOINT_WEIGHTS`), fitted on
 the toy world's SD3-style transformer: the UNet's weights rank its labels about as well but are too sure of them
