@@ -11,12 +11,15 @@ manifest): the image, and the image with the label's pixels tinted, under the ti
 colours the prompt asks that class in. The judge's verdicts go to ``eye_key.json`` beside them, not on the sheets.
 The eye marks each tile ``right`` (the label covers one object of its class as drawn, most of it and little else: IoU
 >= 0.5 by eye), ``wrong`` or ``unclear`` in ``studies/data/label_eye_audit.json`` before ``score`` reads the key.
-The labels and the split are deterministic, so ``sheets`` makes the same tiles again.
+The labels and the split are deterministic, so ``sheets`` makes the same tiles again. Each audit in that file
+records its key's digest (:func:`key_digest`, printed by ``sheets``): a split collected again, or labels made
+otherwise, draw other tiles, and ``score`` does not count verdicts made on other tiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -31,6 +34,14 @@ from studies.label_scores import MODELS, SPLITS, judge_split, model_folder
 AUDIT = Path(__file__).resolve().parent / "data" / "label_eye_audit.json"
 PER_SHEET, COLUMNS, SCALE = 20, 4, 2
 VERDICTS = ("right", "wrong", "unclear")  # the eye's marks
+
+
+def key_digest(key: dict) -> str:
+    """What a sheets' key says of its tiles (each tile's sample, label and the judge's verdict, and the counts of
+    trusted and judged-wrong labels), as 12 hex digits: verdicts count only against the tiles they were made on."""
+    tiles = [(t["sample"], t["label"], t["judged_right"]) for t in key["tiles"]]
+    text = json.dumps([key["trusted"], key["judged_wrong"], tiles])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _trusted(split: str, model: str):
@@ -83,10 +94,10 @@ def sheets(split: str, model: str = MODELS[0], seed: int = 0, right: int | None 
         paths.append(path)
     key = [{"tile": n, "sample": i, "label": k, "prompt": judged[i].prompt, "task": judged[i].task,
             "judged_right": ok} for n, (i, k, ok) in enumerate(drawn)]
-    (folder / "eye_key.json").write_text(json.dumps({"split": split, "seed": seed, "trusted": len(trusted),
-                                                     "judged_wrong": len(wrong), "tiles": key}, indent=1))
+    key = {"split": split, "seed": seed, "trusted": len(trusted), "judged_wrong": len(wrong), "tiles": key}
+    (folder / "eye_key.json").write_text(json.dumps(key, indent=1))
     print(f"{len(trusted)} labels at >= 0.5, {len(wrong)} judged wrong; {len(drawn)} tiles on {len(paths)} sheets "
-          f"in {folder}")
+          f"in {folder} (key {key_digest(key)})")
     return paths
 
 
@@ -103,12 +114,19 @@ def score(split: str, model: str = MODELS[0]) -> dict:
     (right, wrong) counted at the share of it the eye calls right, ``unclear`` counted as wrong; by this split's audit
     alone, and with the shares pooled over every audited split whose key is here."""
     audits = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
-    keys = {s: model_folder(model) / s / "eye_key.json" for s in audits}
-    if split not in audits or not keys[split].exists():
+    keys = {s: json.loads(p.read_text()) for s in audits if (p := model_folder(model) / s / "eye_key.json").exists()}
+    if split not in audits or split not in keys:
         raise SystemExit(f"split {split!r}: expected its sheets' key {model_folder(model) / split / 'eye_key.json'} "
                          f"(sheets) and its verdicts in {AUDIT}")
-    tables = {s: _table(json.loads(k.read_text()), audits[s]["verdicts"]) for s, k in keys.items() if k.exists()}
-    key = json.loads(keys[split].read_text())
+    stale = [s for s, k in keys.items() if audits[s].get("key") != key_digest(k)]
+    if split in stale:
+        raise SystemExit(f"split {split!r}: the verdicts in {AUDIT} were made on other tiles (key "
+                         f"{audits[split].get('key')}, the sheets now: {key_digest(keys[split])}); make the sheets with "
+                         f"the audit's seed (the key's: {keys[split].get('seed')}) and audit them again")
+    if stale:
+        print(f"not pooled: the audits of {', '.join(stale)}, made on other tiles than their sheets' keys now")
+    tables = {s: _table(k, audits[s]["verdicts"]) for s, k in keys.items() if s not in stale}
+    key = keys[split]
     trusted, wrong = key["trusted"], key["judged_wrong"]
 
     def by_eye(table: dict) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from diffugen.toyworld.scene import ALL_LABELS, SHAPES, make_scene
 from diffugen.toyworld.truth import classify_shape, recover_instances
@@ -68,9 +69,15 @@ def test_label_eye_audit_scores_the_eyes_verdicts_against_the_judges(tmp_path, m
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
     verdicts = {"0": "right", "1": "wrong", "2": "right", "3": "unclear", "4": "wrong", "5": "right"}
-    (tmp_path / "audit.json").write_text(json.dumps({"fresh": {"verdicts": verdicts}}))
+    for t in key["tiles"]:
+        t.update(sample=t["tile"] // 2, label=t["tile"] % 2)
+    (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
+    (tmp_path / "audit.json").write_text(json.dumps({"fresh": {"verdicts": verdicts, "key": "0" * 12}}))
     monkeypatch.setattr(audit, "AUDIT", tmp_path / "audit.json")
     monkeypatch.setattr(audit, "model_folder", lambda model: tmp_path)
+    with pytest.raises(SystemExit, match="made on other tiles"):  # verdicts count only against their own tiles
+        audit.score("fresh")
+    (tmp_path / "audit.json").write_text(json.dumps({"fresh": {"verdicts": verdicts, "key": audit.key_digest(key)}}))
     result = audit.score("fresh")
     assert result["table"]["True/right"] == 1 and result["table"]["False/unclear"] == 1
     assert result["precision_by_eye"] == (90 * 0.5 + 10 * 0.5) / 100
