@@ -123,6 +123,41 @@ def test_a_word_said_twice_reads_each_instance_against_its_own_occurrence():
                         and i.features["own_core_share"] == i.features["core_share"] for i in once)
 
 
+def test_margin_doubts_a_label_on_an_object_another_word_attends_to_at_its_peak():
+    """The "square" attends to its own square at its peak and less to the circle, but its floor is higher
+    everywhere, so in units of attention it wins the circle's pixels from the "circle", whose map peaks there: the
+    label of the square is sure of its margin over the circle's map, the square's label on the circle is not (each map
+    scaled to its own peak), and the review says why."""
+    from diffugen.curation.review import label_reasons
+    from diffugen.labels.scoring import rival_margin
+
+    circle_blob, square_blob = disc(16, 24, 8), disc(48, 24, 8)
+    circle = attention_map((circle_blob, 0.03), floor=0.01)
+    square = attention_map((square_blob, 0.12), (circle_blob, 0.08), floor=0.03)
+    labels = two_words(circle, square)
+    by_blob = {name: [(c, i) for c, wl in zip(labels.classes, labels.word_labels) for i in wl.instances
+                      if (i.mask.sum() and (labels_mask(i) & blob).sum() > 0.5 * i.mask.sum())]
+               for name, blob in (("circle", circle_blob), ("square", square_blob))}
+    ((cls, on_circle),) = by_blob["circle"]
+    ((_, on_square),) = by_blob["square"]
+    assert cls == "square"  # the higher floor took the circle's pixels at resolution
+    assert on_square.features["margin"] > 0.5 > 0 > on_circle.features["margin"]
+    assert on_circle.score < on_square.score
+    assert any("another class word's map" in r for r in label_reasons({"confidence": 0.9, **on_circle.features}, 0.5))
+    assert not any("another class word's map" in r
+                   for r in label_reasons({"confidence": 0.9, **on_square.features}, 0.5))
+    own, rival = np.full((H, W), 0.9, np.float32), np.full((H, W), 0.2, np.float32)
+    assert rival_margin(own, [rival], circle_blob) == pytest.approx(0.7)
+    assert rival_margin(own, [], circle_blob) == pytest.approx(0.9)  # one class word: nothing to stand above
+    assert rival_margin(own, [rival], np.zeros((H, W), bool)) == 0.0
+
+
+def labels_mask(inst) -> np.ndarray:
+    from diffugen.labels.daam import instance_mask
+
+    return instance_mask(inst, (H, W))
+
+
 def test_colour_step_doubts_a_label_that_does_not_stand_out():
     """The same map over a red disc on grey, and over the same grey with nothing drawn: the label of the drawn disc
     differs from what surrounds it, the one on bare ground does not and scores lower, and the review says why; an

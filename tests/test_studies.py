@@ -57,30 +57,39 @@ def test_snap_on_a_photo_study_takes_the_coins_edges(capsys):
 
 
 def test_label_eye_audit_scores_the_eyes_verdicts_against_the_judges(tmp_path, monkeypatch):
-    """Each group of the judge's (right, wrong) counts at the share of it the eye calls right, unclear as wrong."""
+    """Each group of the judge's (right, wrong) counts at the share of it the eye calls right, unclear as wrong; the
+    verdicts belong to labels, not tiles: sheets that show a label without one are not scored until it is recorded."""
     import json
 
     from studies import label_eye_audit as audit
 
-    key = {"trusted": 100, "judged_wrong": 10, "tiles": [
-        {"tile": 0, "judged_right": True}, {"tile": 1, "judged_right": True},
-        {"tile": 2, "judged_right": False}, {"tile": 3, "judged_right": False}, {"tile": 4, "judged_right": False},
-        {"tile": 5, "judged_right": False}]}
+    def tile(n: int, judged_right: bool) -> dict:
+        mask = np.zeros((8, 8), bool)
+        mask[n, :] = True
+        return {"tile": n, "sample": n // 2, "label": n % 2, "id": audit.label_id(n // 2, "square", mask),
+                "judged_right": judged_right}
+
+    key = {"trusted": 100, "judged_wrong": 10,
+           "tiles": [tile(0, True), tile(1, True), tile(2, False), tile(3, False), tile(4, False), tile(5, False)]}
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
-    verdicts = {"0": "right", "1": "wrong", "2": "right", "3": "unclear", "4": "wrong", "5": "right"}
-    for t in key["tiles"]:
-        t.update(sample=t["tile"] // 2, label=t["tile"] % 2)
-    (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
-    (tmp_path / "audit.json").write_text(json.dumps({"fresh": {"verdicts": verdicts, "key": "0" * 12}}))
     monkeypatch.setattr(audit, "AUDIT", tmp_path / "audit.json")
     monkeypatch.setattr(audit, "model_folder", lambda model: tmp_path)
-    with pytest.raises(SystemExit, match="made on other tiles"):  # verdicts count only against their own tiles
-        audit.score("fresh")
-    (tmp_path / "audit.json").write_text(json.dumps({"fresh": {"verdicts": verdicts, "key": audit.key_digest(key)}}))
+    assert audit.record("fresh", "wrong: 1 4, unclear: 3", "a test") == 6
+    labels = json.loads((tmp_path / "audit.json").read_text())["fresh"]["labels"]
+    assert [labels[t["id"]] for t in key["tiles"]] == ["right", "wrong", "right", "unclear", "wrong", "right"]
     result = audit.score("fresh")
     assert result["table"]["True/right"] == 1 and result["table"]["False/unclear"] == 1
     assert result["precision_by_eye"] == (90 * 0.5 + 10 * 0.5) / 100
     assert result["precision_by_eye_pooled"] == result["precision_by_eye"]  # one audited split: pooled is its own
+    # other sheets (a new score): a label the eye has seen keeps its verdict, a new one must be looked at
+    key["tiles"][5] = tile(6, False) | {"tile": 5}
+    (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
+    with pytest.raises(SystemExit, match="without a verdict"):
+        audit.score("fresh")
+    assert audit.record("fresh", "wrong: 5", "") == 1  # only the new tile is recorded
+    assert audit.score("fresh")["table"]["False/wrong"] == 2  # tile 4, and the new tile 5
+    with pytest.raises(SystemExit, match="expected 'wrong: 3 7"):
+        audit.record("fresh", "maybe: 2", "")
     tile = audit._tile(np.zeros((64, 64, 3), np.uint8), np.eye(64, dtype=bool), "#0 square: white")
     assert tile.shape == (18 + 64 * audit.SCALE + 6, 2 * 64 * audit.SCALE + 4 + 6, 3)

@@ -255,6 +255,9 @@ SMALL_AREA = 0.01  # a label covering less than this fraction of the image is ca
 # A label whose colour differs from its surroundings' by less than this (CIE76 ΔE) is called flat: 5% of right
 # toy-world labels are below 12, half of the wrong ones below 11.
 FLAT_COLOUR_STEP = 10.0
+# A label whose word's map stands less than this above another class word's there (each scaled to its own peak) is
+# called contested: 5% of right toy-world labels are below 0.1, a fifth of the wrong ones.
+RIVAL_MARGIN = 0.1
 OTHER_LABELER = "other labeler"  # a queue entry's decision when its sample takes the other labeler's labels
 _DECISIONS = (APPROVED, REJECTED)
 
@@ -315,7 +318,8 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
     IoU threshold; ``match_iou`` is the best IoU it had), the attention score's features ``share``,
     ``blob_share``, ``cut_kept`` and ``core_share`` (of a repeated word's occurrence: ``own_blob_share``,
     ``own_core_share``) below one half (:mod:`diffugen.labels.scoring`), a colour step to its
-    surroundings (``log_colour_step``) below ΔE :data:`FLAT_COLOUR_STEP`, and an area (the DAAM ``area``, else the box)
+    surroundings (``log_colour_step``) below ΔE :data:`FLAT_COLOUR_STEP`, a margin over the other class words' maps
+    (``margin``) below :data:`RIVAL_MARGIN`, and an area (the DAAM ``area``, else the box)
     below ``small_area`` of the image. An empty list: nothing is wrong with it by these rules.
     """
     reasons = []
@@ -339,6 +343,9 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
         reasons.append(f"the image's edges cut most of its blob away (it kept {cut_kept:.0%})")
     if isinstance(core_share, (int, float)) and core_share < 0.5:
         reasons.append(f"it holds a small part of its word's object pixels ({core_share:.0%})")
+    margin = label.get("margin")
+    if isinstance(margin, (int, float)) and margin < RIVAL_MARGIN:
+        reasons.append(f"another class word's map is about as high here (margin {margin:.2f} of its peak)")
     step = label.get("log_colour_step")
     if isinstance(step, (int, float)) and math.expm1(step) < FLAT_COLOUR_STEP:
         reasons.append(f"it hardly stands out from what surrounds it (colour step ΔE {math.expm1(step):.0f})")
@@ -353,7 +360,7 @@ def label_reasons(label: dict, min_score: float, small_area: float = SMALL_AREA)
 
 # What the queue listing reads of each label (not its mask).
 _ENTRY_KEYS = ("_id", "label", "confidence", "tags", "matched", "match_iou", "area", "bounding_box", "share",
-               "blob_share", "cut_kept", "core_share", "log_colour_step", "own_blob_share", "own_core_share")
+               "blob_share", "cut_kept", "core_share", "log_colour_step", "own_blob_share", "own_core_share", "margin")
 
 
 def review_queue(collection: SampleCollection, field: str | None = None, min_score: float | None = None) -> list[QueueEntry]:

@@ -69,7 +69,7 @@ from ..store.files import write_png
 DAAM_FIELDS = ("daam_segmentation", "daam_polygons", "daam_detections")  # the labels (daam_params: how)
 # Score features kept on each detection, so the review can say why a score is low.
 REVIEW_FEATURES = ("share", "blob_share", "cut_kept", "core_share", "log_colour_step", "own_blob_share",
-                   "own_core_share")
+                   "own_core_share", "margin")
 
 __all__ = [
     "DAAM_FIELDS",
@@ -577,7 +577,8 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
        background, not an object.
     10. The attention score of each instance: the features of its blob as found (step 4), of what steps
        6–8 left of it, and of how that stands out of the image (:func:`~.scoring.cut_features`); for a word
-       said more than once, also against its occurrence's part of the image (step 3).
+       said more than once, also against its occurrence's part of the image (step 3); and how far its word's map,
+       each map scaled to its own peak, stands above the other words' there (:func:`~.scoring.rival_margin`).
 
     Args:
         word_maps: uint8 ``(H, W)`` per map (one per occurrence of a class word), min-max normalised.
@@ -666,8 +667,10 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         lab = scoring.image_lab(image) if image is not None else None
         for k, wl in enumerate(word_labels):
             for inst in wl.instances:
+                m = instance_mask(inst, wl.mask.shape)
                 inst.features = {**inst.features, **scoring.cut_features(
-                    inst.features, inst.area, instance_mask(inst, wl.mask.shape), last[words[k]], lab, parts[k])}
+                    inst.features, inst.area, m, last[words[k]], lab, parts[k]),
+                    "margin": scoring.rival_margin(word_norm[words[k]], [word_norm[v] for v in groups if v != words[k]], m)}
                 inst.score = scoring.attention_score(inst.features, attention=attention)
             wl.instances.sort(key=lambda inst: inst.score, reverse=True)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))

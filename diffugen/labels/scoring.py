@@ -32,7 +32,12 @@ the word's mask ``M`` before resolution, the features are:
   triangle"; each pixel goes to the occurrence whose map is the highest there, and each occurrence has an object
   of its own, so its instance holds about half of the whole word's attention); for a word said once, the same as
   those two;
-* ``repeated``: 1 for an instance of a word said more than once, else 0.
+* ``repeated``: 1 for an instance of a word said more than once, else 0;
+* ``margin``: the mean over the instance of its word's map, min-max normalised, less the highest such mean of
+  another class word's map of the prompt (:func:`rival_margin`). Each map is scaled to its own peak, so the word
+  whose object this is attends here near its peak and the others do not (a margin near 1). When the model attends to
+  one object with two words alike, the margin is near 0; on another word's object, it is negative. ``share`` compares
+  the words in units of attention, where a word with a higher floor everywhere looks surer of every object.
 
 Every attention feature is a ratio or a share, so the score does not depend on the attention's overall scale,
 which differs between families (an MMDiT's softmax runs over image and text keys together, so its text
@@ -51,11 +56,12 @@ the truth in the pixels (IoU ≥ 0.5 with an object of its class as drawn: a col
 held-out prompts measure it (``bench/label_accuracy.py``). A wrong label that a reviewer trusts costs more than a
 right one that is reviewed, so the fit weighs each wrong label ``k`` times a right one, the largest ``k`` that still
 keeps 82% of the training side's right labels at the review's threshold 0.5, counted out of sample (five folds of the
-training images, each scored by a fit on the others): ``k = 2.75`` for :data:`WEIGHTS` (``1.5`` for
+training images, each scored by a fit on the others): ``k = 3`` for :data:`WEIGHTS` (``1.75`` for
 :data:`JOINT_WEIGHTS`). The score is then the probability that the label is right at odds tilted ``k`` to 1 against
 it: a label at 0.5 is ``k`` times as likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``,
-0.73 there), so the labels a reviewer trusts by default are the surer ones. The contrast, the instance's share of its
-word's pixels as the cuts end and what resolution and the cuts kept of it carry the score; a word said twice is read
+0.75 there), so the labels a reviewer trusts by default are the surer ones. The contrast, the instance's share of its
+word's pixels as the cuts end, what resolution and the cuts kept of it, and the margin over the other words' maps
+carry the score; a word said twice is read
 against each occurrence's own part (a second object of one word is not a fragment). It is fitted on the labels as the
 defaults make them (the blob as found, then cut to its map's core and to the image's edges, and grown back over its
 object's colour): it says whether the label a reviewer sees is right. Without the cuts (``labels.core: false``,
@@ -76,19 +82,19 @@ import cv2
 import numpy as np
 
 FEATURES = ("share", "log_contrast", "blob_share", "kept", "cut_kept", "core_share", "log_colour_step",
-            "own_blob_share", "own_core_share", "repeated")  # scored
+            "own_blob_share", "own_core_share", "repeated", "margin")  # scored
 BLOB_FEATURES = ("share", "log_contrast", "blob_share", "own_blob_share", "kept", "log_area", "repeated")  # as found
 # Fitted by ``python -m studies.label_scores fit`` (training-side toy-world prompts); see the docstring.
-WEIGHTS = {"share": -0.1768, "log_contrast": 2.8881, "blob_share": 0.9423, "kept": 2.1936, "cut_kept": 1.989,
-           "core_share": 3.15, "log_colour_step": 1.3673, "own_blob_share": 0.8332, "own_core_share": 0.9382,
-           "repeated": 1.0499}
-BIAS = -12.7128
+WEIGHTS = {"share": -1.1726, "log_contrast": 2.8161, "blob_share": 0.936, "kept": 2.4099, "cut_kept": 2.3499,
+           "core_share": 2.6948, "log_colour_step": 1.4764, "own_blob_share": 0.3529, "own_core_share": 0.7534,
+           "repeated": 0.6942, "margin": 2.4284}
+BIAS = -13.4597
 # Fitted by ``python -m studies.label_scores fit --model builtin:toyworld-mmdit`` (the SD3-style transformer's labels):
 # for maps of joint attention (SD3, FLUX.1, FLUX.2), whose features rank alike but are read otherwise (module docstring).
-JOINT_WEIGHTS = {"share": 2.0456, "log_contrast": 1.9331, "blob_share": -0.6199, "kept": 1.2312, "cut_kept": 1.6038,
-                 "core_share": 0.7908, "log_colour_step": 1.087, "own_blob_share": -0.5741, "own_core_share": 1.9219,
-                 "repeated": -0.1492}
-JOINT_BIAS = -9.45
+JOINT_WEIGHTS = {"share": 1.8571, "log_contrast": 1.9715, "blob_share": -0.6133, "kept": 1.2869, "cut_kept": 1.7881,
+                 "core_share": 0.6794, "log_colour_step": 1.0902, "own_blob_share": -0.6082, "own_core_share": 1.8312,
+                 "repeated": -0.1568, "margin": 0.6741}
+JOINT_BIAS = -9.9206
 ATTENTION_KINDS = ("cross", "joint")  # what made a map: a UNet's cross-attention, or a transformer's joint attention
 NO_IMAGE_COLOUR_STEP = 2.92  # the training labels' median log_colour_step (ΔE 17.5), where the image is not known
 _EPS = 1e-9
@@ -148,6 +154,20 @@ def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word
         "own_core_share": core_share if part is None else share(word_core & part),
         "log_colour_step": NO_IMAGE_COLOUR_STEP if lab is None else colour_step(lab, mask),
     }
+
+
+def rival_margin(own: np.ndarray, rivals: Sequence[np.ndarray], mask: np.ndarray) -> float:
+    """``margin`` (module docstring): the mean of ``own`` over ``mask`` less the highest mean of one of ``rivals``
+    there (0 without rivals: a prompt of one class word).
+
+    Args:
+        own: ``(H, W)`` the instance's word's map, min-max normalised (a word said twice: its occurrences' mean).
+        rivals: ``(H, W)`` the other class words' maps, normalised alike.
+        mask: ``bool (H, W)`` the instance's pixels; an empty one gives 0.
+    """
+    if not mask.any():
+        return 0.0
+    return float(own[mask].mean()) - max((float(r[mask].mean()) for r in rivals), default=0.0)
 
 
 def image_lab(image: np.ndarray) -> np.ndarray:
