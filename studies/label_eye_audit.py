@@ -87,7 +87,7 @@ def sheets(split: str, model: str = MODELS[0], seed: int = 0, right: int | None 
     drawn = sorted(wrong + sorted(judged_right, key=rank)[:count], key=lambda t: rank(t)[::-1])
     samples = json.loads((model_folder(model) / split / "manifest.json").read_text())["samples"]
     folder = model_folder(model) / split
-    seen = _verdicts(split)
+    seen = _verdicts(split, model)
     tiles, key = [], []
     for n, (i, k, ok) in enumerate(drawn):
         im = judged[i]
@@ -122,10 +122,18 @@ def _pages(tiles: list[np.ndarray], folder: Path, name: str) -> list[Path]:
     return paths
 
 
-def _verdicts(split: str) -> dict[str, str]:
+def _load(model: str) -> tuple[dict, dict]:
+    """The audit file, and its audits of ``model``'s splits (split → entry): the UNet model's at its top, another
+    model's under its folder's name."""
+    whole = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
+    if model == MODELS[0]:
+        return whole, whole
+    return whole, whole.setdefault(model_folder(model).name, {})
+
+
+def _verdicts(split: str, model: str = MODELS[0]) -> dict[str, str]:
     """The eye's verdicts of a split's labels so far, by :func:`label_id`."""
-    audits = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
-    return dict(audits.get(split, {}).get("labels", {}))
+    return dict(_load(model)[1].get(split, {}).get("labels", {}))
 
 
 def record(split: str, marks: str, by: str, model: str = MODELS[0]) -> int:
@@ -140,14 +148,14 @@ def record(split: str, marks: str, by: str, model: str = MODELS[0]) -> int:
         if verdict.strip() not in VERDICTS:
             raise SystemExit(f"--verdicts {marks!r}: expected 'wrong: 3 7, unclear: 12' (verdicts {VERDICTS})")
         named.update({int(t): verdict.strip() for t in tiles.split()})
-    audits = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
+    whole, audits = _load(model)
     entry = audits.setdefault(split, {})
     entry["by"] = by or entry.get("by", "")
     labels = entry.setdefault("labels", {})
     targets = [t for t in key["tiles"] if t["id"] not in labels or t["tile"] in named]
     for t in targets:
         labels[t["id"]] = named.get(t["tile"], "right")
-    AUDIT.write_text(json.dumps(audits, indent=1))
+    AUDIT.write_text(json.dumps(whole, indent=1))
     return len(targets)
 
 
@@ -163,7 +171,7 @@ def score(split: str, model: str = MODELS[0]) -> dict:
     """The eye's verdicts (``AUDIT``) against the judge's, and the precision at 0.5 by eye: each group of the judge's
     (right, wrong) counted at the share of it the eye calls right, ``unclear`` counted as wrong; by this split's audit
     alone, and with the shares pooled over every audited split whose sheets' labels all have verdicts."""
-    audits = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
+    audits = {s: e for s, e in _load(model)[1].items() if s in SPLITS}
     keys = {s: json.loads(p.read_text()) for s in audits if (p := model_folder(model) / s / "eye_key.json").exists()}
     if split not in audits or split not in keys:
         raise SystemExit(f"split {split!r}: expected its sheets' key {model_folder(model) / split / 'eye_key.json'} "
