@@ -17,7 +17,9 @@ The verdicts are kept in ``studies/data/label_eye_audit.json`` by label (:func:`
 pixels), not by tile: after a change that moves a few labels across the threshold (a new score), ``sheets`` draws other
 tiles, and the labels the eye has seen keep their verdicts. The draw ranks each label by a hash of the seed and its
 identity, so a label that stays trusted keeps its place in it. ``sheets`` also writes the tiles whose labels have none yet
-on sheets of their own (``eye_pending_<k>.png``), and ``score`` asks for them. ``record`` stores the eye's verdicts
+on sheets of their own (``eye_pending_<k>.png``), and ``score`` asks for them. ``score`` also reads every verdict
+of the split's trusted labels together, whichever draw they were seen in: more of the judged-right ones, on which the
+precision by eye mostly rests. ``record`` stores the eye's verdicts
 of a split's tiles (``--verdicts 'wrong: 3 7, unclear: 12'``, every other tile right). The labels and the split are
 deterministic, so ``sheets`` makes the same tiles again.
 """
@@ -192,12 +194,27 @@ def score(split: str, model: str = MODELS[0]) -> dict:
 
     table = tables[split]
     pooled = {c: sum(t[c] for t in tables.values()) for c in table}
+    every = _every_verdict(split, model, audits[split]["labels"])
     for j in (True, False):
         print(f"judged {'right' if j else 'wrong'}: " + ", ".join(f"eye {e} {table[(j, e)]}" for e in VERDICTS))
     print(f"precision at 0.5: the judge {(trusted - wrong) / max(1, trusted):.3f} of {trusted}, by eye {by_eye(table):.3f} "
-          f"(this split's audit), {by_eye(pooled):.3f} (the audits of {', '.join(tables)} pooled)")
+          f"(this split's sheets), {by_eye(pooled):.3f} (the sheets of {', '.join(tables)} pooled), {by_eye(every):.3f} "
+          f"(every verdict of this split's trusted labels: judged right {every[(True, 'right')]} of "
+          f"{sum(every[(True, e)] for e in VERDICTS)} right by eye)")
     return {"table": {f"{j}/{e}": v for (j, e), v in table.items()}, "precision_by_eye": by_eye(table),
-            "precision_by_eye_pooled": by_eye(pooled)}
+            "precision_by_eye_pooled": by_eye(pooled), "precision_by_eye_every_verdict": by_eye(every)}
+
+
+def _every_verdict(split: str, model: str, verdicts: dict[str, str]) -> dict:
+    """``{(judged right, eye's verdict): labels}`` over every trusted label of the split that has a verdict, whichever
+    sheets it was seen on: the draws of several seeds, or of an earlier score, read together."""
+    trusted, judged = _trusted(split, model)
+    table = {(j, e): 0 for j in (True, False) for e in VERDICTS}
+    for i, k, ok in trusted:
+        verdict = verdicts.get(label_id(i, judged[i].classes[k], judged[i].masks[k]))
+        if verdict is not None:
+            table[(ok, verdict)] += 1
+    return table
 
 
 def main(argv=None) -> int:

@@ -75,6 +75,19 @@ def test_label_eye_audit_scores_the_eyes_verdicts_against_the_judges(tmp_path, m
     (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
     monkeypatch.setattr(audit, "AUDIT", tmp_path / "audit.json")
     monkeypatch.setattr(audit, "model_folder", lambda model: tmp_path)
+
+    def row(n: int) -> np.ndarray:
+        mask = np.zeros((8, 8), bool)
+        mask[n, :] = True
+        return mask
+
+    class Judged:  # what _trusted gives: the split's labels at >= 0.5 (one more than the sheets show, unseen)
+        def __init__(self, i):
+            self.classes, self.masks = ["square", "square"], [row(2 * i), row(2 * i + 1)]
+
+    judged = [Judged(i) for i in range(4)]
+    trusted = [(t["sample"], t["label"], t["judged_right"]) for t in key["tiles"]] + [(3, 1, True)]
+    monkeypatch.setattr(audit, "_trusted", lambda split, model: (trusted, judged))
     assert audit.record("fresh", "wrong: 1 4, unclear: 3", "a test") == 6
     labels = json.loads((tmp_path / "audit.json").read_text())["fresh"]["labels"]
     assert [labels[t["id"]] for t in key["tiles"]] == ["right", "wrong", "right", "unclear", "wrong", "right"]
@@ -82,13 +95,17 @@ def test_label_eye_audit_scores_the_eyes_verdicts_against_the_judges(tmp_path, m
     assert result["table"]["True/right"] == 1 and result["table"]["False/unclear"] == 1
     assert result["precision_by_eye"] == (90 * 0.5 + 10 * 0.5) / 100
     assert result["precision_by_eye_pooled"] == result["precision_by_eye"]  # one audited split: pooled is its own
+    assert result["precision_by_eye_every_verdict"] == result["precision_by_eye"]  # every verdict: the sheets' here
     # other sheets (a new score): a label the eye has seen keeps its verdict, a new one must be looked at
     key["tiles"][5] = tile(6, False) | {"tile": 5}
     (tmp_path / "fresh" / "eye_key.json").write_text(json.dumps(key))
     with pytest.raises(SystemExit, match="without a verdict"):
         audit.score("fresh")
     assert audit.record("fresh", "wrong: 5", "") == 1  # only the new tile is recorded
-    assert audit.score("fresh")["table"]["False/wrong"] == 2  # tile 4, and the new tile 5
+    trusted.append((3, 0, False))  # the new tile's label; the old tile 5's is still trusted, and its verdict counts
+    result = audit.score("fresh")
+    assert result["table"]["False/wrong"] == 2  # tile 4, and the new tile 5
+    assert result["precision_by_eye_every_verdict"] == (90 * 0.5 + 10 * 2 / 5) / 100
     with pytest.raises(SystemExit, match="expected 'wrong: 3 7"):
         audit.record("fresh", "maybe: 2", "")
     tile = audit._tile(np.zeros((64, 64, 3), np.uint8), np.eye(64, dtype=bool), "#0 square: white")
