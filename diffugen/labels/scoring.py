@@ -37,7 +37,9 @@ the word's mask ``M`` before resolution, the features are:
   another class word's map of the prompt (:func:`rival_margin`). Each map is scaled to its own peak, so the word
   whose object this is attends here near its peak and the others do not (a margin near 1). When the model attends to
   one object with two words alike, the margin is near 0; on another word's object, it is negative. ``share`` compares
-  the words in units of attention, where a word with a higher floor everywhere looks surer of every object.
+  the words in units of attention, where a word with a higher floor everywhere looks surer of every object. Objects
+  that overlap in the image (a rider on a horse) share the attention of both words there, so their labels get lower
+  margins and go to the review more often; the toy world's objects never overlap, so its fit has not seen them.
 
 Every attention feature is a ratio or a share, so the score does not depend on the attention's overall scale,
 which differs between families (an MMDiT's softmax runs over image and text keys together, so its text
