@@ -668,9 +668,10 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
         for k, wl in enumerate(word_labels):
             for inst in wl.instances:
                 m = instance_mask(inst, wl.mask.shape)
-                inst.features = {**inst.features, **scoring.cut_features(
-                    inst.features, inst.area, m, last[words[k]], lab, parts[k]),
-                    "margin": scoring.rival_margin(word_norm[words[k]], [word_norm[v] for v in groups if v != words[k]], m)}
+                rivals = [word_norm[v] for v in groups if v != words[k]]
+                inst.features = {**inst.features,
+                                 **scoring.cut_features(inst.features, inst.area, m, last[words[k]], lab, parts[k]),
+                                 "margin": scoring.rival_margin(word_norm[words[k]], rivals, m)}
                 inst.score = scoring.attention_score(inst.features, attention=attention)
             wl.instances.sort(key=lambda inst: inst.score, reverse=True)
     mask = semantic_mask(word_labels, [class_ids[c] for c in classes], word_maps[0].shape, heatmaps=list(word_maps))

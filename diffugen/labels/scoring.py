@@ -63,10 +63,9 @@ training images, each scored by a fit on the others): ``k = 3`` for :data:`WEIGH
 it: a label at 0.5 is ``k`` times as likely right as wrong (the calibrated probability is ``k s / (1 - s + k s)``,
 0.75 there), so the labels a reviewer trusts by default are the surer ones. The contrast, the instance's share of its
 word's pixels as the cuts end, what resolution and the cuts kept of it, and the margin over the other words' maps
-carry the score; a word said twice is read
-against each occurrence's own part (a second object of one word is not a fragment). It is fitted on the labels as the
-defaults make them (the blob as found, then cut to its map's core and to the image's edges, and grown back over its
-object's colour): it says whether the label a reviewer sees is right. Without the cuts (``labels.core: false``,
+carry the score; a word said twice is read against each occurrence's own part (a second object of one word is not a
+fragment). It is fitted on the labels as the defaults make them (the blob as found, then cut to its map's core and
+to the image's edges, and grown back over its object's colour): it says whether the label a reviewer sees is right. Without the cuts (``labels.core: false``,
 ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is the blob's share of its word's mask, which the fit has not
 seen as often.
 It was fitted on a UNet (SD 1.x) model, for the maps of cross-attention (SD 1.x/2.x, SDXL). The joint-attention
@@ -160,7 +159,7 @@ def cut_features(features: dict[str, float], area: float, mask: np.ndarray, word
 
 def rival_margin(own: np.ndarray, rivals: Sequence[np.ndarray], mask: np.ndarray) -> float:
     """``margin`` (module docstring): the mean of ``own`` over ``mask`` less the highest mean of one of ``rivals``
-    there (0 without rivals: a prompt of one class word).
+    there (without rivals, a prompt of one class word: the mean of ``own``).
 
     Args:
         own: ``(H, W)`` the instance's word's map, min-max normalised (a word said twice: its occurrences' mean).
