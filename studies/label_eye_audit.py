@@ -2,7 +2,8 @@
 
 Usage (from the repository root, a split collected by :mod:`studies.label_scores`)::
 
-    python -m studies.label_eye_audit sheets --split fresh    # shuffled sheets to look at, and their key
+    python -m studies.label_eye_audit sheets --split fresh --seed 4 --right 62   # sheets to look at, and their key
+    python -m studies.label_eye_audit record --split fresh --verdicts 'wrong: 3 7, unclear: 12' --by '...'
     python -m studies.label_eye_audit score --split fresh     # the eye's verdicts against the judge's (and pooled)
 
 ``sheets`` draws every label at >= 0.5 that the judge per object drawn calls wrong, and as many of those it calls
