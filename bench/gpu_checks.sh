@@ -7,6 +7,9 @@
 #                pip download --no-deps -d .whl diffusers==0.42.1 attention-map-diffusers==1.0.0 importlib_metadata
 # Then:          run(command="bash bench/gpu_checks.sh", carry=[".whl"], timeout_s=560)
 #                run(command="bash bench/gpu_checks.sh flux2", carry=[".whl"], timeout_s=400)  # FLUX.2, a second call
+#                run(command="bash bench/gpu_checks.sh toyworld", carry=[".whl"], timeout_s=560)  # a larger toy
+#                transformer trained from scratch for issue 14's adherence; its folder (24 MB) comes back under $OUT:
+#                judge it here with bench/label_accuracy.py --model FOLDER --n 120 --children 0 --yolo-train 0
 # The device has torch and transformers of its own and no diffusers; nothing else of ours needs more.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -22,6 +25,13 @@ run() {  # one family: at most $1 seconds, the rest of its arguments to bench_ca
   timeout "$limit" python3 bench/bench_capture.py --device cuda --model-sized --steps 4 --n 3 --reps 2 \
     --refine-power 1 --peers amd "$@" 2>&1 | tee -a "$out/capture.log"
 }
+if [ "${1:-}" = toyworld ]; then  # 8 joint blocks of width 192 (the shipped model: 4 of 128), the same world and seed
+  set -o pipefail
+  timeout 520 python3 -m diffugen.toyworld.train --arch mmdit --device cuda --mmdit-layers 8 --mmdit-heads 6 \
+    --steps 7500 --batch 64 --lr 5e-4 --state /tmp/toyworld-state --out "$out/model-mmdit-8x192" --save-every 1000 \
+    2>&1 | tee "$out/train.log"
+  exit 0
+fi
 if [ "${1:-}" = flux2 ]; then  # [klein] Base 4B (7.6B parameters with its encoder), then [dev] (55B: ~103 GiB in bf16)
   run 150 --model builtin:tiny-flux2 --size 1024
   run 240 --model builtin:tiny-flux2-dev --size 1024

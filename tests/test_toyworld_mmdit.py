@@ -97,6 +97,25 @@ def test_mmdit_trainer_runs_resumes_and_writes_a_loadable_sd3_folder(tmp_path):
     pipe = load_pipeline(str(out))
     assert family_of(pipe).name == "sd3" and model_defaults(pipe) == {"max_sequence_length": 0, "guidance_scale": 3.0}
     assert pipe.transformer.config.patch_size == 1 and pipe.vae.config.shift_factor is not None
+    other = tmp_path / "other"
+    assert main([*common[:5], str(tmp_path / "state2"), "--out", str(other), *common[8:], "--steps", "1",
+                 "--mmdit-layers", "2", "--mmdit-heads", "2", "--device", "cpu"]) == 0
+    config = load_pipeline(str(other)).transformer.config
+    assert (config.num_layers, config.num_attention_heads, config.caption_projection_dim) == (2, 2, 64)
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu", "gpu0"])
+def test_trainer_refuses_a_device_this_machine_lacks_before_anything_is_written(tmp_path, device, capsys):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    state, out = tmp_path / "state", tmp_path / "out"
+    assert main(["toyworld", "train", "--arch", "mmdit", "--state", str(state), "--out", str(out), "--steps", "1",
+                 "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--device {device}" in err
+    assert not state.exists() and not out.exists()
 
 
 @shipped

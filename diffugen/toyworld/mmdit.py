@@ -13,7 +13,8 @@ checkpoints and ``--resume`` as the UNet model). It is a ``StableDiffusion3Pipel
   (``max_sequence_length`` 0, recorded in the folder's ``diffugen.json`` so DiffuGen encodes prompts so, beside
   its guidance scale, :data:`GUIDANCE`);
 - an ``SD3Transformer2DModel`` with patch size 1 (a 16×16 token grid, the resolution the UNet model's
-  finest cross-attention has), 4 joint blocks of width 128 (4 heads of 32);
+  finest cross-attention has), 4 joint blocks of width 128 (4 heads of 32; ``--mmdit-layers`` and ``--mmdit-heads``
+  train another size);
 - rectified flow, as SD3 (``FlowMatchEulerDiscreteScheduler``, shift 1 for 64-px images): the
   transformer predicts ``noise - z0`` at ``z_σ = (1 - σ) z0 + σ noise``, σ drawn logit-normal.
 """
@@ -34,8 +35,9 @@ T5_LENGTH = 0  # the zero T5 positions SD3 appends without T5: none here, traine
 GUIDANCE = 3.0
 
 
-def build_components(tokenizer, text_encoder_1):
-    """The trained parts: the SD3 text encoders (the first warm-started from ``text_encoder_1``) and the transformer."""
+def build_components(tokenizer, text_encoder_1, layers: int = 4, heads: int = 4):
+    """The trained parts: the SD3 text encoders (the first warm-started from ``text_encoder_1``) and the transformer
+    (``layers`` joint blocks of ``heads`` heads of 32; the shipped model's: 4 and 4)."""
     from diffusers import SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -51,9 +53,10 @@ def build_components(tokenizer, text_encoder_1):
     ))
     width = cfg.hidden_size + 32
     torch.manual_seed(13)
-    transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=1, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=4, attention_head_dim=32,
-        num_attention_heads=4, joint_attention_dim=width, caption_projection_dim=128, pooled_projection_dim=width,
+    transformer = SD3Transformer2DModel(  # `heads` of 32: both streams, so the caption projection, are that wide
+        sample_size=16, patch_size=1, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=layers,
+        attention_head_dim=32, num_attention_heads=heads, joint_attention_dim=width, caption_projection_dim=32 * heads,
+        pooled_projection_dim=width,
         pos_embed_max_size=32,  # fixed sin-cos positions: images up to 128 px, trained at the centre 16×16
     )
     return {"transformer": transformer, "text_encoder": enc1, "text_encoder_2": enc2}
@@ -74,8 +77,8 @@ def sd3_condition(models: dict, ids: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def flow_loss(models: dict, ids: torch.Tensor, z0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Rectified-flow loss: the transformer predicts ``noise - z0`` at ``(1 - σ) z0 + σ noise``, ``σ`` logit-normal."""
-    noise = torch.randn(z0.shape, generator=gen)
-    sigma = torch.sigmoid(torch.randn(z0.shape[0], generator=gen))
+    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+    sigma = torch.sigmoid(torch.randn(z0.shape[0], generator=gen)).to(z0.device)
     s = sigma.view(-1, 1, 1, 1)
     zt = (1 - s) * z0 + s * noise
     seq, pooled = sd3_condition(models, ids)
@@ -115,7 +118,7 @@ def train_mmdit(args, state_dir: Path, state_path: Path, world: dict, t_start: f
     from . import load_toyworld_mmdit_pipeline, load_toyworld_pipeline
     from .train import build_vae, finish, log, train_diffusion, trained_vae
 
-    start = torch.load(state_path, weights_only=True) if args.resume and state_path.exists() else None
+    start = torch.load(state_path, weights_only=True, map_location="cpu") if args.resume and state_path.exists() else None
     torch.manual_seed(args.seed)
     if args.init_from:
         init = load_toyworld_mmdit_pipeline(args.init_from)
@@ -126,7 +129,7 @@ def train_mmdit(args, state_dir: Path, state_path: Path, world: dict, t_start: f
         base = load_toyworld_pipeline()  # its vocabulary and first text encoder
         tokenizer = base.tokenizer
         vae = trained_vae(build_vae(LATENT_CHANNELS), args, state_dir / "vae.pt", start, world, shift=True)
-        models = build_components(tokenizer, base.text_encoder.float())
+        models = build_components(tokenizer, base.text_encoder.float(), args.mmdit_layers, args.mmdit_heads)
     tokenizer.save_pretrained(str(state_dir / "tokenizer"))
     sizes = ", ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for n, m in models.items())
     log(f"mmdit: {sizes} params")

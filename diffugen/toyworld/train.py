@@ -161,7 +161,8 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 # ---- phases --------------------------------------------------------------------------------------
 def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_minutes: float, start: dict | None,
-              world: dict | None = None):
+              world: dict | None = None, device: str = "cpu"):
+    vae.to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     step = 0
     if start and start.get("phase") == "vae":
@@ -176,9 +177,10 @@ def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_min
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, 1e-3, 100)
         x, _ = scene_batch(seed * 7_919 + 500_000_000 + step * batch, batch, world)
+        x = x.to(device)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
@@ -202,7 +204,7 @@ def train_vae(vae, steps: int, batch: int, seed: int, state_path: Path, ckpt_min
 def latent_scale(vae, seed: int, n: int = 256, world: dict | None = None, centred: bool = False) -> tuple[float, float]:
     """The mean of the VAE's latents of ``n`` scenes and 1 / their std (about the mean when ``centred``, else about 0)."""
     x, _ = scene_batch(seed * 7_919 + 900_000_000, n, world)
-    z = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, n, 64)])
+    z = torch.cat([vae.encode(x[i : i + 64].to(vae.device)).latent_dist.mean.cpu() for i in range(0, n, 64)])
     mean = float(z.mean())
     return mean, float(1.0 / (z - mean).std()) if centred else float(1.0 / z.std())
 
@@ -217,7 +219,7 @@ def caption_variant(seed: int, rng: random.Random, world: dict | None = None) ->
 def latent_pool(vae, seed: int, n: int, path: Path, world: dict | None = None):
     """Encode ``n`` training scenes once: posterior mean and std, kept in ``path`` for resuming."""
     if path.exists():
-        d = torch.load(path, weights_only=True)
+        d = torch.load(path, weights_only=True, map_location="cpu")
         # (a pool of another world, or of a VAE with other latent channels, is made again)
         if len(d["seeds"]) == n and d.get("world", {}) == (world or {}) and d["mean"].shape[1] == vae.config.latent_channels:
             log(f"latent pool: {n} scenes from {path}")
@@ -227,9 +229,9 @@ def latent_pool(vae, seed: int, n: int, path: Path, world: dict | None = None):
     means, stds = [], []
     for i in range(0, n, 64):
         x, _ = scene_batch(int(seeds[i]), min(64, n - i), world)
-        post = vae.encode(x).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(x.to(vae.device)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
         if (i // 64) % 32 == 0:
             log(f"latent pool: {i + 64}/{n} encoded")
     d = {"mean": torch.cat(means), "std": torch.cat(stds), "seeds": seeds, "world": dict(world or {})}
@@ -240,9 +242,10 @@ def latent_pool(vae, seed: int, n: int, path: Path, world: dict | None = None):
 
 def unet_loss(models: dict, ids: torch.Tensor, z0: torch.Tensor, gen: torch.Generator, scheduler) -> torch.Tensor:
     """DDPM ε-prediction loss of the UNet on latents ``z0`` with the text encoder's context of ``ids``."""
-    noise = torch.randn(z0.shape, generator=gen)
+    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
-    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.device)
+    t = t.to(z0.device)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
     cond = models["text_encoder"](ids)[0]
     return F.mse_loss(models["unet"](zt, t, encoder_hidden_states=cond).sample, noise)
@@ -260,6 +263,10 @@ def train_diffusion(models: dict[str, torch.nn.Module], loss_fn, vae, tokenizer,
     Returns:
         The EMA copies of ``models`` (what is saved).
     """
+    device = getattr(args, "device", "cpu")
+    for m in models.values():
+        m.to(device)
+    vae.to(device)
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     emas = {name: copy.deepcopy(m).requires_grad_(False) for name, m in models.items()}
@@ -304,7 +311,8 @@ def train_diffusion(models: dict[str, torch.nn.Module], loss_fn, vae, tokenizer,
             if rng.random() < args.uncond:
                 ids[i] = empty
         mean, std = pool_mean[idx], pool_std[idx]
-        z0 = (mean + std * torch.randn(mean.shape, generator=gen) - shift) * sf
+        z0 = ((mean + std * torch.randn(mean.shape, generator=gen) - shift) * sf).to(device)
+        ids = ids.to(device)
         loss = loss_fn(models, ids, z0, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -417,6 +425,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="unet: the Stable Diffusion model (builtin:toyworld); mmdit: an SD3-style transformer with a "
                         "16-channel VAE of its own and the shipped model's vocabulary (builtin:toyworld-mmdit, "
                         "diffugen.toyworld.mmdit)")
+    p.add_argument("--mmdit-layers", type=positive_int, default=4, help="--arch mmdit: joint blocks (from scratch)")
+    p.add_argument("--mmdit-heads", type=positive_int, default=4,
+                   help="--arch mmdit: attention heads of 32, so the width is 32 × this (from scratch)")
     p.add_argument("--hollow-rate", type=_rate, default=None, help="share of squares and triangles drawn hollow (default: the world's)")
     p.add_argument("--stretch-rate", type=_rate, default=None, help="share of the other squares and triangles drawn wide or tall")
     p.add_argument("--extra-shapes", action="store_true",
@@ -424,6 +435,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-holes", action="store_true", help="hollow shapes get a round hole (a hollow circle would be a ring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu",
+                   help="where the models train: cpu, or cuda where a GPU is lent (the scenes and the noise are drawn "
+                        "on the CPU, so a seed trains the same steps on either)")
     p.add_argument("--state", default=str(Path.home() / ".cache" / "diffugen" / "toyworld-train"),
                    help="folder of the resumable training state (checkpoints, latent pool)")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -445,6 +459,18 @@ def world_settings(args) -> dict:
     return world
 
 
+def check_device(name: str) -> None:
+    """Refuse a ``--device`` this machine does not have, before anything is written."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise DiffuGenError(f"--device {name}: expected cpu or cuda[:N] ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffuGenError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise DiffuGenError(f"--device {name}: expected cpu or cuda[:N]")
+
+
 def main(argv=None) -> int:
     try:
         return run(parse_args(argv))
@@ -456,6 +482,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     world = world_settings(args)
     if args.out is None:
         from . import MMDIT_DIR
@@ -495,7 +522,7 @@ def run(args) -> int:
         return train_mmdit(args, state_dir, diff_state, world, t_start)
     if args.init_from:
         tokenizer, text_encoder, unet, vae, scheduler = finetune_components(Path(args.init_from), state_dir / "tokenizer", world)
-        diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
+        diff_start = torch.load(diff_state, weights_only=True, map_location="cpu") if args.resume and diff_state.exists() else None
         return _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world, t_start)
     design = DESIGNS[args.design]
     # The tokenizer is kept with the state: a resumed run must use the token ids it was trained with.
@@ -517,7 +544,7 @@ def run(args) -> int:
     log(f"vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M, unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
         f"text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M params; vocabulary {len(tokenizer)} tokens")
 
-    diff_start = torch.load(diff_state, weights_only=True) if args.resume and diff_state.exists() else None
+    diff_start = torch.load(diff_state, weights_only=True, map_location="cpu") if args.resume and diff_state.exists() else None
     vae = trained_vae(vae, args, vae_state, diff_start, world)
     return _train_unet(unet, text_encoder, vae, tokenizer, scheduler, args, diff_state, diff_start, world, t_start)
 
@@ -531,9 +558,10 @@ def trained_vae(vae, args, vae_state: Path, diff_start: dict | None, world: dict
                                **({"shift_factor": diff_start["shift_factor"]} if shift else {}))
         log(f"vae: from the diffusion checkpoint (scaling factor {diff_start['scaling_factor']:.4f})")
         return vae.eval()
-    vae_start = torch.load(vae_state, weights_only=True) if args.resume and vae_state.exists() else None
+    vae_start = torch.load(vae_state, weights_only=True, map_location="cpu") if args.resume and vae_state.exists() else None
     if vae_start is None or vae_start["step"] < args.vae_steps:
-        vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start, world)
+        vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start, world,
+                        getattr(args, "device", "cpu"))
     else:
         vae.load_state_dict(vae_start["vae"])
         log("vae: already trained")
