@@ -17,12 +17,12 @@ label covers one object of its class as drawn, most of it and little else: IoU >
 The verdicts are kept in ``studies/data/label_eye_audit.json`` by label (:func:`label_id`: its sample, class and
 pixels), not by tile: after a change that moves a few labels across the threshold (a new score), ``sheets`` draws other
 tiles, and the labels the eye has seen keep their verdicts. The draw ranks each label by a hash of the seed and its
-identity, so a label that stays trusted keeps its place in it. ``sheets`` also writes the tiles whose labels have none yet
-on sheets of their own (``eye_pending_<k>.png``), and ``score`` asks for them. ``score`` also reads every verdict
-of the split's trusted labels together, whichever draw they were seen in: more of the judged-right ones, on which the
-precision by eye mostly rests. ``record`` stores the eye's verdicts
-of a split's tiles (``--verdicts 'wrong: 3 7, unclear: 12'``, every other tile right). The labels and the split are
-deterministic, so ``sheets`` makes the same tiles again.
+identity, so a label that stays trusted keeps its place in it. ``sheets`` also writes the tiles whose labels have
+none yet on sheets of their own (``eye_pending_<k>.png``), and ``score`` asks for them. ``score`` also reads every
+verdict of the split's trusted labels together, whichever draw they were seen in: more of the judged-right ones, on
+which the precision by eye mostly rests. ``record`` stores the eye's verdicts of a split's tiles (``--verdicts
+'wrong: 3 7, unclear: 12'``, every other tile right). The labels and the split are deterministic, so ``sheets`` makes
+the same tiles again.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def sheets(split: str, model: str = MODELS[0], seed: int = 0, right: int | None 
     wrong = [t for t in trusted if not t[2]]
     judged_right = [t for t in trusted if t[2]]
 
+    ids = {(i, k): label_id(i, judged[i].classes[k], judged[i].masks[k]) for i, k, _ in trusted}
+
     def rank(t: tuple[int, int, bool]) -> str:  # a label's place in the seed's draw: the same whatever else moves
-        i, k, _ = t
-        return hashlib.sha256(f"{seed}/{label_id(i, judged[i].classes[k], judged[i].masks[k])}".encode()).hexdigest()
+        return hashlib.sha256(f"{seed}/{ids[t[:2]]}".encode()).hexdigest()
 
     count = min(len(judged_right), len(wrong) if right is None else right)
     drawn = sorted(wrong + sorted(judged_right, key=rank)[:count], key=lambda t: rank(t)[::-1])
@@ -97,7 +98,7 @@ def sheets(split: str, model: str = MODELS[0], seed: int = 0, right: int | None 
         image = np.asarray(Image.open(samples[i]["filepath"]).convert("RGB"))
         colours = "/".join(c for c, shape, _ in requested(im.prompt) if shape == im.classes[k])
         tiles.append(_tile(image, im.masks[k], f"#{n} {im.classes[k]}: {colours}"))
-        key.append({"tile": n, "sample": i, "label": k, "id": label_id(i, im.classes[k], im.masks[k]),
+        key.append({"tile": n, "sample": i, "label": k, "id": ids[(i, k)],
                     "prompt": im.prompt, "task": im.task, "judged_right": ok})
     for old in [*folder.glob("eye_sheet_*.png"), *folder.glob("eye_pending_*.png")]:
         old.unlink()

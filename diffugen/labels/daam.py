@@ -666,9 +666,9 @@ def label_heatmaps(word_maps: Sequence[np.ndarray], words: Sequence[str], classe
             last.update(core)
         lab = scoring.image_lab(image) if image is not None else None
         for k, wl in enumerate(word_labels):
+            rivals = [word_norm[v] for v in groups if v != words[k]]
             for inst in wl.instances:
                 m = instance_mask(inst, wl.mask.shape)
-                rivals = [word_norm[v] for v in groups if v != words[k]]
                 inst.features = {**inst.features,
                                  **scoring.cut_features(inst.features, inst.area, m, last[words[k]], lab, parts[k]),
                                  "margin": scoring.rival_margin(word_norm[words[k]], rivals, m)}

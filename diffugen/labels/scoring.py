@@ -65,7 +65,8 @@ it: a label at 0.5 is ``k`` times as likely right as wrong (the calibrated proba
 word's pixels as the cuts end, what resolution and the cuts kept of it, and the margin over the other words' maps
 carry the score; a word said twice is read against each occurrence's own part (a second object of one word is not a
 fragment). It is fitted on the labels as the defaults make them (the blob as found, then cut to its map's core and
-to the image's edges, and grown back over its object's colour): it says whether the label a reviewer sees is right. Without the cuts (``labels.core: false``,
+to the image's edges, and grown back over its object's colour): it says whether the label a reviewer sees is right.
+Without the cuts (``labels.core: false``,
 ``labels.snap: 0``) ``cut_kept`` is 1 and ``core_share`` is the blob's share of its word's mask, which the fit has not
 seen as often.
 It was fitted on a UNet (SD 1.x) model, for the maps of cross-attention (SD 1.x/2.x, SDXL). The joint-attention

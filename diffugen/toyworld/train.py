@@ -263,7 +263,7 @@ def train_diffusion(models: dict[str, torch.nn.Module], loss_fn, vae, tokenizer,
     Returns:
         The EMA copies of ``models`` (what is saved).
     """
-    device = getattr(args, "device", "cpu")
+    device = args.device
     for m in models.values():
         m.to(device)
     vae.to(device)
@@ -561,7 +561,7 @@ def trained_vae(vae, args, vae_state: Path, diff_start: dict | None, world: dict
     vae_start = torch.load(vae_state, weights_only=True, map_location="cpu") if args.resume and vae_state.exists() else None
     if vae_start is None or vae_start["step"] < args.vae_steps:
         vae = train_vae(vae, args.vae_steps, args.vae_batch, args.seed, vae_state, args.ckpt_minutes, vae_start, world,
-                        getattr(args, "device", "cpu"))
+                        args.device)
     else:
         vae.load_state_dict(vae_start["vae"])
         log("vae: already trained")
