@@ -194,6 +194,32 @@ def test_refinement_uses_the_finest_self_attention_grid_of_at_most_1024_position
     assert bare.refine_grid() is None and bare.refine(maps) is maps  # no self-attention: maps unchanged
 
 
+def test_a_transformers_token_grid_over_32x32_refines_on_block_means_of_its_queries_and_keys():
+    """A joint collector pools a 48×45 token grid (2,160 positions) by 2: the self-attention between the 2×2 block
+    means of the queries and of the keys, on 24×23 blocks (an edge block the mean of what it holds); a UNet
+    collector skips the same layer, as it has coarser ones to record."""
+    from diffugen.generation.joint_attention import JointHeatmapCollector
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 48 * 45, 4), torch.randn(2, 3, 48 * 45, 4)
+    joint = JointHeatmapCollector(refine_power=1)
+    joint.reset(1, [1], (48, 45))
+    joint.record_self(q, k, 0.5)
+    assert joint.refine_grid() == (24, 23)
+
+    def block_means(x):  # (heads, N, d) → (heads, 24 * 23, d)
+        g = x.reshape(3, 48, 45, 4)
+        return torch.stack([g[:, i : i + 2, j : j + 2].mean((1, 2)) for i in range(0, 48, 2) for j in range(0, 45, 2)], 1)
+
+    expected = torch.softmax(block_means(q[1]) * 0.5 @ block_means(k[1]).transpose(-1, -2), -1).mean(0)
+    torch.testing.assert_close(joint.self_attention[24 * 23][0], expected)
+    assert joint.refine(torch.rand(1, 2, 48, 45)).shape == (1, 2, 48, 45)
+    unet = HeatmapCollector(refine_power=1)
+    unet.reset(1, [1], (48, 45))
+    unet.record_self(q, k, 0.5)
+    assert unet.refine_grid() is None
+
+
 def test_refinement_spreads_a_map_over_its_object_and_not_beyond():
     """Two objects (left and right halves) whose positions attend within their own object:
     a map peaked on two left positions becomes uniform over the left half and stays 0 on the right."""
@@ -203,7 +229,7 @@ def test_refinement_spreads_a_map_over_its_object_and_not_beyond():
     left = (torch.arange(h * w) % w) < w // 2
     same = (left[:, None] == left[None, :]).float()
     col.self_attention = {h * w: (same / same.sum(1, keepdim=True))[None]}  # (1, N, N), rows sum to 1
-    col.self_counts = {h * w: 1}
+    col.self_counts, col.self_grids = {h * w: 1}, {h * w: (h, w)}
     tokens = torch.zeros(1, 1, h, w)
     tokens[0, 0, 2, 1] = tokens[0, 0, 5, 2] = 1.0
     refined = col.refine(tokens)[0, 0].flatten()

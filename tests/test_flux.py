@@ -75,6 +75,16 @@ def test_capture_leaves_images_bit_identical_and_restores_processors(flux):
     assert collector.maps[DOUBLE].shape == (2, 2, 2, 4, 7)  # (batch: all conditional, heads, tokens, h, w)
 
 
+def test_refinement_at_1024px_runs_on_a_32x32_grid_and_keeps_images(flux):
+    """At FLUX's own 1024² the token grid is 64×64: the refinement pools it to 32×32 blocks (not skipped, as a
+    grid over 1,024 positions was), and the images stay bit-identical."""
+    collector = check.assert_capture_is_invisible(flux, size=(1024, 1024))
+    assert collector.latent_size == (64, 64) and collector.refine_grid() == (32, 32)
+    refined = collector.token_heatmaps()
+    collector.refine_power = 0
+    assert not torch.allclose(refined, collector.token_heatmaps())
+
+
 # ---- generate: the three tasks, plain diffusers, batching, resume --------------------------------
 def test_generate_all_tasks_gives_word_heatmaps_and_daam_labels(tmp_path, dataset_name):
     check.assert_all_tasks_labeled(FLUX, tmp_path, dataset_name)

@@ -62,11 +62,29 @@ def selected_layer(name: str, layers: LayerChoice, refine: bool = False, refine_
 MAX_SELF_POSITIONS = 32 * 32  # self-attention matrices are (N × N): keep N at most 1024
 
 
+def pooled_factor(h: int, w: int) -> int:
+    """The smallest factor ``f`` whose ``ceil(h / f) × ceil(w / f)`` grid holds at most :data:`MAX_SELF_POSITIONS`."""
+    f = 2
+    while math.ceil(h / f) * math.ceil(w / f) > MAX_SELF_POSITIONS:
+        f += 1
+    return f
+
+
+def pool_tokens(x: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
+    """``(b, heads, N, d)`` tokens on an ``h × w`` grid → their means over ``factor × factor`` blocks."""
+    b, heads, n, d = x.shape
+    grid = x.transpose(-1, -2).reshape(b * heads, d, *size)
+    pooled = F.avg_pool2d(grid, factor, ceil_mode=True)
+    return pooled.reshape(b, heads, d, -1).transpose(-1, -2)
+
+
 class HeatmapCollector:
     """Accumulates per-layer, per-head cross-attention of selected tokens over the denoising steps.
 
     Set up before each pipeline call with :meth:`reset`; read after it with :meth:`word_heatmaps`.
     """
+
+    pools_self_attention = False  # a UNet has coarser self-attention layers to record instead
 
     def __init__(self, layers: LayerChoice = "daam", refine_power: int = 0):
         self.layers = layers
@@ -81,6 +99,7 @@ class HeatmapCollector:
         # Per grid size N (<= MAX_SELF_POSITIONS): (batch, N, N) summed over heads' means, layers and steps.
         self.self_attention: dict[int, torch.Tensor] = {}
         self.self_counts: dict[int, int] = {}
+        self.self_grids: dict[int, tuple[int, int]] = {}  # each N's (h, w)
         self._index: torch.Tensor | None = None
         self._grids: dict[int, tuple[int, int, int]] = {}
         self._scores: torch.Tensor | None = None  # record_self's buffers
@@ -100,6 +119,7 @@ class HeatmapCollector:
         self.steps = {}
         self.self_attention = {}
         self.self_counts = {}
+        self.self_grids = {}
         self._index = torch.tensor(self.token_indices, dtype=torch.long)
         self._grids = {}
         self.active = bool(self.token_indices)
@@ -152,17 +172,42 @@ class HeatmapCollector:
 
     @torch.no_grad()
     def record_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
-        """Add one self-attention layer's head-mean attention matrix (layers of at most 32×32 positions).
+        """Add one self-attention layer's head-mean attention matrix (at most 32×32 positions).
+
+        A layer over more positions is skipped (a UNet has coarser ones), unless the collector pools
+        (:attr:`pools_self_attention`, a transformer's one token grid): then the attention is taken between the
+        means of the queries and of the keys over ``f × f`` blocks, ``f`` the smallest factor that leaves at most
+        32×32 blocks (:func:`pooled_factor`). That costs what a 32×32 grid costs. It is not the block average of
+        the full matrix: that one took 1.5× the bare time on tiny FLUX at 1024² and labelled the toy MMDiT
+        worse (BENCHMARKS.md).
 
         Args:
             query, key: ``(batch, heads, N, head_dim)``; the last ``batch_size`` rows are conditional.
         """
-        n = query.shape[2]
-        if n > MAX_SELF_POSITIONS or (self.self_attention and n < max(self.self_attention)):
-            return  # (N × N) too large, or coarser than a grid already recorded (only the finest is used)
+        _, h, w = self.grid(query.shape[2])
+        factor = 1 if h * w <= MAX_SELF_POSITIONS else pooled_factor(h, w) if self.pools_self_attention else 0
+        if not factor:
+            return  # (N × N) too large: a UNet's coarser layers record instead
+        grid = (math.ceil(h / factor), math.ceil(w / factor))
+        n = grid[0] * grid[1]
+        if self.self_attention and n < max(self.self_attention):
+            return  # coarser than a grid already recorded (only the finest is used)
         b = self.batch_size
         q, k = query[-b:].float() * scale, key[-b:].float()
         heads = q.shape[1]
+        if factor > 1:
+            q, k = pool_tokens(q, (h, w), factor), pool_tokens(k, (h, w), factor)
+        head_sum = self._head_mean_attention(q, k)
+        self.self_grids[n] = grid
+        if n in self.self_attention:
+            self.self_attention[n].add_(head_sum, alpha=1.0 / heads)
+        else:
+            self.self_attention[n] = head_sum / heads
+        self.self_counts[n] = self.self_counts.get(n, 0) + 1
+
+    def _head_mean_attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``(b, N, N)``: ``softmax(q kᵀ)`` summed over heads, for ``(b, heads, N, d)`` (``q`` scaled)."""
+        b, heads, n = q.shape[:3]
         # Softmax in place in buffers kept across calls: fresh (b, heads, N, N) tensors per layer and
         # step cost 2–4× more on the CPU (allocation and page faults of tens of MB).
         if self._scores is None or self._scores.shape != (b, heads, n, n) or self._scores.device != q.device:
@@ -171,19 +216,13 @@ class HeatmapCollector:
         s = torch.matmul(q, k.transpose(-1, -2), out=self._scores)
         s.sub_(s.amax(-1, keepdim=True)).exp_()
         s.div_(s.sum(-1, keepdim=True))
-        head_sum = torch.sum(s, 1, out=self._head_sum)
-        if n in self.self_attention:
-            self.self_attention[n].add_(head_sum, alpha=1.0 / heads)
-        else:
-            self.self_attention[n] = head_sum / heads
-        self.self_counts[n] = self.self_counts.get(n, 0) + 1
+        return torch.sum(s, 1, out=self._head_sum)
 
     def refine_grid(self) -> tuple[int, int] | None:
         """``(h, w)`` of the finest recorded self-attention grid (at most 32×32 positions), or ``None``."""
         if not self.self_attention:
             return None
-        _, h, w = self.grid(max(self.self_attention))
-        return h, w
+        return self.self_grids[max(self.self_attention)]
 
     @torch.no_grad()
     def refine(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,9 @@ concepts' own pooled text); every joint block contributes (the paper picks FLUX'
 
 With ``refine_power > 0`` (Dataset Diffusion's refinement) the image-image block of each layer's
 attention, renormalised over the image keys, is averaged into the self-attention matrix
-:meth:`~.attention.HeatmapCollector.refine` uses (SD3.5's image-only ``attn2`` layers included), when
-the grid has at most 32×32 tokens.
+:meth:`~.attention.HeatmapCollector.refine` uses (SD3.5's image-only ``attn2`` layers included). A grid of more
+than 32×32 tokens (SD3 and FLUX from 768² on) is pooled: the attention between the queries' and keys' means over
+2×2 blocks (3×3 …), so the refinement runs at every size at the cost it has at 512².
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class JointHeatmapCollector(HeatmapCollector):
     ``(batch, heads, T, h, w)`` summed over steps, so the parent's ``token_heatmaps`` and
     ``word_heatmaps`` read them unchanged.
     """
+
+    pools_self_attention = True  # every block attends over the one token grid: pool it where it is over 32×32
 
     def __init__(self, layers="all", refine_power: int = 0, method: HeatmapMethod = "cross_attention"):
         super().__init__(layers, refine_power)
