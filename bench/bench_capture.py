@@ -5,8 +5,8 @@ Usage::
     python bench/bench_capture.py [--model builtin:tiny|builtin:tiny-sdxl|builtin:tiny-sd3|builtin:tiny-flux|builtin:tiny-flux2|builtin:tiny-flux2-dev]
                                   [--n 6] [--reps 3] [--size 512] [--steps 5] [--guidance G]
                                   [--refine-power N] [--refine-layers down|all] [--peers auto|none|daam,amd]
-                                  [--model-sized [VARIANT]] [--sd-unet] [--device cpu|cuda|meta] [--dtype D]
-                                  [--softmax-record] [--threads N] [--verbose] [--quick]
+                                  [--model-sized [VARIANT]] [--depth N] [--sd-unet] [--device cpu|cuda|meta] [--dtype D]
+                                  [--no-memory] [--softmax-record] [--threads N] [--verbose] [--quick]
 
 The same pipeline, prompts and seeds are generated one image at a time in these modes:
 
@@ -77,7 +77,11 @@ SD/SDXL by default). ``--device meta`` builds it without memory, prints its para
   encoder (5120 wide, 40 layers, with its Pixtral vision tower) and diffusers' default transformer, 8 double-stream
   and 48 single-stream blocks at 6144 width (48 heads of 128), guidance embedding.
 
-The SD3 and FLUX ones hold 13-17B parameters (26-34 GB in bf16): not for a CPU with 24 GB of RAM.
+The SD3 and FLUX ones hold 13-17B parameters (26-34 GB in bf16): not for a CPU with 24 GB of RAM. ``--depth N``
+keeps their widths with ``N`` transformer blocks (FLUX: ``N`` of each kind) and ``N`` T5 layers: a call's peak
+memory above the weights does not grow with depth in inference (each block's activations are freed before the
+next), except for what the capture keeps per layer, which is reported, so such a model measures the memory ratios
+at the real widths and sizes on a CPU.
 """
 
 from __future__ import annotations
@@ -177,8 +181,9 @@ def build_sdxl_sized(device: str, dtype: torch.dtype):
                                      add_watermarker=False)
 
 
-def build_sd3_sized(device: str, dtype: torch.dtype, variant: str = "sd3.5-large"):
-    """SD3.5 Large's (or Medium's) sizes, random weights, built on ``device`` in ``dtype`` (see the module docstring)."""
+def build_sd3_sized(device: str, dtype: torch.dtype, variant: str = "sd3.5-large", depth: int | None = None):
+    """SD3.5 Large's (or Medium's) sizes, random weights, built on ``device`` in ``dtype`` (see the module docstring);
+    ``depth``: that many joint blocks and T5 layers, the widths kept (``--depth``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
@@ -189,10 +194,14 @@ def build_sd3_sized(device: str, dtype: torch.dtype, variant: str = "sd3.5-large
                   dual_attention_layers=()) if variant == "sd3.5-large" else
              dict(num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=384,
                   dual_attention_layers=tuple(range(13))))
+    t5 = T5_XXL
+    if depth:
+        sizes.update(num_layers=depth, dual_attention_layers=tuple(i for i in sizes["dual_attention_layers"] if i < depth))
+        t5 = {**T5_XXL, "num_layers": depth}
     with built_on(device, dtype):
         text_encoder = _text_encoder(CLIPTextModelWithProjection, tokenizer, 0, CLIP_L)
         text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, tokenizer_2, 3, CLIP_G)
-        text_encoder_3 = _t5_encoder(tokenizer_3, 4, T5_XXL)
+        text_encoder_3 = _t5_encoder(tokenizer_3, 4, t5)
         torch.manual_seed(1)
         transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
                                             attention_head_dim=64, joint_attention_dim=4096,
@@ -204,8 +213,9 @@ def build_sd3_sized(device: str, dtype: torch.dtype, variant: str = "sd3.5-large
                                     text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
 
 
-def build_flux_sized(device: str, dtype: torch.dtype):
-    """FLUX.1 dev's sizes, random weights, built on ``device`` in ``dtype`` (see the module docstring)."""
+def build_flux_sized(device: str, dtype: torch.dtype, depth: int | None = None):
+    """FLUX.1 dev's sizes, random weights, built on ``device`` in ``dtype`` (see the module docstring); ``depth``:
+    that many double-stream, single-stream and T5 layers, the widths kept (``--depth``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -214,9 +224,10 @@ def build_flux_sized(device: str, dtype: torch.dtype):
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer()
     with built_on(device, dtype):
         text_encoder = _text_encoder(CLIPTextModel, tokenizer, 0, CLIP_L)
-        text_encoder_2 = _t5_encoder(tokenizer_2, 4, T5_XXL)
+        text_encoder_2 = _t5_encoder(tokenizer_2, 4, {**T5_XXL, "num_layers": depth} if depth else T5_XXL)
         torch.manual_seed(1)
-        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=depth or 19,
+                                             num_single_layers=depth or 38,
                                              attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                              pooled_projection_dim=768, guidance_embeds=True,
                                              axes_dims_rope=(16, 56, 56))
@@ -267,8 +278,9 @@ def default_dtype(family: str, device: str) -> str:
     return "bfloat16" if family in ("sd3", "flux", "flux2") else "float16"
 
 
-def load(model: str, sized: str | None, device: str, dtype: str):
-    """The pipeline to time: the tiny builtin, or (``sized``) the family's model-sized random-weight one."""
+def load(model: str, sized: str | None, device: str, dtype: str, depth: int | None = None):
+    """The pipeline to time: the tiny builtin, or (``sized``) the family's model-sized random-weight one (SD3 and
+    FLUX: ``depth`` layers)."""
     family = MODELS[model]
     torch_dtype = getattr(torch, dtype)
     if sized is None:
@@ -284,11 +296,11 @@ def load(model: str, sized: str | None, device: str, dtype: str):
         if family == "sdxl":
             pipe = build_sdxl_sized(device, torch_dtype)
         elif family == "sd3":
-            pipe = build_sd3_sized(device, torch_dtype, sized)
+            pipe = build_sd3_sized(device, torch_dtype, sized, depth)
         elif family == "flux2":
             pipe = build_flux2_sized(device, torch_dtype, sized)
         else:
-            pipe = build_flux_sized(device, torch_dtype)
+            pipe = build_flux_sized(device, torch_dtype, depth)
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.eval().requires_grad_(False)
@@ -499,6 +511,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-sized", nargs="?", const="", default=None, metavar="VARIANT",
                     help="the family's real sizes with random weights (for GPUs): "
                          + "; ".join(f"{MODELS_INV[f]}: {', '.join(v)}" for f, v in SIZED.items()))
+    ap.add_argument("--depth", type=int, default=None,
+                    help="with --model-sized, SD3 and FLUX: that many transformer blocks (FLUX: of each kind) and T5 "
+                         "layers, the widths kept: a call's activation memory on a machine that cannot hold the "
+                         "weights (above the weights it does not grow with depth, but for what the capture keeps per "
+                         "layer, which is reported)")
     ap.add_argument("--sd-unet", action="store_true", help="SD-1.5-sized random-weight pipeline (= --model-sized "
                                                            "with builtin:tiny)")
     ap.add_argument("--peers", default="auto", help="auto (daam for SD/SDXL, amd for SD3/FLUX), none, or a list: daam,amd")
@@ -527,16 +544,19 @@ def main(argv: list[str] | None = None) -> None:
         sized = "flux2-dev" if a.model == "builtin:tiny-flux2-dev" else SIZED[family][0]
     if sized is not None and sized not in SIZED[family]:
         raise SystemExit(f"--model-sized {sized}: {a.model} offers {', '.join(SIZED[family])}")
+    if a.depth is not None and (sized is None or family not in ("sd3", "flux") or a.depth < 1):
+        raise SystemExit("--depth: a positive number of layers, with --model-sized, for SD3 or FLUX")
     device = pick_device(a.device)
     dtype = a.dtype or default_dtype(family, "cuda" if device == "meta" else device)
     if a.guidance is None:
         a.guidance = GUIDANCE[family]
-    label = f"{sized}-sized (random weights)" if sized else a.model
+    label = (f"{sized}-sized (random weights{f', {a.depth} layers deep' if a.depth else ''})" if sized
+             else a.model)
 
     if device == "meta":
         if sized is None:
             raise SystemExit("--device meta only counts a --model-sized pipeline's parameters")
-        counts = parameter_counts(load(a.model, sized, "meta", dtype))
+        counts = parameter_counts(load(a.model, sized, "meta", dtype, a.depth))
         print(f"{label}: " + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in counts.items())
               + f"; total {sum(counts.values()) / 1e9:.2f}B parameters ({dtype}: "
               f"{sum(counts.values()) * getattr(torch, dtype).itemsize / 2**30:.1f} GiB)")
@@ -551,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (name == "daam" and a.no_daam):
             modes[name] = PEERS[name][1]
 
-    pipe = load(a.model, sized, device, dtype)
+    pipe = load(a.model, sized, device, dtype, a.depth)
     b = Bench(pipe, a)
     cuda = str(device).startswith("cuda")
     counts = parameter_counts(pipe)

@@ -36,6 +36,7 @@ def test_capture_bench_quick(bench_capture, model, capsys):
     assert "warm-up: image max |ours - bare| = 0, |refined - bare| = 0" in out, out
     assert "ours/bare = " in out and "refined/bare = " in out and "target ours/bare <= 1.05" in out, out
     assert "softmax/bare = " in out, out
+    assert "peak memory (torch's CPU allocator, profiler" in out and "target peak memory refined/bare <= 1.10" in out, out
 
 
 @pytest.mark.parametrize("model, sized, part, billions", [
@@ -48,3 +49,14 @@ def test_model_sized_configs_have_the_real_sizes(bench_capture, model, sized, pa
     bench_capture.main(["--model", model, "--model-sized", sized, "--device", "meta"])
     out = capsys.readouterr().out
     assert f"{part} {billions:.3f}B" in out, out
+
+
+@pytest.mark.parametrize("model, depth, billions", [("builtin:tiny-flux", 2, 1.027), ("builtin:tiny-sd3", 2, 0.192)])
+def test_depth_keeps_the_widths_with_fewer_blocks(bench_capture, model, depth, billions, capsys):
+    """``--depth 2``: FLUX.1 dev's widths with 2 double- and 2 single-stream blocks; SD3.5 Medium's with 2 joint blocks."""
+    sized = "flux.1-dev" if "flux" in model else "sd3.5-medium"
+    bench_capture.main(["--model", model, "--model-sized", sized, "--depth", str(depth), "--device", "meta"])
+    out = capsys.readouterr().out
+    assert f"{depth} layers deep" in out and f"transformer {billions:.3f}B" in out, out
+    with pytest.raises(SystemExit, match="--depth"):
+        bench_capture.main(["--model", "builtin:tiny-sdxl", "--model-sized", "--depth", "2", "--device", "meta"])
