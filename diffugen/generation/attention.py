@@ -23,7 +23,8 @@ the positions it attends to, which in practice are those of the same object, so 
 object and stops at its edges. Dataset Diffusion averages every layer of that resolution
 (``refine_layers="all"``); by default only the down (encoder) path's layers record
 (``refine_layers="down"``): on the toy-world benchmark they label as well (Otsu IoU 0.635 vs 0.618)
-at a third of the cost, and the up path's alone label worse (0.533).
+at a third of the cost, and the up path's alone label worse (0.533). A transformer has one token grid
+in every block, so where it is over 32×32 the collector pools it (:meth:`HeatmapCollector.record_self`).
 """
 
 from __future__ import annotations
