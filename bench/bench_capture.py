@@ -181,6 +181,11 @@ def build_sdxl_sized(device: str, dtype: torch.dtype):
                                      add_watermarker=False)
 
 
+def t5_sizes(depth: int | None) -> dict:
+    """T5-XXL's sizes, with ``depth`` layers where given (``--depth``)."""
+    return {**T5_XXL, "num_layers": depth} if depth else T5_XXL
+
+
 def build_sd3_sized(device: str, dtype: torch.dtype, variant: str = "sd3.5-large", depth: int | None = None):
     """SD3.5 Large's (or Medium's) sizes, random weights, built on ``device`` in ``dtype`` (see the module docstring);
     ``depth``: that many joint blocks and T5 layers, the widths kept (``--depth``)."""
@@ -194,14 +199,12 @@ def build_sd3_sized(device: str, dtype: torch.dtype, variant: str = "sd3.5-large
                   dual_attention_layers=()) if variant == "sd3.5-large" else
              dict(num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=384,
                   dual_attention_layers=tuple(range(13))))
-    t5 = T5_XXL
     if depth:
         sizes.update(num_layers=depth, dual_attention_layers=tuple(i for i in sizes["dual_attention_layers"] if i < depth))
-        t5 = {**T5_XXL, "num_layers": depth}
     with built_on(device, dtype):
         text_encoder = _text_encoder(CLIPTextModelWithProjection, tokenizer, 0, CLIP_L)
         text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, tokenizer_2, 3, CLIP_G)
-        text_encoder_3 = _t5_encoder(tokenizer_3, 4, t5)
+        text_encoder_3 = _t5_encoder(tokenizer_3, 4, t5_sizes(depth))
         torch.manual_seed(1)
         transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
                                             attention_head_dim=64, joint_attention_dim=4096,
@@ -224,7 +227,7 @@ def build_flux_sized(device: str, dtype: torch.dtype, depth: int | None = None):
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer()
     with built_on(device, dtype):
         text_encoder = _text_encoder(CLIPTextModel, tokenizer, 0, CLIP_L)
-        text_encoder_2 = _t5_encoder(tokenizer_2, 4, {**T5_XXL, "num_layers": depth} if depth else T5_XXL)
+        text_encoder_2 = _t5_encoder(tokenizer_2, 4, t5_sizes(depth))
         torch.manual_seed(1)
         transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=depth or 19,
                                              num_single_layers=depth or 38,
@@ -360,20 +363,20 @@ def timed_context(ctx, info: dict, device: str):
         info["install"] += time.perf_counter() - t0
 
 
-def cpu_peak_above(fn) -> tuple[object, int]:
-    """``fn()``'s result and the peak of torch's CPU allocations while it ran, above what was allocated before
-    (the running sum of ``torch.profiler``'s memory events: each allocation's bytes, each free's negative)."""
+def cpu_peak_above(fn) -> int:
+    """The peak of torch's CPU allocations while ``fn()`` ran, above what was allocated before (the running sum of
+    ``torch.profiler``'s memory events: each allocation's bytes, each free's negative)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
+        fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     current = peak = 0
     for _, nbytes in events:
         current += nbytes
         peak = max(peak, current)
-    return result, peak
+    return peak
 
 
 def kept_bytes(collector) -> int:
@@ -619,8 +622,7 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(a.n):
                 prompt, words = PROMPTS[i % len(PROMPTS)]
                 for name in names:
-                    _, above_bytes = cpu_peak_above(lambda: modes[name](b, prompt, words, i))
-                    above[name].append(above_bytes)
+                    above[name].append(cpu_peak_above(lambda: modes[name](b, prompt, words, i)))
 
     med = {m: median(t) for m, t in times.items()}
     for m, t in times.items():
